@@ -1,0 +1,1 @@
+"""bgctl: the command-line client of bgd."""

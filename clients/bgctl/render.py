@@ -1,0 +1,158 @@
+"""Text forms of sessions, transcripts and events for a terminal."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+STATE_MARKS = {"working": "●", "needs_input": "?", "sleeping": "◌", "completed": "✓", "failed": "✗", "stopped": "■"}
+
+
+def age(iso: str | None, now: datetime | None = None) -> str:
+    if not iso:
+        return "-"
+    then = datetime.fromisoformat(iso)
+    seconds = max(0, int(((now or datetime.now(timezone.utc)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def title(session: dict, width: int = 40) -> str:
+    text = session.get("name") or session.get("prompt") or ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def session_table(sessions: list[dict]) -> str:
+    if not sessions:
+        return "no sessions"
+    rows = [("ID", "STATE", "NAME", "AGE", "COST", "DIR", "LAST")]
+    for s in sessions:
+        state = s["state"] + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")
+        rows.append((s["id"], f"{STATE_MARKS.get(s['state'], ' ')} {state}", title(s, 30), age(s["created_at"]),
+                     f"${s['cost_usd']:.2f}", _short_dir(s["cwd"]), one_line(s.get("error") or s.get("last_message") or "", 50)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:-1])) + "  " + r[-1] for r in rows)
+
+
+def session_detail(s: dict) -> str:
+    lines = [f"{s['id']}  {STATE_MARKS.get(s['state'], '')} {s['state']}" + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")]
+    for key in ("name", "cwd", "agent", "origin", "permission_mode", "model", "agent_session_id", "created_at",
+                "updated_at", "pid", "turns", "next_wake_at", "loop_runs"):
+        if s.get(key) not in (None, ""):
+            lines.append(f"  {key + ':':18}{s[key]}")
+    lines.append(f"  {'cost:':18}${s['cost_usd']:.4f}")
+    lines.append(f"  {'pinned:':18}{'yes' if s.get('pinned') else 'no'}")
+    lines.append(f"  {'prompt:':18}{one_line(s.get('prompt') or '', 100)}")
+    if s.get("last_message"):
+        lines.append(f"  {'last message:':18}{s['last_message']}")
+    if s.get("error"):
+        lines.append(f"  {'error:':18}{s['error']}")
+    pending = s.get("pending")
+    if pending:
+        lines.append("")
+        lines.append(pending_text(s["id"], pending))
+    return "\n".join(lines)
+
+
+def pending_text(session_id: str, pending: dict) -> str:
+    if pending.get("kind") == "question":
+        questions = [q.get("question", "") for q in pending.get("input", {}).get("questions", []) if isinstance(q, dict)]
+        text = "; ".join(questions) or json.dumps(pending.get("input"))
+        return f"  waiting for an answer: {text}\n  answer with: bgctl reply {session_id} TEXT"
+    return (f"  waiting for permission: {pending.get('tool_name')} {one_line(json.dumps(pending.get('input')), 120)}\n"
+            f"  decide with: bgctl approve {session_id} [--always]  |  bgctl deny {session_id} [--message TEXT]")
+
+
+def transcript_entry(entry: dict) -> str | None:
+    kind, data = entry["kind"], entry["data"]
+    if kind == "user":
+        return f"› {data.get('text', '')}"
+    if kind == "output":
+        return data.get("text", "")
+    if kind == "raw":
+        return f"! {one_line(data.get('text', ''), 200)}"
+    if kind == "control":
+        if data.get("decision") == "allow":
+            extra = f" ({data['answer']})" if data.get("answer") else (" (always)" if data.get("always") else "")
+            return f"✓ allowed {data.get('tool_name')}{extra}"
+        return f"✗ denied {data.get('tool_name')}" + (f": {data['message']}" if data.get("message") else "")
+    if kind == "daemon":
+        if data.get("error"):
+            return f"✗ {data['error']}"
+        return f"· {data.get('event', '')}" + (f": {data['detail']}" if data.get("detail") else "")
+    if kind == "agent":
+        return _agent_line(data)
+    return f"· {kind}"
+
+
+def _agent_line(obj: dict) -> str | None:
+    kind = obj.get("type")
+    if obj.get("truncated"):
+        return f"· ({obj.get('bytes')} bytes, truncated; `bgctl rpc session.transcript` with full=true has it)"
+    if kind == "system" and obj.get("subtype") == "init":
+        return f"· agent started ({obj.get('model', '?')})"
+    if kind == "assistant":
+        parts = []
+        for block in (obj.get("message") or {}).get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text":
+                parts.append(block.get("text", ""))
+            elif block.get("type") == "tool_use":
+                parts.append(f"⚙ {block.get('name')} {one_line(json.dumps(block.get('input')), 100)}")
+        return "\n".join(parts) or None
+    if kind == "user":
+        for block in (obj.get("message") or {}).get("content") or []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                content = block.get("content")
+                if isinstance(content, list):
+                    content = " ".join(c.get("text", "") for c in content if isinstance(c, dict))
+                return f"  ↳ {one_line(str(content), 120)}"
+        return None
+    if kind == "control_request":
+        request = obj.get("request") or {}
+        if request.get("subtype") == "can_use_tool":
+            return f"? {request.get('tool_name')} wants {one_line(json.dumps(request.get('input')), 100)}"
+        return None
+    if kind == "result":
+        cost = obj.get("total_cost_usd")
+        cost_text = f" · ${cost:.4f}" if isinstance(cost, (int, float)) else ""
+        if obj.get("is_error"):
+            return f"✗ turn failed: {one_line(str(obj.get('result') or obj.get('subtype')), 200)}{cost_text}"
+        return f"✓ turn done{cost_text}"
+    return None
+
+
+def event_line(event: dict) -> str:
+    kind = event.get("type", "")
+    head = f"{event.get('seq')} {event.get('ts', '')[11:19]} {kind}"
+    if kind == "session.updated" or kind == "session.created":
+        s = event["session"]
+        detail = s["state"] + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")
+        return f"{head} {s['id']} {detail}"
+    if kind == "session.transcript":
+        text = transcript_entry(event["entry"]) or ""
+        return f"{head} {event.get('id')} {one_line(text, 100)}"
+    rest = {k: v for k, v in event.items() if k not in ("seq", "ts", "type")}
+    return f"{head} {one_line(json.dumps(rest), 120)}"
+
+
+def one_line(text: str, limit: int = 80) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short_dir(path: str) -> str:
+    import os
+    home = os.path.expanduser("~")
+    if path.startswith(home + "/"):
+        path = "~" + path[len(home):]
+    return path if len(path) <= 30 else "…" + path[-29:]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)

@@ -1,0 +1,1 @@
+"""Pure, I/O-free code shared by the daemon and every client."""

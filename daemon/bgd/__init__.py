@@ -1,0 +1,3 @@
+"""bgd: the bgagents daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,180 @@
+"""config.toml (SPEC §5.3): agents and defaults, every key defaulted.
+
+Loading is a pure function of the file's text, so a broken edit is reported
+with its file and line and the daemon keeps the last good config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used: message names the file and line."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    backend: str                 # "claude" or "command"
+    command: tuple[str, ...]     # argv prefix; for "command" may hold a "{prompt}" placeholder
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    default_agent: str = "claude"
+    permission_mode: str = "default"
+    model: str | None = None
+    stop_grace_s: float = 5.0
+    idle_timeout_s: float = 600.0
+    event_retention: int = 10_000
+    max_frame_bytes: int = 1 << 20
+    loop_jitter: bool = True
+    task_jitter: bool = True
+    max_concurrent_runs: int = 4
+    agents: dict[str, AgentConfig] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def agent(self, name: str | None) -> AgentConfig | None:
+        return self.agents.get(name or self.default_agent)
+
+
+DEFAULT_AGENTS = {
+    "claude": AgentConfig("claude", "claude", ("claude",)),
+}
+
+_TOP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "default_agent": str,
+    "permission_mode": str,
+    "model": str,
+    "stop_grace_s": (int, float),
+    "idle_timeout_s": (int, float),
+    "event_retention": int,
+    "max_frame_bytes": int,
+    "agents": dict,
+    "loops": dict,
+    "scheduler": dict,
+}
+_AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict}
+
+
+def parse_config(text: str, path: str = "config.toml") -> Config:
+    """Parse config.toml text; raise ConfigError naming file and line."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    warnings: list[str] = []
+
+    def where(key: str) -> str:
+        line = _line_of(text, key)
+        return f"{path}:{line}" if line else path
+
+    def check_type(key: str, value: Any, kind: type | tuple[type, ...], label: str) -> None:
+        if isinstance(value, bool) and kind in ((int, float), int):
+            raise ConfigError(f"{where(key)}: {label} must be a number, not {value!r}")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(f"{where(key)}: {label} must be a {want}, not {type(value).__name__}")
+
+    for key, value in raw.items():
+        if key not in _TOP_KEYS:
+            hint = difflib.get_close_matches(key, list(_TOP_KEYS), n=1)
+            warnings.append(f"{where(key)}: unknown key {key!r}"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        check_type(key, value, _TOP_KEYS[key], key)
+
+    agents = dict(DEFAULT_AGENTS)
+    for name, spec in raw.get("agents", {}).items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where(name)}: [agents.{name}] must be a table")
+        for key, value in spec.items():
+            if key not in _AGENT_KEYS:
+                warnings.append(f"{where(key)}: unknown key {key!r} in [agents.{name}]")
+                continue
+            check_type(key, value, _AGENT_KEYS[key], f"agents.{name}.{key}")
+        backend = spec.get("backend", "claude" if name == "claude" else "command")
+        if backend not in ("claude", "command"):
+            raise ConfigError(f"{where('backend')}: agents.{name}.backend must be \"claude\" or \"command\"")
+        command = spec.get("command", ["claude"] if backend == "claude" else None)
+        if command is None:
+            raise ConfigError(f"{where(name)}: [agents.{name}] needs command = [\"program\", \"arg\", ...]")
+        if isinstance(command, str):
+            command = [command]
+        if not command or not all(isinstance(c, str) and c for c in command):
+            raise ConfigError(f"{where('command')}: agents.{name}.command must be a non-empty list of strings")
+        args = spec.get("args", [])
+        if not all(isinstance(a, str) for a in args):
+            raise ConfigError(f"{where('args')}: agents.{name}.args must be a list of strings")
+        env = spec.get("env", {})
+        if not all(isinstance(v, str) for v in env.values()):
+            raise ConfigError(f"{where('env')}: agents.{name}.env values must be strings")
+        agents[name] = AgentConfig(name, backend, tuple(command), tuple(args), dict(env))
+
+    default_agent = raw.get("default_agent", "claude")
+    if default_agent not in agents:
+        raise ConfigError(f"{where('default_agent')}: default_agent {default_agent!r} is not defined; "
+                          f"known agents: {', '.join(sorted(agents))}")
+    mode = raw.get("permission_mode", "default")
+    if mode not in PERMISSION_MODES:
+        raise ConfigError(f"{where('permission_mode')}: permission_mode must be one of {', '.join(PERMISSION_MODES)}")
+    for key in ("stop_grace_s", "idle_timeout_s", "event_retention", "max_frame_bytes"):
+        if key in raw and raw[key] <= 0:
+            raise ConfigError(f"{where(key)}: {key} must be positive")
+
+    loops = raw.get("loops", {})
+    scheduler = raw.get("scheduler", {})
+    max_runs = scheduler.get("max_concurrent_runs", 4)
+    if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
+        raise ConfigError(f"{where('max_concurrent_runs')}: scheduler.max_concurrent_runs must be a positive integer")
+    return Config(
+        default_agent=default_agent,
+        permission_mode=mode,
+        model=raw.get("model"),
+        stop_grace_s=float(raw.get("stop_grace_s", 5.0)),
+        idle_timeout_s=float(raw.get("idle_timeout_s", 600.0)),
+        event_retention=int(raw.get("event_retention", 10_000)),
+        max_frame_bytes=int(raw.get("max_frame_bytes", 1 << 20)),
+        loop_jitter=bool(loops.get("jitter", True)),
+        task_jitter=bool(scheduler.get("jitter", True)),
+        max_concurrent_runs=max_runs,
+        agents=agents,
+        warnings=tuple(warnings),
+    )
+
+
+def load_config(config_dir: Path) -> Config:
+    path = config_dir / "config.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return parse_config("", str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, str(path))
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith(key) and stripped[len(key):].lstrip().startswith("="):
+            return number
+        if stripped.startswith("[") and stripped.rstrip("]").endswith("." + key):
+            return number
+    return None
+
+
+def agent_env(agent: AgentConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(agent.env)
+    return env

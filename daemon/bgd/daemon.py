@@ -1,0 +1,186 @@
+"""The daemon: owns the socket, the store, the event bus and the sessions.
+
+`Daemon.run` is the trio shell around them: it listens, serves, handles
+SIGTERM (graceful stop) and SIGHUP (config reload), and on the way out asks
+every agent to stop and flushes the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from . import systemd
+from .config import Config, ConfigError, load_config
+from .events import EventBus
+from .server import handle_connection
+from .sessions import SessionManager
+from .store import Store
+
+log = logging.getLogger("bgd")
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Daemon:
+    def __init__(self, socket_path: Path, config_dir: Path, state_dir: Path):
+        self.socket_path = socket_path
+        self.config_dir = config_dir
+        self.state_dir = state_dir
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.config: Config = load_config(config_dir)
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+        self.config_error: str | None = None
+        self.store = Store(state_dir / "bgd.sqlite3")
+        self.bus = EventBus(self.store, self.config.event_retention)
+        self.sessions = SessionManager(self.store, self.bus, lambda: self.config,
+                                       str(config_dir / "config.toml"))
+        self.shutting_down = False
+        self._shutdown = trio.Event() if _in_trio() else None
+        self._lock_fd: int | None = None
+        # Features that run beside the sessions (schedulers, watchers) add
+        # `async def service(daemon, task_status)` here; each is started in
+        # the daemon's nursery once the store is loaded.
+        self.services: list[Callable[..., Any]] = []
+        self.on_resume: list[Callable[[Any], None]] = []
+        self.on_reload: list[Callable[[Config], None]] = []
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        self.shutting_down = True
+        if self._shutdown is not None:
+            self._shutdown.set()
+
+    def reload_config(self) -> dict:
+        try:
+            config = load_config(self.config_dir)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("config reload failed, keeping the last good config: %s", exc)
+            self.bus.publish("config.error", error=str(exc))
+            return {"reloaded": False, "error": str(exc)}
+        self.config = config
+        self.config_error = None
+        self.bus.retention = config.event_retention
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        for hook in self.on_reload:
+            hook(config)
+        self.bus.publish("config.reloaded", warnings=list(config.warnings))
+        log.info("config reloaded")
+        return {"reloaded": True, "warnings": list(config.warnings)}
+
+    def _listen(self) -> socket.socket:
+        inherited = systemd.inherited_socket()
+        if inherited is not None:
+            log.info("using the socket systemd passed in")
+            return inherited
+        directory = self.socket_path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        lock_path = self.socket_path.with_name(self.socket_path.name + ".lock")
+        self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                pid = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
+                raise AlreadyRunning(f"a daemon is already running on {self.socket_path}"
+                                     + (f" (pid {pid})" if pid else "")) from None
+            raise
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, str(os.getpid()).encode(), 0)
+        # We hold the lock, so a socket file here is a dead daemon's: replace it.
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        sock.listen(512)
+        return sock
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._shutdown = trio.Event()
+        raw = self._listen()
+        raw.setblocking(False)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        try:
+            async with trio.open_nursery() as nursery:
+                self.sessions.nursery = nursery
+                self.sessions.load()
+                nursery.start_soon(self._signals)
+                for service in self.services:
+                    await nursery.start(service, self)
+                nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+                log.info("bgd %s listening on %s (pid %d)", _version(), self.socket_path, self.pid)
+                systemd.notify("READY=1")
+                task_status.started()
+                await self._shutdown.wait()
+                self.shutting_down = True
+                systemd.notify("STOPPING=1")
+                log.info("shutting down: stopping agents")
+                with trio.move_on_after(self.config.stop_grace_s * 2 + 5):
+                    await self.sessions.shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            await listener.aclose()
+            self._cleanup()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        await handle_connection(self, stream)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload_config()
+                else:
+                    log.info("received %s", signal.Signals(signum).name)
+                    self.request_shutdown()
+
+    def _cleanup(self) -> None:
+        self.store.close()
+        if self._lock_fd is not None:
+            # Only the lock holder owns the socket path; systemd owns an inherited one.
+            try:
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__

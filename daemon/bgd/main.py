@@ -1,0 +1,57 @@
+"""`bgd`: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from bgcore import paths
+
+from . import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bgd", description="The bgagents daemon (runs in the foreground).")
+    parser.add_argument("--socket", help="socket path (default: $BGD_SOCKET or the user runtime dir)")
+    parser.add_argument("--config-dir", help="config dir (default: $BGD_CONFIG_DIR or ~/.config/bgagents)")
+    parser.add_argument("--state-dir", help="state dir (default: $BGD_STATE_DIR or ~/.local/state/bgagents)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"bgd {__version__}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s bgd[%(process)d] %(levelname)s %(name)s: %(message)s")
+    from .config import ConfigError
+    from .daemon import AlreadyRunning, Daemon
+    from .store import StoreError
+    from . import methods  # noqa: F401  (registers every handler)
+    socket_path = paths.socket_path(args.socket)
+    config_dir = Path(args.config_dir) if args.config_dir else paths.config_dir()
+    state_dir = Path(args.state_dir) if args.state_dir else paths.state_dir()
+    try:
+        daemon = Daemon(socket_path, config_dir, state_dir)
+        _install_features(daemon)
+        trio.run(daemon.run)
+    except AlreadyRunning as exc:
+        print(f"bgd: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"bgd: {exc}\nfix the file and start bgd again", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"bgd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _install_features(daemon) -> None:
+    """Wire the features that live beside the sessions into the daemon."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from .. import __version__
+from ..rpc import METHODS, method
+
+
+@method("daemon.status")
+async def status(daemon, params, conn):
+    """Version, pid, socket, uptime and session counts by state."""
+    counts = Counter(s.state for s in daemon.sessions.sessions.values())
+    return {
+        "version": __version__,
+        "pid": daemon.pid,
+        "socket": str(daemon.socket_path),
+        "uptime_s": round(daemon.uptime(), 3),
+        "counts": {state: counts.get(state, 0) for state in
+                   ("working", "needs_input", "sleeping", "completed", "failed", "stopped")},
+        "sessions": len(daemon.sessions.sessions),
+        "config_dir": str(daemon.config_dir),
+        "state_dir": str(daemon.state_dir),
+        "event_seq": daemon.bus.seq,
+        "config_error": daemon.config_error,
+    }
+
+
+@method("daemon.shutdown")
+async def shutdown(daemon, params, conn):
+    """Stop the daemon gracefully (agents asked to stop, state flushed)."""
+    daemon.request_shutdown()
+    return {"stopping": True, "pid": daemon.pid}
+
+
+@method("daemon.reload")
+async def reload(daemon, params, conn):
+    """Re-read config.toml (as SIGHUP does); an invalid file keeps the old config."""
+    return daemon.reload_config()
+
+
+@method("daemon.methods")
+async def methods(daemon, params, conn):
+    """Every method name with its one-line summary."""
+    return [{"name": m.name, "summary": m.summary} for m in sorted(METHODS.values(), key=lambda m: m.name)]

@@ -1,0 +1,174 @@
+"""The socket shell: accept connections, check the peer, move frames.
+
+Each connection has a `FrameReader` (the shared sans-IO codec) and handles
+its requests in order; responses to everything parsed from one read go out
+in one write.  A subscribed connection also gets a task that forwards events.
+Nothing a client sends can raise out of here: protocol errors are answered,
+handler errors become JSON-RPC errors, disconnects end only that connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from typing import Any
+
+import trio
+
+from bgcore.jsonrpc import (
+    INTERNAL_ERROR, METHOD_NOT_FOUND, NEED_DATA, PERMISSION_DENIED, SHUTTING_DOWN, Batch, FrameReader,
+    Notification, RemoteProtocolError, Request, Response, RpcError, encode, error_obj, request_obj, result_obj)
+
+from .rpc import METHODS, Params
+
+log = logging.getLogger("bgd.server")
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int | None:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class Connection:
+    def __init__(self, daemon: Any, stream: trio.SocketStream, nursery: trio.Nursery):
+        self.daemon = daemon
+        self.stream = stream
+        self.nursery = nursery
+        self.send_lock = trio.Lock()
+        self.subscriber = None
+        self.closed = False
+        # Set once the responses being built are written, so a subscription's
+        # first events never overtake the response that started it.
+        self.flushed = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        async with self.send_lock:
+            await self.stream.send_all(data)
+
+    # Called by events.subscribe: register, then forward backlog and live events.
+    def subscribe(self, since: int | None, match) -> dict:
+        bus = self.daemon.bus
+        if self.subscriber is not None:
+            bus.unsubscribe(self.subscriber)
+        sub, backlog, missed = bus.subscribe(since, match)
+        self.subscriber = sub
+        self.nursery.start_soon(self._forward, sub, backlog, self.flushed)
+        return {"seq": bus.seq, "missed": missed, "backlog": len(backlog)}
+
+    async def _forward(self, sub, backlog: list[dict], response_written: trio.Event) -> None:
+        try:
+            await response_written.wait()
+            for event in backlog:
+                await self.send(encode(request_obj("event", event)))
+            async for event in sub.receive:
+                batch = [event]
+                while True:
+                    try:
+                        batch.append(sub.receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.send(b"".join(encode(request_obj("event", e)) for e in batch))
+            if sub.overflowed:
+                await self.send(encode(request_obj("events.overflow", {
+                    "seq": self.daemon.bus.seq,
+                    "message": "this subscriber fell too far behind; reconnect with since"})))
+                await self.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.daemon.bus.unsubscribe(sub)
+
+    async def handle_frame(self, frame: Any) -> Any:
+        """The response object(s) for one frame, or None when nothing is owed."""
+        if isinstance(frame, Batch):
+            out = []
+            for item in frame.items:
+                if isinstance(item, RemoteProtocolError):
+                    out.append(error_obj(item.id, item))
+                    continue
+                response = await self.handle_message(item)
+                if response is not None:
+                    out.append(response)
+            return out or None
+        return await self.handle_message(frame)
+
+    async def handle_message(self, msg: Any) -> dict | None:
+        if isinstance(msg, Response):
+            return None  # clients do not call us back; ignore stray responses
+        is_request = isinstance(msg, Request)
+        try:
+            result = await self.call(msg.method, msg.params)
+        except RpcError as err:
+            return error_obj(msg.id, err) if is_request else None
+        except Exception:
+            log.exception("method %s failed", msg.method)
+            err = RpcError(INTERNAL_ERROR, f"internal error in {msg.method}; see the daemon's log")
+            return error_obj(msg.id, err) if is_request else None
+        return result_obj(msg.id, result) if is_request else None
+
+    async def call(self, name: str, params: Any) -> Any:
+        entry = METHODS.get(name)
+        if entry is None:
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}; `bgctl rpc daemon.methods` lists them")
+        if self.daemon.shutting_down and name != "daemon.status":
+            raise RpcError(SHUTTING_DOWN, "bgd is shutting down; start it again with `bgctl daemon start`")
+        return await entry.handler(self.daemon, Params(params), self)
+
+
+async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
+    uid = peer_uid(stream.socket)
+    if uid is not None and uid != os.getuid():
+        try:
+            await stream.send_all(encode(error_obj(None, RpcError(
+                PERMISSION_DENIED, "this bgd belongs to another user"))))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await stream.aclose()
+        return
+    async with trio.open_nursery() as nursery:
+        conn = Connection(daemon, stream, nursery)
+        try:
+            await _serve(conn, FrameReader(daemon.config.max_frame_bytes))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            conn.closed = True
+            if conn.subscriber is not None:
+                daemon.bus.unsubscribe(conn.subscriber)
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+async def _serve(conn: Connection, reader: FrameReader) -> None:
+    while True:
+        data = await conn.stream.receive_some(1 << 16)
+        reader.receive_data(data)
+        out: list[Any] = []
+        fatal = False
+        while True:
+            try:
+                frame = reader.next_frame()
+            except RemoteProtocolError as err:
+                out.append(error_obj(err.id, err))
+                if err.fatal:
+                    fatal = True
+                    break
+                continue
+            if frame is NEED_DATA:
+                break
+            response = await conn.handle_frame(frame)
+            if response is not None:
+                out.append(response)
+        if out:
+            await conn.send(b"".join(encode(o) for o in out))
+        conn.flushed.set()
+        conn.flushed = trio.Event()
+        if fatal or not data:
+            return

@@ -1,0 +1,548 @@
+"""Agent sessions (SPEC §2, §5): the model, its states, and the runner.
+
+A `Session` is the durable record; a `Run` is the live agent process behind it,
+if any.  Every change goes through `SessionManager._changed`, which stores
+the record and publishes `session.updated`, so the store, the event stream and
+the clients never disagree.  Callbacks from a process check that it is still
+the session's current run, so a stopped or replaced process cannot change the
+session after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import string
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from . import claude_backend as claude
+from . import clock
+from .agent_process import AgentProcess, OversizedLine
+from .config import PERMISSION_MODES, AgentConfig, Config
+from .events import EventBus, clip
+from .store import Store
+from bgcore.jsonrpc import AGENT_UNAVAILABLE, INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
+
+STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
+BUSY = ("working", "needs_input")
+ID_ALPHABET = string.ascii_lowercase + string.digits
+RESTART_ERROR = "bgd restarted while this session was working; reply to resume it"
+SHUTDOWN_ERROR = "bgd shut down while this session was working; reply to resume it"
+
+
+def new_id(taken: set | dict = ()) -> str:
+    while True:
+        candidate = "".join(secrets.choice(ID_ALPHABET) for _ in range(8))
+        if candidate not in taken:
+            return candidate
+
+
+@dataclass
+class Session:
+    id: str
+    cwd: str
+    agent: str
+    backend: str
+    prompt: str
+    name: str | None = None
+    permission_mode: str = "default"
+    model: str | None = None
+    origin: str = "dispatch"
+    state: str = "working"
+    waiting_for: str | None = None
+    error: str | None = None
+    agent_session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: str = field(default_factory=clock.now_iso)
+    updated_at: str = field(default_factory=clock.now_iso)
+    pid: int | None = None
+    cost_usd: float = 0.0
+    turns: int = 0
+    last_message: str = ""
+    pinned: bool = False
+    next_wake_at: str | None = None
+    pending: dict | None = None
+    always_allow: list[str] = field(default_factory=list)
+    cost_base: float = 0.0        # cost of earlier processes; result costs are per process
+    has_history: bool = False     # the agent knows this conversation: continue with --resume
+    loop_runs: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
+              "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs")
+
+    def to_json(self) -> dict:
+        data = {key: getattr(self, key) for key in self.PUBLIC}
+        data["cost_usd"] = round(self.cost_usd, 6)
+        if self.pending is not None:
+            data["pending"] = self.pending
+        return data
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict) -> "Session":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Run:
+    """A live agent process and what the runner knows about its turn."""
+
+    session_id: str
+    backend: str
+    process: AgentProcess
+    in_turn: bool = False
+    stopping: bool = False
+    turn_generation: int = 0
+
+
+class SessionManager:
+    def __init__(self, store: Store, bus: EventBus, config: Callable[[], Config], config_path: str = "config.toml"):
+        self.store = store
+        self.bus = bus
+        self.config = config
+        self.config_path = config_path
+        self.sessions: dict[str, Session] = {}
+        self.runs: dict[str, Run] = {}
+        self.transcript_len: dict[str, int] = {}
+        self.nursery: trio.Nursery | None = None
+        # Seams for later features (loops, tasks, MCP): plain callables.
+        self.on_turn_end: list[Callable[[Session], None]] = []
+        self.on_session_end: list[Callable[[Session, str], None]] = []   # (session, "stopped" | "removed")
+        self.on_permission: list[Callable[[Session, claude.PermissionRequest], bool]] = []
+        self.mcp_config_for: Callable[[Session], str | None] = lambda s: None
+
+    # -- loading ----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every session back; those that were mid-turn failed with the daemon."""
+        for record in self.store.load_sessions():
+            session = Session.from_record(record)
+            self.sessions[session.id] = session
+            self.transcript_len[session.id] = self.store.transcript_length(session.id)
+            if session.state in BUSY or session.pid is not None:
+                was_busy = session.state in BUSY
+                session.pid = None
+                if was_busy:
+                    session.state = "failed"
+                    session.error = RESTART_ERROR
+                    session.waiting_for = None
+                    session.pending = None
+                    self._record(session, "daemon", {"event": "failed", "error": RESTART_ERROR})
+                self._changed(session)
+
+    # -- queries ----------------------------------------------------------------
+
+    def get(self, session_id: Any) -> Session:
+        if not isinstance(session_id, str):
+            raise RpcError(INVALID_PARAMS, "id must be a session id string")
+        session = self.sessions.get(session_id)
+        if session is None:
+            matches = [s for s in self.sessions.values() if s.id.startswith(session_id) or s.name == session_id]
+            if len(matches) == 1 and session_id:
+                return matches[0]
+            raise RpcError(NOT_FOUND, f"no session {session_id!r}; `bgctl ls --all` lists them")
+        return session
+
+    def transcript(self, session: Session, since: int = -1, limit: int | None = None) -> list[dict]:
+        return self.store.transcript(session.id, since, limit)
+
+    # -- creating ---------------------------------------------------------------
+
+    async def dispatch(self, prompt: str, cwd: str, *, agent: str | None = None, name: str | None = None,
+                       permission_mode: str | None = None, model: str | None = None,
+                       origin: str = "dispatch", env: dict | None = None,
+                       always_allow: list[str] | None = None, start: bool = True) -> Session:
+        config = self.config()
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RpcError(INVALID_PARAMS, "prompt must be a non-empty string")
+        if not isinstance(cwd, str) or not os.path.isabs(cwd):
+            raise RpcError(INVALID_PARAMS, f"cwd must be an absolute path, not {cwd!r}")
+        if not os.path.isdir(cwd):
+            raise RpcError(INVALID_PARAMS, f"cwd {cwd!r} does not exist or is not a directory")
+        agent_cfg = config.agent(agent)
+        if agent_cfg is None:
+            raise RpcError(INVALID_PARAMS, f"unknown agent {agent!r}; known agents: {', '.join(sorted(config.agents))} "
+                                           f"(define others under [agents.NAME] in {self.config_path})")
+        mode = permission_mode or config.permission_mode
+        if mode not in PERMISSION_MODES:
+            raise RpcError(INVALID_PARAMS, f"permission mode must be one of {', '.join(PERMISSION_MODES)}")
+        if name is not None and (not isinstance(name, str) or len(name) > 200):
+            raise RpcError(INVALID_PARAMS, "name must be a string of at most 200 characters")
+        session = Session(id=new_id(self.sessions), cwd=os.path.normpath(cwd), agent=agent_cfg.name,
+                          backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
+                          model=model or config.model, origin=origin, env=dict(env or {}),
+                          always_allow=list(always_allow or []), state="working" if start else "completed")
+        self.sessions[session.id] = session
+        self.transcript_len[session.id] = 0
+        self.store.save_session(session.id, session.to_record())
+        self.bus.publish("session.created", session=session.to_json())
+        if start:
+            await self.start_turn(session, prompt)
+        return session
+
+    # -- turns ------------------------------------------------------------------
+
+    async def start_turn(self, session: Session, text: str, *, kind: str = "user") -> None:
+        """Send `text` as a new turn, starting (or resuming) the agent process if needed."""
+        session.state = "working"
+        session.error = None
+        session.waiting_for = None
+        session.pending = None
+        session.next_wake_at = None
+        self._record(session, kind, {"text": text})
+        run = self.runs.get(session.id)
+        if run is not None and run.stopping:
+            # The agent would see two processes on one conversation: let the old one go first.
+            await run.process.exited.wait()
+            run = None
+        if run is not None and session.backend == "claude" and not run.process.exited.is_set():
+            run.in_turn = True
+            run.turn_generation += 1
+            self._changed(session)
+            if await run.process.write_json(claude.user_message(text)):
+                return
+            self._detach(session)
+        await self._spawn(session, text)
+
+    async def _spawn(self, session: Session, text: str) -> None:
+        config = self.config()
+        agent_cfg = config.agents.get(session.agent)
+        if agent_cfg is None:
+            self._fail(session, f"agent {session.agent!r} is no longer defined in {self.config_path}; "
+                                f"define it again under [agents.{session.agent}]")
+            return
+        env = dict(os.environ)
+        env.update(agent_cfg.env)
+        env.update(session.env)
+        env["CLAUDE_CODE_DISABLE_CRON"] = "1"
+        env["BGD_SESSION_ID"] = session.id
+        binary = agent_cfg.command[0]
+        if shutil.which(binary, path=env.get("PATH")) is None:
+            hint = (" (Claude Code: npm install -g @anthropic-ai/claude-code)" if session.backend == "claude" else "")
+            self._fail(session, f"agent binary {binary!r} not found on PATH; install it{hint} or set "
+                                f"command = [\"/full/path/to/{os.path.basename(binary)}\"] under "
+                                f"[agents.{agent_cfg.name}] in {self.config_path}")
+            return
+        stdin_text = None
+        if session.backend == "claude":
+            argv = claude.build_argv(agent_cfg, agent_session_id=session.agent_session_id,
+                                     resume=session.has_history, permission_mode=session.permission_mode,
+                                     model=session.model, mcp_config=self.mcp_config_for(session))
+        else:
+            argv = [part.replace("{prompt}", text) for part in agent_cfg.command] + list(agent_cfg.args)
+            if not any("{prompt}" in part for part in agent_cfg.command + agent_cfg.args):
+                stdin_text = text.encode() + b"\n"
+        holder: dict[str, Run] = {}
+        process = AgentProcess(argv, session.cwd, env,
+                               on_line=lambda line: self._on_line(session, holder["run"], line),
+                               on_exit=lambda code: self._on_exit(session, holder["run"], code),
+                               stdin_text=stdin_text)
+        run = Run(session.id, session.backend, process, in_turn=True)
+        holder["run"] = run
+        try:
+            await process.start(self.nursery)
+        except OSError as exc:
+            self._fail(session, f"cannot start agent {binary!r}: {exc.strerror or exc}; check [agents.{agent_cfg.name}] "
+                                f"command in {self.config_path}")
+            return
+        self.runs[session.id] = run
+        session.pid = process.pid
+        session.has_history = session.backend == "claude" or session.has_history
+        self._changed(session)
+        if session.backend == "claude":
+            if not await process.write_json(claude.user_message(text)):
+                self._fail(session, "the agent closed its input before the prompt could be sent; "
+                                    f"see `bgctl logs {session.id}`")
+
+    # -- agent output -----------------------------------------------------------
+
+    def _current(self, session: Session, run: Run) -> bool:
+        return self.runs.get(session.id) is run and self.sessions.get(session.id) is session
+
+    def _on_line(self, session: Session, run: Run, line: bytes) -> None:
+        if not self._current(session, run):
+            return
+        if isinstance(line, OversizedLine):
+            self._record(session, "raw", {"text": line[:2000].decode("utf-8", "replace"),
+                                          "truncated": True, "bytes": line.total})
+            if run.backend == "claude":
+                self._fail(session, f"the agent printed a line of {line.total} bytes, over bgd's limit; "
+                                    "it was cut from the transcript")
+                self._stop_run(run)
+            return
+        if run.backend != "claude":
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            self._record(session, "output", {"text": text})
+            if text.strip():
+                session.last_message = claude.one_line(text)
+                self._changed(session)
+            return
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except (ValueError, RecursionError):
+            text = line.decode("utf-8", "replace")
+            self._record(session, "raw", {"text": text[:4000]})
+            self._fail(session, f"the agent printed a non-JSON line on stdout ({claude.one_line(text, 80)!r}); "
+                                f"check that [agents.{session.agent}] runs Claude Code")
+            self._stop_run(run)
+            return
+        self._record(session, "agent", obj)
+        if run.stopping:
+            # Only the transcript hears from a process being stopped.
+            return
+        self._on_claude_message(session, run, claude.classify(obj))
+
+    def _on_claude_message(self, session: Session, run: Run, msg: claude.Line) -> None:
+        if isinstance(msg, claude.AssistantText):
+            session.last_message = claude.one_line(msg.text)
+            self._changed(session)
+        elif isinstance(msg, claude.PermissionRequest):
+            for hook in self.on_permission:
+                if hook(session, msg):
+                    return
+            if msg.tool_name in session.always_allow:
+                self._send(run, claude.allow_response(msg.request_id, msg.input))
+                self._record(session, "control", {"decision": "allow", "tool_name": msg.tool_name,
+                                                  "request_id": msg.request_id, "rule": "always"})
+                return
+            session.pending = {"request_id": msg.request_id, "tool_name": msg.tool_name, "input": msg.input,
+                               "suggestions": msg.suggestions, "kind": msg.waiting_for,
+                               "since": clock.now_iso()}
+            session.state = "needs_input"
+            session.waiting_for = msg.waiting_for
+            self._changed(session)
+        elif isinstance(msg, claude.CancelRequest):
+            if session.pending and session.pending.get("request_id") == msg.request_id:
+                session.pending = None
+                session.waiting_for = None
+                session.state = "working"
+                self._changed(session)
+        elif isinstance(msg, claude.OtherControlRequest):
+            self._send(run, claude.unsupported_response(msg.request_id, msg.subtype))
+        elif isinstance(msg, claude.TurnResult):
+            run.in_turn = False
+            if msg.total_cost_usd is not None:
+                session.cost_usd = session.cost_base + msg.total_cost_usd
+            if msg.num_turns:
+                session.turns += msg.num_turns
+            session.pending = None
+            session.waiting_for = None
+            if msg.text:
+                session.last_message = claude.one_line(msg.text)
+            if run.stopping:
+                return
+            if msg.is_error:
+                reason = claude.one_line(msg.text) or msg.subtype or "the agent reported an error"
+                session.state = "failed"
+                session.error = reason
+            else:
+                session.state = "completed"
+            self._changed(session)
+            self._turn_ended(session)
+            self.nursery.start_soon(self._close_when_idle, session, run, run.turn_generation)
+
+    async def _close_when_idle(self, session: Session, run: Run, generation: int) -> None:
+        await trio.sleep(self.config().idle_timeout_s)
+        if self._current(session, run) and not run.in_turn and run.turn_generation == generation:
+            await run.process.close_stdin()
+
+    def _on_exit(self, session: Session, run: Run, code: int) -> None:
+        if self.runs.get(session.id) is run:
+            del self.runs[session.id]
+        if session.backend == "claude" and session.cost_usd > session.cost_base:
+            session.cost_base = session.cost_usd
+        if self.sessions.get(session.id) is not session:
+            return
+        session.pid = None
+        if run.stopping:
+            self._changed(session)
+            return
+        if run.backend != "claude":
+            if code == 0:
+                session.state = "completed"
+            else:
+                tail = run.process.stderr_last_line()
+                self._set_failed(session, f"agent exited with code {code}" + (f": {tail}" if tail else ""))
+            session.turns += 1
+            self._changed(session)
+            self._turn_ended(session)
+            return
+        if session.state in BUSY:
+            tail = run.process.stderr_last_line()
+            self._set_failed(session, f"the agent exited mid-turn ({_describe_exit(code)})"
+                                      + (f": {tail}" if tail else "") + "; reply to resume it")
+        self._changed(session)
+
+    def _turn_ended(self, session: Session) -> None:
+        for hook in self.on_turn_end:
+            hook(session)
+
+    # -- a person's answers -------------------------------------------------------
+
+    async def reply(self, session: Session, text: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise RpcError(INVALID_PARAMS, "the reply text must be a non-empty string")
+        if session.state == "working":
+            raise RpcError(INVALID_STATE, f"session {session.id} is working; wait for it to finish or stop it")
+        if session.state == "needs_input" and session.pending:
+            if session.pending["kind"] == "question":
+                await self.respond(session, "allow", answer=text)
+            else:
+                await self.respond(session, "deny", message=text)
+            return
+        await self.start_turn(session, text)
+
+    async def respond(self, session: Session, decision: str, *, always: bool = False, message: str | None = None,
+                      answer: str | None = None, request_id: str | None = None) -> None:
+        pending = session.pending
+        if session.state != "needs_input" or pending is None:
+            raise RpcError(INVALID_STATE, f"session {session.id} is not waiting for a decision (it is {session.state}); "
+                                          "it may have been answered elsewhere")
+        if request_id is not None and request_id != pending["request_id"]:
+            raise RpcError(INVALID_STATE, f"that request of session {session.id} was already answered or withdrawn")
+        if decision not in ("allow", "deny"):
+            raise RpcError(INVALID_PARAMS, 'decision must be "allow" or "deny"')
+        run = self.runs.get(session.id)
+        if run is None:
+            raise RpcError(INVALID_STATE, f"session {session.id} has no running agent to answer")
+        if decision == "allow":
+            updated = pending["input"]
+            if answer is not None:
+                updated = claude.answer_input(pending["input"], answer)
+            permissions = pending.get("suggestions") if always else None
+            if always and pending["tool_name"] not in session.always_allow:
+                session.always_allow.append(pending["tool_name"])
+            response = claude.allow_response(pending["request_id"], updated, permissions)
+        else:
+            response = claude.deny_response(pending["request_id"], message or "Denied by the user")
+        session.pending = None
+        session.waiting_for = None
+        session.state = "working"
+        self._record(session, "control", {"decision": decision, "tool_name": pending["tool_name"],
+                                          "request_id": pending["request_id"], "always": always,
+                                          "message": message, "answer": answer})
+        self._changed(session)
+        await run.process.write_json(response)
+
+    # -- stopping and removing ----------------------------------------------------
+
+    async def stop(self, session: Session, *, reason: str = "stopped") -> None:
+        run = self.runs.get(session.id)
+        if run is not None:
+            self._stop_run(run)
+        session.state = "stopped"
+        session.waiting_for = None
+        session.pending = None
+        session.next_wake_at = None
+        self._record(session, "daemon", {"event": reason})
+        self._changed(session)
+        for hook in self.on_session_end:
+            hook(session, "stopped")
+
+    def _stop_run(self, run: Run) -> None:
+        if run.stopping:
+            return
+        run.stopping = True
+        self.nursery.start_soon(self._shutdown_run, run)
+
+    async def _shutdown_run(self, run: Run) -> None:
+        if run.backend == "claude" and run.in_turn:
+            await run.process.write_json(claude.interrupt_request())
+        await run.process.shutdown(self.config().stop_grace_s)
+
+    async def remove(self, session: Session) -> None:
+        run = self.runs.pop(session.id, None)
+        if run is not None:
+            self._stop_run(run)
+        for hook in self.on_session_end:
+            hook(session, "removed")
+        del self.sessions[session.id]
+        self.transcript_len.pop(session.id, None)
+        self.store.delete_session(session.id)
+        self.bus.publish("session.removed", id=session.id)
+
+    async def resume(self, session: Session, prompt: str | None = None) -> None:
+        if session.state in BUSY:
+            raise RpcError(INVALID_STATE, f"session {session.id} is already {session.state}")
+        await self.start_turn(session, prompt or "Continue where you left off.")
+
+    def update(self, session: Session, **fields: Any) -> None:
+        for key, value in fields.items():
+            setattr(session, key, value)
+        self._changed(session)
+
+    async def shutdown(self) -> None:
+        """Ask every agent to stop (daemon exit); sessions mid-turn fail with a clear reason."""
+        for session_id, run in list(self.runs.items()):
+            session = self.sessions.get(session_id)
+            if session is not None and session.state in BUSY:
+                self._set_failed(session, SHUTDOWN_ERROR)
+                self._changed(session)
+            self._stop_run(run)
+        for run in list(self.runs.values()):
+            await run.process.exited.wait()
+
+    # -- internals ----------------------------------------------------------------
+
+    def _detach(self, session: Session) -> None:
+        run = self.runs.pop(session.id, None)
+        if run is not None:
+            self._stop_run(run)
+
+    def _send(self, run: Run, obj: dict) -> None:
+        self.nursery.start_soon(run.process.write_json, obj)
+
+    def _set_failed(self, session: Session, error: str) -> None:
+        session.state = "failed"
+        session.error = error
+        session.waiting_for = None
+        session.pending = None
+
+    def _fail(self, session: Session, error: str) -> None:
+        self._set_failed(session, error)
+        session.pid = None
+        self._record(session, "daemon", {"event": "failed", "error": error})
+        self._changed(session)
+        self._turn_ended(session)
+
+    def _record(self, session: Session, kind: str, data: Any) -> None:
+        n = self.transcript_len.get(session.id, 0)
+        self.transcript_len[session.id] = n + 1
+        ts = clock.now_iso()
+        self.store.append_transcript(session.id, n, ts, kind, data)
+        self.bus.publish("session.transcript", id=session.id,
+                         entry={"n": n, "ts": ts, "kind": kind, "data": clip(data)})
+
+    def _changed(self, session: Session) -> None:
+        session.updated_at = clock.now_iso()
+        if session.pid is None and session.id in self.runs and not self.runs[session.id].process.exited.is_set():
+            session.pid = self.runs[session.id].process.pid
+        self.store.save_session(session.id, session.to_record())
+        self.bus.publish("session.updated", session=session.to_json())
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def agent_cwd(path: str | None, default: str) -> str:
+    return str(Path(path or default).expanduser().resolve())

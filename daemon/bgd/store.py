@@ -1,0 +1,213 @@
+"""The daemon's durable state: one SQLite database (WAL) in the state dir.
+
+Sessions are stored as JSON documents keyed by id, transcript entries and
+events as rows appended as they arrive.  The schema carries a version;
+`MIGRATIONS[i]` takes a database from version i to i + 1, so later features
+add a step at the end and never edit an old one.
+
+Writes are small and frequent; WAL with synchronous=NORMAL makes each commit
+cheap and survives a `kill -9` of the daemon (only a power loss can drop the
+last commits).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: sessions, transcripts, events.
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE transcript (
+        session_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        ts TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (session_id, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    """,
+    # 1 -> 2: loop tasks (session-scoped) and runs of desktop tasks.
+    """
+    CREATE TABLE loops (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX loops_by_session ON loops (session_id);
+    CREATE TABLE task_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task TEXT NOT NULL,
+        due_at TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX task_runs_by_task ON task_runs (task, id);
+    CREATE TABLE task_state (
+        task TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    # -- schema ---------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this bgd ({SCHEMA_VERSION}); "
+                "upgrade bgagents or point BGD_STATE_DIR elsewhere")
+        for step in range(version, SCHEMA_VERSION):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {step + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.db.close()
+
+    def integrity_check(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- sessions -------------------------------------------------------------
+
+    def save_session(self, session_id: str, data: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO sessions (id, data) VALUES (?, ?)",
+                        (session_id, json.dumps(data)))
+
+    def delete_session(self, session_id: str) -> None:
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self.db.execute("DELETE FROM transcript WHERE session_id = ?", (session_id,))
+        self.db.execute("DELETE FROM loops WHERE session_id = ?", (session_id,))
+        self.db.execute("COMMIT")
+
+    def load_sessions(self) -> list[dict]:
+        return [json.loads(row[0]) for row in self.db.execute("SELECT data FROM sessions")]
+
+    # -- transcripts ----------------------------------------------------------
+
+    def append_transcript(self, session_id: str, n: int, ts: str, kind: str, data: Any) -> None:
+        self.db.execute("INSERT INTO transcript (session_id, n, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+                        (session_id, n, ts, kind, json.dumps(data)))
+
+    def transcript_length(self, session_id: str) -> int:
+        row = self.db.execute("SELECT MAX(n) FROM transcript WHERE session_id = ?", (session_id,)).fetchone()
+        return 0 if row[0] is None else row[0] + 1
+
+    def transcript(self, session_id: str, since: int = -1, limit: int | None = None) -> list[dict]:
+        sql = "SELECT n, ts, kind, data FROM transcript WHERE session_id = ? AND n > ? ORDER BY n"
+        args: tuple = (session_id, since)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args += (limit,)
+        return [{"n": n, "ts": ts, "kind": kind, "data": json.loads(data)}
+                for n, ts, kind, data in self.db.execute(sql, args)]
+
+    # -- events ---------------------------------------------------------------
+
+    def last_event_seq(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return row[0] or 0
+
+    def first_event_seq(self) -> int:
+        row = self.db.execute("SELECT MIN(seq) FROM events").fetchone()
+        return row[0] or 0
+
+    def append_event(self, seq: int, ts: str, type_: str, data: dict) -> None:
+        self.db.execute("INSERT INTO events (seq, ts, type, data) VALUES (?, ?, ?, ?)",
+                        (seq, ts, type_, json.dumps(data)))
+
+    def events_after(self, seq: int, limit: int = 100_000) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [json.loads(row[0]) for row in rows]
+
+    def trim_events(self, keep: int) -> None:
+        self.db.execute("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (keep,))
+
+    # -- loops and task runs (used by later features) --------------------------
+
+    def save_loop(self, loop_id: str, session_id: str, data: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO loops (id, session_id, data) VALUES (?, ?, ?)",
+                        (loop_id, session_id, json.dumps(data)))
+
+    def delete_loop(self, loop_id: str) -> None:
+        self.db.execute("DELETE FROM loops WHERE id = ?", (loop_id,))
+
+    def load_loops(self) -> list[dict]:
+        return [json.loads(row[0]) for row in self.db.execute("SELECT data FROM loops")]
+
+    def add_task_run(self, task: str, due_at: str, data: dict) -> int:
+        cur = self.db.execute("INSERT INTO task_runs (task, due_at, data) VALUES (?, ?, ?)",
+                              (task, due_at, json.dumps(data)))
+        return cur.lastrowid
+
+    def update_task_run(self, run_id: int, data: dict) -> None:
+        self.db.execute("UPDATE task_runs SET data = ? WHERE id = ?", (json.dumps(data), run_id))
+
+    def task_runs(self, task: str, limit: int = 1000) -> list[dict]:
+        rows = self.db.execute("SELECT id, data FROM task_runs WHERE task = ? ORDER BY id DESC LIMIT ?",
+                               (task, limit))
+        return [dict(json.loads(data), id=run_id) for run_id, data in rows]
+
+    def save_task_state(self, task: str, data: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO task_state (task, data) VALUES (?, ?)", (task, json.dumps(data)))
+
+    def load_task_states(self) -> dict[str, dict]:
+        return {task: json.loads(data) for task, data in self.db.execute("SELECT task, data FROM task_state")}
+
+    def transaction(self) -> "_Transaction":
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
