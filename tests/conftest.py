@@ -1,0 +1,151 @@
+"""Shared fixtures: a real `bgd` process on temporary dirs, `bgctl` runs, the fake agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bgctl.client import Client
+
+TESTS = Path(__file__).parent
+FAKE_CLAUDE = TESTS / "fake_claude.py"
+ROOT = TESTS.parent
+
+
+def config_text(extra: str = "", fake: Path = FAKE_CLAUDE) -> str:
+    return (f'stop_grace_s = 1\nidle_timeout_s = 30\n[loops]\njitter = false\n[scheduler]\njitter = false\n'
+            f'[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(fake))}]\n' + extra)
+
+
+class Bgd:
+    """A real daemon process with its own socket, config and state dirs."""
+
+    def __init__(self, base: Path, sock_dir: Path):
+        self.base = base
+        self.socket = sock_dir / "bgd.sock"
+        self.config_dir = base / "config"
+        self.state_dir = base / "state"
+        self.work = base / "work"
+        for d in (self.config_dir, self.state_dir, self.work):
+            d.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = base / "bgd.log"
+        self.env = dict(os.environ, BGD_SOCKET=str(self.socket), BGD_CONFIG_DIR=str(self.config_dir),
+                        BGD_STATE_DIR=str(self.state_dir), PYTHONUNBUFFERED="1")
+        self.env.pop("BGCTL_NO_SPAWN", None)
+
+    def write_config(self, extra: str = "") -> None:
+        (self.config_dir / "config.toml").write_text(config_text(extra))
+
+    def start(self, extra_env: dict | None = None, wait: bool = True, args: list[str] | None = None,
+              prefix: list[str] | None = None) -> subprocess.Popen:
+        env = dict(self.env, **(extra_env or {}))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "bgd", *(args or [])], env=env,
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self.proc
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"bgd exited {self.proc.returncode}: {self.log()}")
+            try:
+                Client.connect(self.socket, spawn=False).close()
+                return
+            except Exception:
+                time.sleep(0.02)
+        raise AssertionError(f"bgd did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def ctl(self, *args: str, input: str | None = None, env: dict | None = None, timeout: float = 30,
+            cwd: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bgctl", *args], env=dict(self.env, **(env or {})),
+                              capture_output=True, text=True, input=input, timeout=timeout,
+                              cwd=cwd or str(self.work))
+
+    def ctl_json(self, *args: str) -> object:
+        # Leading, since --json counts only before the prompt or name words.
+        result = self.ctl("--json", *args) if "--json" not in args else self.ctl(*args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def client(self) -> Client:
+        return Client.connect(self.socket, spawn=False)
+
+    def rpc(self, method: str, params: dict | None = None):
+        with self.client() as c:
+            return c.call(method, params)
+
+    def dispatch(self, prompt: str, **params) -> dict:
+        return self.rpc("session.dispatch", {"prompt": prompt, "cwd": str(self.work), **params})
+
+    def wait_session(self, session_id: str, predicate, timeout: float = 20.0) -> dict:
+        """Wait, on the event stream (no polling), until the session satisfies `predicate`."""
+        with self.client() as c:
+            c.sock.settimeout(timeout)
+            c.call("events.subscribe", {"session": session_id, "types": ["session.updated"]})
+            session = c.call("session.get", {"id": session_id})
+            deadline = time.monotonic() + timeout
+            while not predicate(session):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"session {session_id} never matched; last: {session}")
+                note = next(c.notifications_iter())
+                if note.method == "event" and note.params["type"] == "session.updated":
+                    session = note.params["session"]
+            return session
+
+    def wait_state(self, session_id: str, *states: str, timeout: float = 20.0) -> dict:
+        return self.wait_session(session_id, lambda s: s["state"] in states, timeout)
+
+
+@pytest.fixture
+def bgd(tmp_path):
+    sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
+    daemon = Bgd(tmp_path, sock_dir)
+    daemon.write_config()
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def running_bgd(bgd):
+    bgd.start()
+    return bgd
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
