@@ -104,6 +104,18 @@ class Bgd:
     def dispatch(self, prompt: str, **params) -> dict:
         return self.rpc("session.dispatch", {"prompt": prompt, "cwd": str(self.work), **params})
 
+    def dispatch_retry(self, prompt: str, timeout: float = 10.0, **params) -> dict:
+        """Dispatch, retrying while the daemon has not yet applied a config change."""
+        from bgcore.jsonrpc import RpcError
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.dispatch(prompt, **params)
+            except RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def wait_session(self, session_id: str, predicate, timeout: float = 20.0) -> dict:
         """Wait, on the event stream (no polling), until the session satisfies `predicate`."""
         with self.client() as c:

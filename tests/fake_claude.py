@@ -782,11 +782,6 @@ class Agent:
         self.result()
 
     def main(self):
-        log = os.environ.get("FAKE_CLAUDE_ARGV_LOG")
-        if log:
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
-                                    "env_disable_cron": os.environ.get("CLAUDE_CODE_DISABLE_CRON")}) + "\n")
         threading.Thread(target=self.reader, name="stdin", daemon=True).start()
         while True:
             with self.cv:
@@ -891,6 +886,11 @@ def main():
     # the real CLI exits with status 143 on SIGTERM (it is not killed by the signal)
     signal.signal(signal.SIGTERM, lambda *_: _die(143))
     signal.signal(signal.SIGINT, lambda *_: _die(130))
+    log = os.environ.get("FAKE_CLAUDE_ARGV_LOG")
+    if log:  # one line per process start, before any argument check
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
+                                "env_disable_cron": os.environ.get("CLAUDE_CODE_DISABLE_CRON")}) + "\n")
     Agent(sys.argv[1:]).main()
 
 

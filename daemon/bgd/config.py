@@ -64,6 +64,8 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "loops": dict,
     "scheduler": dict,
 }
+_KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
+               list: "a list", (str, list): "a list of strings"}
 _AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict}
 
 
@@ -83,8 +85,8 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         if isinstance(value, bool) and kind in ((int, float), int):
             raise ConfigError(f"{where(key)}: {label} must be a number, not {value!r}")
         if not isinstance(value, kind):
-            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise ConfigError(f"{where(key)}: {label} must be a {want}, not {type(value).__name__}")
+            raise ConfigError(f"{where(key)}: {label} must be {_KIND_NAMES.get(kind, 'something else')}, "
+                              f"not {type(value).__name__}")
 
     for key, value in raw.items():
         if key not in _TOP_KEYS:

@@ -1,0 +1,135 @@
+"""The daemon process: one per socket, signals, config reload, crash recovery, socket safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+
+from conftest import pid_alive
+
+
+def test_socket_is_private(running_bgd):
+    bgd = running_bgd
+    assert stat.S_IMODE(os.stat(bgd.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(bgd.socket.parent).st_mode) == 0o700
+
+
+def test_second_daemon_on_the_same_socket_exits_1(running_bgd):
+    bgd = running_bgd
+    second = subprocess.run([sys.executable, "-m", "bgd"], env=bgd.env, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert "a daemon is already running" in second.stderr and str(bgd.socket) in second.stderr
+    assert bgd.rpc("daemon.status")["pid"] == bgd.proc.pid
+
+
+def test_stale_socket_of_a_dead_daemon_is_replaced(bgd):
+    bgd.start()
+    os.kill(bgd.proc.pid, signal.SIGKILL)
+    bgd.proc.wait()
+    assert bgd.socket.exists()  # left behind
+    bgd.start()
+    assert bgd.rpc("daemon.status")["pid"] == bgd.proc.pid
+
+
+def test_sigterm_stops_agents_and_flushes_state(bgd):
+    bgd.start()
+    s = bgd.dispatch("sleep 60")
+    s = bgd.wait_session(s["id"], lambda x: x["pid"] is not None)
+    assert bgd.stop(signal.SIGTERM) == 0
+    assert not bgd.socket.exists()
+    assert not pid_alive(s["pid"])
+    bgd.start()
+    after = bgd.rpc("session.get", {"id": s["id"]})
+    assert after["state"] == "failed" and "shut down" in after["error"]
+
+
+def test_kill_9_recovery_lists_everything_and_replies_resume(bgd, tmp_path):
+    log = tmp_path / "argv.log"
+    bgd.start(extra_env={"FAKE_CLAUDE_ARGV_LOG": str(log)})
+    done = bgd.dispatch("say finished")
+    bgd.wait_state(done["id"], "completed")
+    working = [bgd.dispatch("sleep 60") for _ in range(3)]
+    for s in working:
+        bgd.wait_session(s["id"], lambda x: x["pid"] is not None)
+    asking = bgd.dispatch('tool Bash {"command": "ls"}')
+    bgd.wait_state(asking["id"], "needs_input")
+    os.kill(bgd.proc.pid, signal.SIGKILL)
+    bgd.proc.wait()
+
+    bgd.start(extra_env={"FAKE_CLAUDE_ARGV_LOG": str(log)})
+    listed = {s["id"]: s for s in bgd.ctl_json("ls", "--all")}
+    assert set(listed) == {done["id"], asking["id"]} | {s["id"] for s in working}
+    assert listed[done["id"]]["state"] == "completed"
+    for s in working + [asking]:
+        assert listed[s["id"]]["state"] == "failed"
+        assert "bgd restarted" in listed[s["id"]]["error"]
+        assert listed[s["id"]]["pid"] is None
+    target = working[0]
+    assert bgd.ctl("reply", target["id"], "say back again").returncode == 0
+    s = bgd.wait_session(target["id"], lambda x: x["state"] == "completed" and x["last_message"] == "back again")
+    last = json.loads(log.read_text().splitlines()[-1])["argv"]
+    assert last[last.index("--resume") + 1] == s["agent_session_id"] == target["agent_session_id"]
+    db = sqlite3.connect(bgd.state_dir / "bgd.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sighup_reloads_config_and_a_broken_edit_keeps_the_old_one(running_bgd):
+    bgd = running_bgd
+    config = bgd.config_dir / "config.toml"
+    config.write_text(config.read_text() + '[agents.shout]\nbackend = "command"\n'
+                      f'command = [{json.dumps(sys.executable)}, "-c", "print(\'HEY\')"]\n')
+    bgd.proc.send_signal(signal.SIGHUP)
+    s = bgd.wait_session(bgd.dispatch_retry("x", agent="shout")["id"], lambda x: x["state"] == "completed")
+    assert s["last_message"] == "HEY"
+
+    config.write_text("this is [ not toml")
+    bgd.proc.send_signal(signal.SIGHUP)
+    status = _wait_status(bgd, lambda st: st["config_error"])
+    assert "config.toml" in status["config_error"] and "not valid TOML" in status["config_error"]
+    assert "config error" in bgd.ctl("daemon", "status").stdout
+    # last good config still in force: the agent defined before still works
+    s = bgd.wait_state(bgd.dispatch("y", agent="shout")["id"], "completed")
+    assert s["last_message"] == "HEY"
+
+
+def _wait_status(bgd, predicate, timeout=10):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = bgd.rpc("daemon.status")
+        if predicate(status):
+            return status
+        time.sleep(0.05)
+    raise AssertionError("status never matched")
+
+
+def test_invalid_config_at_start_names_file_and_line(bgd):
+    (bgd.config_dir / "config.toml").write_text('default_agent = "claude"\nstop_grace_s = "soon"\n')
+    bgd.start(wait=False)
+    assert bgd.proc.wait(30) == 2
+    log = bgd.log()
+    assert "config.toml:2" in log and "stop_grace_s must be a number" in log
+
+
+def test_peer_from_another_uid_is_refused(running_bgd):
+    if os.getuid() != 0:
+        import pytest
+        pytest.skip("needs root to connect as another uid")
+    bgd = running_bgd
+    os.chmod(bgd.socket.parent, 0o755)
+    os.chmod(bgd.socket, 0o777)
+    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+            "s.sendall(b'{\"jsonrpc\":\"2.0\",\"method\":\"daemon.status\",\"id\":1}\\n'); print(s.recv(4096).decode())")
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        import pytest
+        pytest.skip("no system python3 another user can run")
+    out = subprocess.run([python, "-c", code, str(bgd.socket)], capture_output=True, text=True,
+                         user=65534, timeout=30)
+    assert "another user" in out.stdout and "-32007" in out.stdout
