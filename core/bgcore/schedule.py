@@ -175,23 +175,21 @@ def _read_amount(r: _Reader, example: str, *, bare_unit: bool) -> tuple[float, s
     word = r.take("a number and a unit such as 15 minutes", example)
     if bare_unit and word.text in _UNITS:
         return 1.0, _UNITS[word.text], word
-    m = _AMOUNT_RE.fullmatch(word.text)
     if word.text in ("a", "an", "one"):
-        count, unit_text, unit_word = 1.0, "", None
-    elif m:
-        count, unit_text, unit_word = float(m[1]), m[2], word
+        count, unit_word = 1.0, None
+    elif m := _AMOUNT_RE.fullmatch(word.text):
+        count = float(m[1])
+        # `5x`: point at the unit inside the word
+        unit_word = _Word(m[2], word.raw[len(m[1]):], word.pos + len(m[1])) if m[2] else None
     else:
         r.fail("expected a number such as 15" + _suggest(word.text, _UNITS), word, example)
-    if not unit_text:
+    if unit_word is None:
         unit_word = r.take("a unit (minutes, hours or days)", example)
-        unit_text = unit_word.text
-    if unit_text not in _UNITS:
-        bad = unit_word if unit_word is not word else _Word(unit_text, unit_text,
-                                                             word.pos + len(m[1]))
-        r.fail("not a unit; use minutes, hours or days" + _suggest(unit_text, _UNITS), bad, example)
+    if unit_word.text not in _UNITS:
+        r.fail("not a unit; use minutes, hours or days" + _suggest(unit_word.text, _UNITS), unit_word, example)
     if count <= 0:
         r.fail("the interval must be positive", word, example)
-    return count, _UNITS[unit_text], word
+    return count, _UNITS[unit_word.text], word
 
 
 # ---------------------------------------------------------------- intervals
@@ -200,7 +198,7 @@ def _nearest(value: float, steps: tuple[int, ...]) -> int:
     return min(steps, key=lambda s: (abs(s - value), -s))  # a tie goes to the longer step
 
 
-def _interval(spec: str, seconds: float, asked: str) -> Schedule:
+def _interval(spec: str, seconds: float) -> Schedule:
     """§6: an interval as cron, rounded to a clean one (minutes dividing 60, hours dividing 24)."""
     minutes = math.ceil(seconds / 60)
     if minutes < 60:
@@ -221,15 +219,13 @@ def _interval(spec: str, seconds: float, asked: str) -> Schedule:
         period, n = minutes * 60, minutes
         cron = "* * * * *" if n == 1 else f"*/{n} * * * *"
         human = "every minute" if n == 1 else f"every {n} minutes"
-    rounded = asked if period != seconds else None
+    rounded = spec.strip() if period != seconds else None
     return Schedule(spec, "cron", cron, None, human, rounded, period)
 
 
 def _read_interval(r: _Reader, *, loop: bool) -> Schedule:
     """After `every` (or a bare `5m`): the interval form of §6, shared by loops and tasks."""
-    start = r.i
     count, unit, word = _read_amount(r, _EX_INTERVAL, bare_unit=True)
-    asked = r.spec[r.words[start].pos:r.words[r.i - 1].pos + len(r.words[r.i - 1].raw)]
     if unit == "w":
         r.fail("weeks are not an interval; use 'weekly' or a number of days", word, "weekly on monday at 09:00")
     seconds = count * _UNIT_SECONDS[unit]
@@ -238,7 +234,7 @@ def _read_interval(r: _Reader, *, loop: bool) -> Schedule:
     if seconds > 31 * 86400:
         r.fail("longer than 31 days cannot be a 5-field cron; use a cron such as '0 9 1 */2 *'",
                word, "0 9 1 */2 *")
-    return _interval(r.spec, seconds, asked)
+    return _interval(r.spec, seconds)
 
 
 def parse_interval(text: str) -> Schedule:
@@ -301,9 +297,10 @@ class _Cron:
             while True:
                 if d.month not in self.months:
                     y, m = d.year, d.month
-                    while (m := m % 12 + 1) not in self.months or m == 1 and not (y := y + 1):
-                        if m == 1:
-                            y += 1
+                    while True:
+                        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+                        if m in self.months:
+                            break
                     d = date(y, m, 1)
                 elif self.day_matches(d):
                     return d
@@ -313,17 +310,20 @@ class _Cron:
             return None
 
 
+def _cron_error(message: str, spec: str, pos: int, length: int, example: str = _EX_CRON) -> ScheduleError:
+    return ScheduleError(message, spec=spec, fragment=spec[pos:pos + length], position=pos, example=example)
+
+
 def _cron_value(text: str, pos: int, field: int, spec: str) -> int:
     name, lo, hi, names = _FIELDS[field]
     if text in names:
         return names[text]
     if not text.isdigit():
-        what = f"a number {lo}-{hi}" + (" or a name such as " + next(iter(names)) if names else "")
-        raise ScheduleError(f"{name} must be {what}", spec=spec, fragment=text, position=pos, example=_EX_CRON)
+        also = f" or a name such as {next(iter(names))}" if names else ""
+        raise _cron_error(f"{name} must be a number {lo}-{hi}{also}", spec, pos, len(text))
     if not lo <= int(text) <= hi:
         note = " (0 and 7 are Sunday)" if field == 4 else ""
-        raise ScheduleError(f"{name} {int(text)} is out of range {lo}-{hi}{note}", spec=spec,
-                            fragment=text, position=pos, example=_EX_CRON)
+        raise _cron_error(f"{name} {int(text)} is out of range {lo}-{hi}{note}", spec, pos, len(text))
     return int(text)
 
 
@@ -334,16 +334,15 @@ def _cron_field(text: str, pos: int, field: int, spec: str) -> set[int]:
     for item in text.split(","):
         base, slash, step_text = item.partition("/")
         if slash and not (step_text.isdigit() and int(step_text) > 0):
-            raise ScheduleError(f"the step in {name} must be a whole number of at least 1", spec=spec,
-                                fragment=item, position=pos, example=_EX_CRON)
+            raise _cron_error(f"the step in {name} must be a whole number of at least 1", spec,
+                              pos + len(base) + 1, len(step_text))
         if base == "*":
             start, end = lo, hi
         elif "-" in base:
             a, b = base.split("-", 1)
             start, end = _cron_value(a, pos, field, spec), _cron_value(b, pos + len(a) + 1, field, spec)
             if start > end:
-                raise ScheduleError(f"the {name} range {base} runs backwards", spec=spec, fragment=base,
-                                    position=pos, example=_EX_CRON)
+                raise _cron_error(f"the {name} range {base} runs backwards", spec, pos, len(base))
         else:
             start = _cron_value(base, pos, field, spec)
             end = hi if slash else start  # `5/15` means 5-59/15, as in croniter
@@ -359,7 +358,8 @@ def _cron_text(values: set[int], field: int, star: bool) -> str:
     s = sorted(values)
     step = s[1] - s[0] if len(s) > 1 else 0
     progression = len(s) > 1 and all(b - a == step for a, b in zip(s, s[1:]))
-    if (star or field not in (2, 4)) and s[0] == lo and (progression or len(s) == 1) and s[-1] + step > hi:
+    if (star or field not in (2, 4) and len(s) > 2) and s[0] == lo and (progression or len(s) == 1) \
+            and s[-1] + step > hi:
         return "*" if step == 1 else f"*/{step}"
     if progression and step > 1 and len(s) > 2:
         return f"{s[0]}-{s[-1]}/{step}"
@@ -378,19 +378,17 @@ _NICKNAMES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0
 def _compile(spec: str) -> _Cron:
     words = [(m.group().lower(), m.start()) for m in re.finditer(r"\S+", spec)]
     if len(words) != 5:
-        n = len(words)
-        why = f"a cron has 5 fields (minute hour day month weekday); this one has {n}"
-        if n == 6:
-            raise ScheduleError(why + ": seconds are not supported, a schedule fires at most once a minute",
-                                spec=spec, fragment=spec[words[5][1]:].strip(), position=words[5][1],
-                                example=_EX_CRON)
-        raise ScheduleError(why, spec=spec, fragment=spec.strip(), position=words[0][1] if words else 0,
-                            example=_EX_CRON)
+        why = f"a cron has 5 fields (minute hour day month weekday); this one has {len(words)}"
+        if len(words) == 6:
+            raise _cron_error(why + ": seconds are not supported, a schedule fires at most once a minute",
+                              spec, words[5][1], len(spec.rstrip()) - words[5][1])
+        start = words[0][1] if words else 0
+        raise _cron_error(why, spec, start, len(spec.rstrip()) - start)
     sets = [_cron_field(text, pos, i, spec) for i, (text, pos) in enumerate(words)]
     stars = [text.startswith("*") for text, _ in words]
     if not stars[2] and not any(d <= _MAX_DAY[m - 1] for m in sets[3] for d in sets[2]):
-        raise ScheduleError("this day never occurs in the given months", spec=spec, fragment=words[2][0],
-                            position=words[2][1], example="0 0 29 2 *")
+        raise _cron_error("that day never comes in the months given, so this would never fire", spec,
+                          words[2][1], len(words[2][0]), "0 0 29 2 *")
     minutes, hours = sorted(sets[0]), sorted(sets[1])
     return _Cron(" ".join(_cron_text(v, i, stars[i]) for i, v in enumerate(sets)),
                  tuple(h * 60 + m for h in hours for m in minutes), tuple(minutes), tuple(hours),
@@ -403,41 +401,37 @@ def _join(items: list[str]) -> str:
 
 def _describe(c: _Cron) -> str:
     """A short English reading of common cron shapes; anything else is shown as the cron itself."""
+    fallback = f"cron {c.text} (minute hour day month weekday)"
     mins, hours, all_hours = c.minutes, c.hours, len(c.hours) == 24
     step_m = mins[1] if len(mins) > 1 and mins == tuple(range(0, 60, mins[1])) and 60 % mins[1] == 0 else 0
     step_h = hours[1] if len(hours) > 1 and hours == tuple(range(0, 24, hours[1])) and 24 % hours[1] == 0 else 0
-    at = "" if len(mins) != 1 or mins[0] == 0 else f" at :{mins[0]:02d}"
+    past = "" if len(mins) != 1 or mins[0] == 0 else f" at :{mins[0]:02d}"
     if len(mins) == 60 and all_hours:
         when = "every minute"
     elif step_m and all_hours:
         when = f"every {step_m} minutes"
     elif len(mins) == 1 and all_hours:
-        when = "every hour" + at
+        when = "every hour" + past
     elif len(mins) == 1 and step_h:
-        when = f"every {step_h} hours" + at
+        when = f"every {step_h} hours" + past
     elif len(mins) * len(hours) <= 4:
         when = "at " + _join([f"{h:02d}:{m:02d}" for h in hours for m in mins])
     else:
-        return f"cron {c.text} (minute hour day month weekday)"
-    dow_names = [_DAY_NAMES[d] + "s" for d in (1, 2, 3, 4, 5, 6, 0) if d in c.dows]
-    dows = {frozenset(range(1, 6)): "on weekdays", frozenset({0, 6}): "on weekends"}.get(
-        c.dows, "on " + _join(dow_names))
-    doms = ("on day" + ("s " if len(c.doms) > 1 else " ") + _join([str(d) for d in sorted(c.doms)])
-            + " of the month")
+        return fallback
+    dow_names = _join([_DAY_NAMES[d] + "s" for d in (1, 2, 3, 4, 5, 6, 0) if d in c.dows])
+    dows = {frozenset(range(1, 6)): "on weekdays", frozenset({0, 6}): "on weekends"}.get(c.dows, "on " + dow_names)
+    doms = f"on day{'s' if len(c.doms) > 1 else ''} {_join([str(d) for d in sorted(c.doms)])} of the month"
+    every_dom, every_dow = len(c.doms) == 31, len(c.dows) == 7
     if c.dom_star and c.dow_star:
-        if len(c.doms) != 31 or len(c.dows) != 7:
-            return f"cron {c.text} (minute hour day month weekday)"
-        days = "every day" if when.startswith("at") else ""
+        known, days = every_dom and every_dow, "every day" if when.startswith("at") else ""
     elif c.dom_star:
-        days = dows if len(c.doms) == 31 else ""
-        if len(c.doms) != 31:
-            return f"cron {c.text} (minute hour day month weekday)"
+        known, days = every_dom, dows
     elif c.dow_star:
-        days = doms if len(c.dows) == 7 else ""
-        if len(c.dows) != 7:
-            return f"cron {c.text} (minute hour day month weekday)"
+        known, days = every_dow, doms
     else:
-        days = f"{doms} or {dows}"
+        known, days = True, f"{doms} or {dows}"
+    if not known:
+        return fallback
     months = "" if len(c.months) == 12 else "in " + _join([_MONTH_NAMES[m - 1] for m in sorted(c.months)])
     return " ".join(part for part in (when, days, months) if part)
 
@@ -502,29 +496,49 @@ def _read_once(r: _Reader, now: datetime, tz: ZoneInfo, *, at_means_next: bool) 
 
 
 def _read_absolute(r: _Reader, tz: ZoneInfo) -> tuple[int, ZoneInfo]:
-    """`[once] [at|on] 2026-11-25 [at] 09:00[-05:00] [(Europe/Berlin)]`, as `human` prints it."""
+    """`[once] [at|on] 2026-11-25 [at] 09:00[-05:00] [(Europe/Berlin)]`, the form `human` prints."""
+    example = "once at 2026-11-25 09:00"
     r.accept("once")
     r.accept("at", "on")
-    word = r.take("a date such as 2026-11-25", "once at 2026-11-25 09:00")
-    text = word.text.upper()
-    if "T" not in text and r.peek() is not None and not r.peek().text.startswith("("):
+    word = r.take("a date such as 2026-11-25", example)
+    text = word.raw
+    if "t" not in word.text:  # the time is a separate word; 09:00 when there is none
         r.accept("at")
-        if r.peek() is not None and re.fullmatch(r"[\d:]+[+-][\d:]+", r.peek().text):
-            text += "T" + r.take("a time", "once at 2026-11-25 09:00").text
-        else:
-            text += "T" + _read_time(r, "once at 2026-11-25 09:00").isoformat()
-    if (zone_word := r.peek()) is not None and zone_word.raw.startswith("("):
+        clock = r.peek()
+        if clock is not None and re.fullmatch(r"\d\d?:\d\d(:\d\d)?([+-]\d\d:?\d\d|z)", clock.text):
+            r.i += 1
+            text += "T" + clock.raw
+        elif clock is not None and not clock.raw.startswith("("):
+            text += "T" + _read_time(r, example).isoformat()
+    if (zone := r.peek()) is not None and zone.raw.startswith("("):
         r.i += 1
         try:
-            tz = ZoneInfo(zone_word.raw.strip("()"))
+            tz = ZoneInfo(zone.raw.strip("()"))
         except (ZoneInfoNotFoundError, ValueError):
-            r.fail("unknown time zone; use an IANA name such as Europe/Berlin", zone_word, "once at 2026-11-25 09:00")
+            r.fail("unknown time zone; use an IANA name such as Europe/Berlin", zone, example)
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        r.fail("not a date and time; write it as 2026-11-25 09:00", word, "once at 2026-11-25 09:00")
+        r.fail("not a date and time; write it as 2026-11-25 09:00", word, example)
     ts = _resolve_wall(at, tz) if at.tzinfo is None else math.floor(at.timestamp())
     return ts, tz
+
+
+_DAY_PRESETS = {"daily": "*", "weekdays": "1-5", "weekends": "0,6"}
+_EVERY_DAYS = {"day": "*", "weekday": "1-5", "weekdays": "1-5", "weekend": "0,6", "weekends": "0,6"}
+
+
+def _day_preset(r: _Reader) -> str | None:
+    """`daily`, `weekdays`, `every weekday`, `every day at ...` (a bare `every day` is an interval):
+    consumes the preset words and returns the cron day-of-week field."""
+    texts = [w.text for w in r.words]
+    if texts[0] in _DAY_PRESETS:
+        r.i = 1
+        return _DAY_PRESETS[texts[0]]
+    if texts[0] == "every" and len(texts) > 1 and texts[1] in _EVERY_DAYS and (texts[1] != "day" or len(texts) > 2):
+        r.i = 2
+        return _EVERY_DAYS[texts[1]]
+    return None
 
 
 def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo) -> Schedule:
@@ -540,15 +554,9 @@ def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo) -> Schedule:
         result = Schedule(spec, "manual", None, None, "manual: only when run by hand")
     elif first == "hourly":
         r.i += 1
-        result = _interval(spec, 3600, first)
-    elif first in ("daily", "weekdays", "weekends") or first == "every" and len(r.words) > 1 and (
-            r.words[1].text in ("weekday", "weekdays", "weekend", "weekends") or
-            r.words[1].text == "day" and len(r.words) > 2):
-        r.i += 1 + (first == "every")
+        result = _interval(spec, 3600)
+    elif (days := _day_preset(r)) is not None:
         _, at = _read_day_time(r, None, "daily at 18:30")
-        days = {"w": "1-5", "e": "0,6"}.get(r.words[r.i - 1].text[0] if first == "every" else first[-4] , "*")
-        days = "*" if "day" == r.words[min(1, len(r.words) - 1)].text or first == "daily" else (
-            "1-5" if "weekday" in (first + " ".join(w.text for w in r.words[:2])) else "0,6")
         result = _cron_schedule(spec, f"{at.minute} {at.hour} * * {days}")
     elif first == "weekly" or first == "every" and len(r.words) > 1 and (
             r.words[1].text == "week" or _weekday(r.words[1].text) is not None):
@@ -584,32 +592,39 @@ def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo) -> Schedule:
 
 
 def parse_when_and_what(text: str, *, now: datetime, tz: ZoneInfo) -> tuple[Schedule, str]:
-    """`in 45 minutes push the release branch` (or the time at the end) -> (one-shot, prompt)."""
+    """`in 45 minutes push the release branch`, or the time at the end -> (one-shot, prompt)."""
     _require_aware(now)
+    example = "in 45 minutes push the release branch"
     r = _Reader(text)
-    ts = _read_once(r, now, tz, at_means_next=True)
+    if not r.words:
+        r.fail("say when and what", None, example)
+    lead_error = None
+    try:
+        ts = _read_once(r, now, tz, at_means_next=True)
+    except ScheduleError as error:  # maybe the prompt starts with "in"; try the end before giving up
+        ts, lead_error = None, error
     if ts is not None:
-        when, prompt = slice(0, r.i), slice(r.i, len(r.words))
+        when, prompt = r.words[:r.i], r.words[r.i:]
     else:
-        for start in range(1, len(r.words)):
+        for start in range(1, len(r.words)):  # the longest tail that is exactly a time
             tail = _Reader(text, r.words[start:])
             try:
                 ts = _read_once(tail, now, tz, at_means_next=True)
             except ScheduleError:
                 continue
             if ts is not None and tail.peek() is None:
-                when, prompt = slice(start, len(r.words)), slice(0, start)
+                when, prompt = r.words[start:], r.words[:start]
                 break
         else:
-            r.fail("say when first, as in 'in 45 minutes', 'at 15:00' or 'tomorrow at 9am'",
-                   r.peek(), "in 45 minutes push the release branch")
+            if lead_error:
+                raise lead_error
+            r.fail("say when, as in 'in 45 minutes', 'at 15:00' or 'tomorrow at 9am'", r.words[0], example)
+    if not prompt:
+        r.fail("nothing to be reminded of", None, example)
 
-    def span(part: slice) -> str:
-        ws = r.words[part]
-        return text[ws[0].pos:ws[-1].pos + len(ws[-1].raw)] if ws else ""
+    def span(ws: list[_Word]) -> str:
+        return text[ws[0].pos:ws[-1].pos + len(ws[-1].raw)]
 
-    if not span(prompt):
-        r.fail("nothing to be reminded of after the time", None, "in 45 minutes push the release branch")
     return _once(span(when), ts, tz), span(prompt)
 
 
@@ -675,14 +690,16 @@ def _standard_offset(ts: float, tz) -> int:
 
 
 def _iter_grid(period: int, after_ts: float, tz) -> Iterator[int]:
-    """Every `period` seconds of real time, on slots aligned to midnight of the zone's standard time."""
+    """Every `period` seconds of real time, on slots aligned to midnight of the zone's standard time
+    (its UTC offset without daylight saving): DST moves the wall clock, never the slots."""
+    def slot_after(ts: float, offset: int) -> int:
+        return (int((ts + offset) // period) + 1) * period - offset
+
     while True:
         offset = _standard_offset(after_ts, tz)
-        ts = (int((after_ts + offset) // period) + 1) * period - offset
-        if _standard_offset(ts, tz) != offset:  # a law moved the zone's standard time: re-align
-            moved = _standard_offset(ts, tz)
-            ts = max(ts - period, (int((after_ts + moved) // period) + 1) * period - moved)
-            ts = ts if ts > after_ts else ts + period
+        ts = slot_after(after_ts, offset)
+        if (moved := _standard_offset(ts, tz)) != offset:  # a law changed the standard time: re-align
+            ts = slot_after(after_ts, moved)
         yield ts
         after_ts = ts
 

@@ -167,7 +167,11 @@ async def _serve(conn: Connection, reader: FrameReader) -> None:
             if response is not None:
                 out.append(response)
         if out:
-            await conn.send(b"".join(encode(o) for o in out))
+            # Shielded (with a bound) so a shutdown cannot swallow the answer
+            # to the request that asked for it.
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                await conn.send(b"".join(encode(o) for o in out))
         conn.flushed.set()
         conn.flushed = trio.Event()
         if fatal or not data:
