@@ -7,6 +7,7 @@ share a tzinfo by wall clock and ignores `fold`, which would hide exactly the bu
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time as clock
 from datetime import datetime, timedelta, timezone
@@ -169,7 +170,7 @@ def test_absolute_time_with_offset_and_past_times_do_not_fire():
     ("*/0 * * * *", "0", 2, "step in minute"),
     ("5-1 * * * *", "5-1", 0, "runs backwards"),
     ("0 0 30 2 *", "30", 4, "never"),
-    ("*/30 * * * * *", "*", 12, "seconds are not supported"),
+    ("*/30 * * * * *", "*", 13, "seconds are not supported"),
     ("0 0 9 * * 1-5", "1-5", 10, "this one has 6"),
     ("0 9 * *", "0 9 * *", 0, "this one has 4"),
     ("every 30 seconds", "30", 6, "more often than once a minute"),
@@ -184,7 +185,7 @@ def test_absolute_time_with_offset_and_past_times_do_not_fire():
     ("daily at 9:75", "9:75", 9, "minutes must be 0-59"),
     ("daily at 13pm", "13pm", 9, "with am or pm"),
     ("daily at teatime", "teatime", 9, "not a time"),
-    ("daily at 9am please", "please", 15, "unexpected words"),
+    ("daily at 9am please", "please", 13, "unexpected words"),
     ("weekly on funday", "funday", 10, "not a day of the week"),
     ("today at 09:00", "today", 0, "already passed"),
     ("in", "in", 2, "expected a number"),
@@ -257,7 +258,7 @@ def test_task_intervals_round_like_loops():
 
 @pytest.mark.parametrize("text, fragment, why", [
     ("5x", "x", "not a unit"), ("0m", "0m", "positive"), ("-5m", "-5m", "positive"), ("", "", "expected"),
-    ("m", "m", "expected a number"), ("5 parsecs", "parsecs", "not a unit"), ("2w", "2w", "weeks"),
+    ("five minutes", "five", "expected a number"), ("5 parsecs", "parsecs", "not a unit"), ("2w", "2w", "weeks"),
     ("5m now", "now", "unexpected"),
 ])
 def test_loop_interval_errors(text, fragment, why):
@@ -634,7 +635,8 @@ def parsed(cron: str) -> Schedule:
         assume(False)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("SCHEDULE_EXAMPLES", 400)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(cron=CRONS, where=zone_and_instant())
 def test_fire_times_match_a_brute_force_oracle(cron, where):
     tz, after = where
@@ -646,7 +648,7 @@ def test_fire_times_match_a_brute_force_oracle(cron, where):
     assert len(got) == len(expected) + 1 and got[-1] > window_end
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=int(os.environ.get("SCHEDULE_EXAMPLES", 300)), deadline=None)
 @given(cron=CRONS, where=zone_and_instant())
 def test_cron_fire_time_properties(cron, where):
     tz, after = where
@@ -660,6 +662,9 @@ def test_cron_fire_time_properties(cron, where):
         just_before = datetime.fromtimestamp(t.timestamp() - 60, tz)
         jumped = just_before.utcoffset() < t.utcoffset()
         assert matches(t.replace(tzinfo=None)) or jumped  # else the first instant after a skipped gap
+    renormalized = parse(schedule.cron)  # the normalized cron means the same thing
+    assert renormalized.cron == schedule.cron
+    assert [t.timestamp() for t in next_fire_times(renormalized, after, tz, 40)] == stamps
     # chaining one fire at a time gives the same list: what the daemon does
     chained, cursor = [], after
     for _ in range(min(len(fires), 10)):
@@ -671,7 +676,7 @@ def test_cron_fire_time_properties(cron, where):
         assert [t.timestamp() for t in window] == stamps[1:3]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=int(os.environ.get("SCHEDULE_EXAMPLES", 200)), deadline=None)
 @given(interval=st.sampled_from(["1m", "5m", "15m", "30m", "1h", "2h", "3h", "6h", "12h"]), where=zone_and_instant())
 def test_interval_schedules_keep_real_spacing(interval, where):
     tz, after = where

@@ -227,7 +227,8 @@ def _read_interval(r: _Reader, *, loop: bool) -> Schedule:
     """After `every` (or a bare `5m`): the interval form of §6, shared by loops and tasks."""
     count, unit, word = _read_amount(r, _EX_INTERVAL, bare_unit=True)
     if unit == "w":
-        r.fail("weeks are not an interval; use 'weekly' or a number of days", word, "weekly on monday at 09:00")
+        r.fail("weeks are not an interval; use 'weekly' or a number of days", word,
+               "every 2 days" if loop else "weekly on monday at 09:00")
     seconds = count * _UNIT_SECONDS[unit]
     if seconds < 60 and not loop:
         r.fail("more often than once a minute; the shortest interval is 1 minute", word, "every minute")
@@ -351,17 +352,17 @@ def _cron_field(text: str, pos: int, field: int, spec: str) -> set[int]:
     return {v % 7 for v in values} if field == 4 else values
 
 
-def _cron_text(values: set[int], field: int, star: bool) -> str:
-    """Canonical field text; `*`-led day fields keep their `*` because vixie OR/AND depends on it."""
+def _cron_text(values: set[int], field: int, written: str) -> str:
+    """Canonical field text. A `*`-led day field stays `*`-led: vixie's OR/AND rule depends on it."""
     _, lo, hi, _ = _FIELDS[field]
     hi = 6 if field == 4 else hi
     s = sorted(values)
-    step = s[1] - s[0] if len(s) > 1 else 0
-    progression = len(s) > 1 and all(b - a == step for a, b in zip(s, s[1:]))
-    if (star or field not in (2, 4) and len(s) > 2) and s[0] == lo and (progression or len(s) == 1) \
-            and s[-1] + step > hi:
+    step = s[1] - s[0] if len(s) > 1 else hi - lo + 1
+    if s == list(range(lo, hi + 1, step)) and (written.startswith("*") or field not in (2, 4) and len(s) > 2):
         return "*" if step == 1 else f"*/{step}"
-    if progression and step > 1 and len(s) > 2:
+    if written.startswith("*") and field in (2, 4):
+        return written
+    if len(s) > 2 and step > 1 and s == list(range(s[0], s[-1] + 1, step)):
         return f"{s[0]}-{s[-1]}/{step}"
     runs: list[str] = []
     for _, group in itertools.groupby(enumerate(s), lambda iv: iv[1] - iv[0]):
@@ -390,7 +391,7 @@ def _compile(spec: str) -> _Cron:
         raise _cron_error("that day never comes in the months given, so this would never fire", spec,
                           words[2][1], len(words[2][0]), "0 0 29 2 *")
     minutes, hours = sorted(sets[0]), sorted(sets[1])
-    return _Cron(" ".join(_cron_text(v, i, stars[i]) for i, v in enumerate(sets)),
+    return _Cron(" ".join(_cron_text(v, i, words[i][0]) for i, v in enumerate(sets)),
                  tuple(h * 60 + m for h in hours for m in minutes), tuple(minutes), tuple(hours),
                  frozenset(sets[2]), frozenset(sets[3]), frozenset(sets[4]), stars[2], stars[4])
 
@@ -505,7 +506,7 @@ def _read_absolute(r: _Reader, tz: ZoneInfo) -> tuple[int, ZoneInfo]:
     if "t" not in word.text:  # the time is a separate word; 09:00 when there is none
         r.accept("at")
         clock = r.peek()
-        if clock is not None and re.fullmatch(r"\d\d?:\d\d(:\d\d)?([+-]\d\d:?\d\d|z)", clock.text):
+        if clock is not None and re.fullmatch(r"\d\d?:\d\d(:\d\d)?([+-]\d\d:?\d\d|z)?", clock.text):
             r.i += 1
             text += "T" + clock.raw
         elif clock is not None and not clock.raw.startswith("("):
@@ -617,6 +618,7 @@ def parse_when_and_what(text: str, *, now: datetime, tz: ZoneInfo) -> tuple[Sche
                 break
         else:
             if lead_error:
+                lead_error.example = example
                 raise lead_error
             r.fail("say when, as in 'in 45 minutes', 'at 15:00' or 'tomorrow at 9am'", r.words[0], example)
     if not prompt:
