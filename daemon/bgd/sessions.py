@@ -121,6 +121,7 @@ class SessionManager:
         self.on_turn_end: list[Callable[[Session], None]] = []
         self.on_session_end: list[Callable[[Session, str], None]] = []   # (session, "stopped" | "removed")
         self.on_permission: list[Callable[[Session, claude.PermissionRequest], bool]] = []
+        self.on_always: list[Callable[[Session, str], None]] = []    # (session, tool name) after approve --always
         self.mcp_config_for: Callable[[Session], str | None] = lambda s: None
 
     # -- loading ----------------------------------------------------------------
@@ -423,9 +424,14 @@ class SessionManager:
             updated = pending["input"]
             if answer is not None:
                 updated = claude.answer_input(pending["input"], answer)
-            permissions = pending.get("suggestions") if always else None
+            # The CLI suggests rules for its settings files; "always" here means
+            # this conversation (and, for tasks, the daemon remembers the tool).
+            permissions = ([dict(rule, destination="session") for rule in pending.get("suggestions") or []
+                            if isinstance(rule, dict)] if always else None)
             if always and pending["tool_name"] not in session.always_allow:
                 session.always_allow.append(pending["tool_name"])
+                for hook in self.on_always:
+                    hook(session, pending["tool_name"])
             response = claude.allow_response(pending["request_id"], updated, permissions)
         else:
             response = claude.deny_response(pending["request_id"], message or "Denied by the user")

@@ -45,7 +45,10 @@ def _stop(ctx, timeout: float = 30.0) -> dict | None:
         answer = client.call("daemon.shutdown")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _status_quiet(ctx) is None:
+        # Under systemd socket activation the socket never goes quiet: the next
+        # connection starts a new bgd.  The old pid being gone is what counts.
+        status = _status_quiet(ctx)
+        if status is None or status.get("pid") != answer["pid"]:
             return answer
         time.sleep(0.05)
     raise DaemonUnreachable(f"bgd (pid {answer['pid']}) did not stop within {timeout:.0f}s")
