@@ -20,6 +20,17 @@ def test_socket_is_private(running_bgd):
     assert stat.S_IMODE(os.stat(bgd.socket.parent).st_mode) == 0o700
 
 
+def test_a_socket_in_a_shared_directory_leaves_that_directory_alone(bgd, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    os.chmod(shared, 0o1777)
+    bgd.socket = shared / "bgd.sock"
+    bgd.env["BGD_SOCKET"] = str(bgd.socket)
+    bgd.start()
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(shared / "bgd.sock").st_mode) == 0o600
+
+
 def test_second_daemon_on_the_same_socket_exits_1(running_bgd):
     bgd = running_bgd
     second = subprocess.run([sys.executable, "-m", "bgd"], env=bgd.env, capture_output=True, text=True, timeout=30)

@@ -87,19 +87,19 @@ class DaemonLink:
                 continue
             self._writer = writer
             read_task = asyncio.create_task(self._read(reader))
+            message = "daemon unreachable — reconnecting…"
             try:
                 await self._start(read_task)
                 delay = BACKOFF_FIRST_S
                 await read_task
             except (DaemonUnreachable, RpcError, OSError, ConnectionError, EOFError) as exc:
-                message = getattr(exc, "message", None) or str(exc)
-                self._down(f"daemon unreachable — reconnecting… ({message})")
+                message += f" ({getattr(exc, 'message', None) or exc})"
             finally:
                 read_task.cancel()
                 self._writer = None
                 writer.close()
                 self._fail_waiting()
-            self._down("daemon unreachable — reconnecting…")
+            self._down(message)
             await self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
 
@@ -115,8 +115,8 @@ class DaemonLink:
             self.seq = answer.get("seq")
         sessions = await self._call_while_reading("session.list", {}, read_task)
         self.connected = True
-        self.on_status(True, "")
-        self.on_sync(sessions)
+        _safely(self.on_status, True, "")
+        _safely(self.on_sync, sessions)
 
     async def _call_while_reading(self, method: str, params: Any, read_task: asyncio.Task) -> Any:
         call = asyncio.ensure_future(self.call(method, params))
@@ -157,11 +157,7 @@ class DaemonLink:
                 seq = frame.params.get("seq")
                 if isinstance(seq, int):
                     self.seq = seq if self.seq is None else max(self.seq, seq)
-                try:
-                    self.on_event(frame.params)
-                except Exception:  # a view bug must not take the link down
-                    import logging
-                    logging.getLogger(__name__).exception("agent view event handler failed")
+                _safely(self.on_event, frame.params)
             elif frame.method == "events.overflow":
                 # We fell behind; drop the connection and come back with `since`.
                 if self._writer is not None:
@@ -174,9 +170,8 @@ class DaemonLink:
         self._waiting.clear()
 
     def _down(self, message: str) -> None:
-        if self.connected:
-            self.connected = False
-        self.on_status(False, message)
+        self.connected = False
+        _safely(self.on_status, False, message)
 
     async def _sleep(self, delay: float) -> None:
         """Back off, unless `retry_now()` asks for an attempt at once."""
@@ -194,6 +189,14 @@ class DaemonLink:
         self._kick.set()
         if self._writer is not None:
             self._writer.close()
+
+
+def _safely(callback: Callable, *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception:  # a bug in the view must not take the link down with it
+        import logging
+        logging.getLogger(__name__).exception("agent view callback failed")
 
 
 __all__ = ["DaemonLink", "DaemonUnreachable", "RpcError"]

@@ -171,7 +171,7 @@ def _weekday(text: str) -> int | None:
 
 
 def _read_amount(r: _Reader, example: str, *, bare_unit: bool) -> tuple[float, str, _Word]:
-    """`15 minutes`, `15m`, `an hour`, or (if bare_unit) `hour`: returns (count, unit letter, count word)."""
+    """`15 minutes`, `15m`, `an hour`, or (with bare_unit) `hour` -> (count, unit letter, count word)."""
     word = r.take("a number and a unit such as 15 minutes", example)
     if bare_unit and word.text in _UNITS:
         return 1.0, _UNITS[word.text], word
@@ -186,7 +186,8 @@ def _read_amount(r: _Reader, example: str, *, bare_unit: bool) -> tuple[float, s
     if unit_word is None:
         unit_word = r.take("a unit (minutes, hours or days)", example)
     if unit_word.text not in _UNITS:
-        r.fail("not a unit; use minutes, hours or days" + _suggest(unit_word.text, _UNITS), unit_word, example)
+        why = "not a unit; use minutes, hours or days" + _suggest(unit_word.text, _UNITS)
+        r.fail(why, unit_word, example)
     if count <= 0:
         r.fail("the interval must be positive", word, example)
     return count, _UNITS[unit_word.text], word
@@ -341,7 +342,8 @@ def _cron_field(text: str, pos: int, field: int, spec: str) -> set[int]:
             start, end = lo, hi
         elif "-" in base:
             a, b = base.split("-", 1)
-            start, end = _cron_value(a, pos, field, spec), _cron_value(b, pos + len(a) + 1, field, spec)
+            start = _cron_value(a, pos, field, spec)
+            end = _cron_value(b, pos + len(a) + 1, field, spec)
             if start > end:
                 raise _cron_error(f"the {name} range {base} runs backwards", spec, pos, len(base))
         else:
@@ -358,9 +360,10 @@ def _cron_text(values: set[int], field: int, written: str) -> str:
     hi = 6 if field == 4 else hi
     s = sorted(values)
     step = s[1] - s[0] if len(s) > 1 else hi - lo + 1
-    if s == list(range(lo, hi + 1, step)) and (written.startswith("*") or field not in (2, 4) and len(s) > 2):
+    star = written.startswith("*")
+    if s == list(range(lo, hi + 1, step)) and (star or field not in (2, 4) and len(s) > 2):
         return "*" if step == 1 else f"*/{step}"
-    if written.startswith("*") and field in (2, 4):
+    if star and field in (2, 4):
         return written
     if len(s) > 2 and step > 1 and s == list(range(s[0], s[-1] + 1, step)):
         return f"{s[0]}-{s[-1]}/{step}"
@@ -372,7 +375,8 @@ def _cron_text(values: set[int], field: int, written: str) -> str:
 
 
 _NICKNAMES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-              "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+              "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+              "@hourly": "0 * * * *"}
 
 
 @lru_cache(maxsize=4096)
@@ -400,12 +404,18 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _clean_step(values: tuple[int, ...], span: int) -> int:
+    """N when values are exactly `*/N` with N dividing the span, else 0."""
+    step = values[1] if len(values) > 1 else 0
+    return step if step and span % step == 0 and values == tuple(range(0, span, step)) else 0
+
+
 def _describe(c: _Cron) -> str:
     """A short English reading of common cron shapes; anything else is shown as the cron itself."""
     fallback = f"cron {c.text} (minute hour day month weekday)"
     mins, hours, all_hours = c.minutes, c.hours, len(c.hours) == 24
-    step_m = mins[1] if len(mins) > 1 and mins == tuple(range(0, 60, mins[1])) and 60 % mins[1] == 0 else 0
-    step_h = hours[1] if len(hours) > 1 and hours == tuple(range(0, 24, hours[1])) and 24 % hours[1] == 0 else 0
+    step_m = _clean_step(mins, 60)
+    step_h = _clean_step(hours, 24)
     past = "" if len(mins) != 1 or mins[0] == 0 else f" at :{mins[0]:02d}"
     if len(mins) == 60 and all_hours:
         when = "every minute"
@@ -420,7 +430,8 @@ def _describe(c: _Cron) -> str:
     else:
         return fallback
     dow_names = _join([_DAY_NAMES[d] + "s" for d in (1, 2, 3, 4, 5, 6, 0) if d in c.dows])
-    dows = {frozenset(range(1, 6)): "on weekdays", frozenset({0, 6}): "on weekends"}.get(c.dows, "on " + dow_names)
+    dows = {frozenset(range(1, 6)): "on weekdays", frozenset({0, 6}): "on weekends"}.get(
+        c.dows, "on " + dow_names)
     doms = f"on day{'s' if len(c.doms) > 1 else ''} {_join([str(d) for d in sorted(c.doms)])} of the month"
     every_dom, every_dow = len(c.doms) == 31, len(c.dows) == 7
     if c.dom_star and c.dow_star:
@@ -536,7 +547,8 @@ def _day_preset(r: _Reader) -> str | None:
     if texts[0] in _DAY_PRESETS:
         r.i = 1
         return _DAY_PRESETS[texts[0]]
-    if texts[0] == "every" and len(texts) > 1 and texts[1] in _EVERY_DAYS and (texts[1] != "day" or len(texts) > 2):
+    if texts[:1] == ["every"] and len(texts) > 1 and texts[1] in _EVERY_DAYS and (
+            texts[1] != "day" or len(texts) > 2):
         r.i = 2
         return _EVERY_DAYS[texts[1]]
     return None
@@ -620,7 +632,8 @@ def parse_when_and_what(text: str, *, now: datetime, tz: ZoneInfo) -> tuple[Sche
             if lead_error:
                 lead_error.example = example
                 raise lead_error
-            r.fail("say when, as in 'in 45 minutes', 'at 15:00' or 'tomorrow at 9am'", r.words[0], example)
+            r.fail("say when, as in 'in 45 minutes', 'at 15:00' or 'tomorrow at 9am'", r.words[0],
+                   example)
     if not prompt:
         r.fail("nothing to be reminded of", None, example)
 
@@ -676,7 +689,8 @@ def _iter_cron(c: _Cron, after_ts: float, tz) -> Iterator[int]:
         # A day without a transition maps wall minutes to instants by plain addition (fast path);
         # a transition day resolves every wall time on its own.
         steady = day_end - day_start == 86400 and (
-            datetime.fromtimestamp(day_start, tz).utcoffset() == datetime.fromtimestamp(day_end - 1, tz).utcoffset())
+            datetime.fromtimestamp(day_start, tz).utcoffset()
+            == datetime.fromtimestamp(day_end - 1, tz).utcoffset())
         for mod in c.minutes_of_day[bisect_left(c.minutes_of_day, first_minute):]:
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
@@ -720,7 +734,8 @@ def _iter_fires(schedule: Schedule, after: datetime, tz) -> Iterator[int]:
 
 def next_fire_times(schedule: Schedule, after: datetime, tz: ZoneInfo, n: int) -> list[datetime]:
     """The next `n` fire times strictly after `after`, as aware datetimes in `tz`."""
-    return [datetime.fromtimestamp(ts, tz) for ts in itertools.islice(_iter_fires(schedule, after, tz), max(n, 0))]
+    fires = itertools.islice(_iter_fires(schedule, after, tz), max(n, 0))
+    return [datetime.fromtimestamp(ts, tz) for ts in fires]
 
 
 def next_fire_time(schedule: Schedule, after: datetime, tz: ZoneInfo) -> datetime | None:
@@ -728,7 +743,8 @@ def next_fire_time(schedule: Schedule, after: datetime, tz: ZoneInfo) -> datetim
     return fires[0] if fires else None
 
 
-def previous_fire_times(schedule: Schedule, before: datetime, not_before: datetime, tz: ZoneInfo) -> list[datetime]:
+def previous_fire_times(schedule: Schedule, before: datetime, not_before: datetime,
+                        tz: ZoneInfo) -> list[datetime]:
     """Fire times in (not_before, before], ascending: the missed-run look-back of §7."""
     _require_aware(before)
     end = before.timestamp()

@@ -93,8 +93,13 @@ class Daemon:
             log.info("using the socket systemd passed in")
             return inherited
         directory = self.socket_path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
+        if not directory.exists():
+            directory.mkdir(parents=True, mode=0o700)
+            os.chmod(directory, 0o700)
+        elif directory.name == "bgagents":
+            # Our own runtime dir: keep it private even if something loosened it.
+            # A directory the user chose for BGD_SOCKET (say /tmp) is theirs to keep.
+            os.chmod(directory, 0o700)
         lock_path = self.socket_path.with_name(self.socket_path.name + ".lock")
         self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

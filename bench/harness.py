@@ -1,0 +1,177 @@
+"""What every benchmark shares: a real bgd on temporary dirs, waiting on events, stats.
+
+Standalone on purpose (no import from tests/): the benchmarks run the installed
+`bgd`/`bgctl` and the fake agent from tests/fake_claude.py, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from bgctl.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_CLAUDE = ROOT / "tests" / "fake_claude.py"
+TERMINAL = ("completed", "failed", "stopped")
+
+
+class Daemon:
+    """One bgd process with its own socket, config and state dirs under /tmp."""
+
+    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = ""):
+        # /tmp, not a deep pytest-style path: Unix socket paths are short.
+        self.base = Path(tempfile.mkdtemp(prefix=f"bgbench-{name}-", dir="/tmp"))
+        self.socket = self.base / "bgd.sock"
+        self.config_dir = self.base / "config"
+        self.state_dir = self.base / "state"
+        self.work = self.base / "work"
+        for d in (self.config_dir, self.state_dir, self.work):
+            d.mkdir()
+        (self.config_dir / "config.toml").write_text(
+            f"stop_grace_s = 1\nidle_timeout_s = {idle_timeout_s}\n"
+            f"[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_CLAUDE))}]\n"
+            + extra_config)
+        self.env = dict(os.environ, BGD_SOCKET=str(self.socket), BGD_CONFIG_DIR=str(self.config_dir),
+                        BGD_STATE_DIR=str(self.state_dir))
+        self.env.pop("BGCTL_NO_SPAWN", None)
+        self.log_path = self.base / "bgd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bgd", "--log-level", "warning"], env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bgd exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                Client.connect(self.socket, spawn=False).close()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"bgd did not start: {self.log_tail()}")
+                time.sleep(0.02)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def client(self, timeout: float | None = 60.0) -> Client:
+        client = Client.connect(self.socket, spawn=False)
+        client.sock.settimeout(timeout)
+        return client
+
+    def rpc(self, method: str, params: dict | None = None):
+        with self.client() as c:
+            return c.call(method, params)
+
+    def dispatch(self, client: Client, prompt: str) -> dict:
+        return client.call("session.dispatch", {"prompt": prompt, "cwd": str(self.work)})
+
+    def run_sessions(self, prompts: Iterable[str], batch: int = 20, timeout: float = 120.0) -> list[str]:
+        """Dispatch prompts `batch` at a time, each batch waited to its end; return the ids."""
+        prompts = list(prompts)
+        ids: list[str] = []
+        with self.client() as calls, Watcher(self) as watcher:
+            for start in range(0, len(prompts), batch):
+                chunk = [self.dispatch(calls, p)["id"] for p in prompts[start:start + batch]]
+                watcher.wait(chunk, lambda s: s["state"] in TERMINAL, timeout)
+                failed = [watcher.sessions[i] for i in chunk if watcher.sessions[i]["state"] != "completed"]
+                if failed:
+                    raise RuntimeError(f"session {failed[0]['id']} ended {failed[0]['state']}: "
+                                       f"{failed[0]['error']}")
+                ids += chunk
+        return ids
+
+
+class Watcher:
+    """Follows session.updated events on its own connection (subscribe before acting)."""
+
+    def __init__(self, daemon: Daemon):
+        self.client = daemon.client()
+        self.client.call("events.subscribe", {"types": ["session.updated", "session.created"]})
+        self.sessions: dict[str, dict] = {}
+
+    def wait(self, ids: list[str], predicate: Callable[[dict], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = [i for i in ids if not (i in self.sessions and predicate(self.sessions[i]))]
+        notes = self.client.notifications_iter()
+        while pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} sessions never got there, e.g. {self.sessions.get(pending[0])}")
+            note = next(notes)
+            if note.method == "event" and "session" in note.params:
+                session = note.params["session"]
+                self.sessions[session["id"]] = session
+            pending = [i for i in pending if not (i in self.sessions and predicate(self.sessions[i]))]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "Watcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of a process, in KiB, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
