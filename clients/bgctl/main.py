@@ -87,21 +87,72 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given argv, only the subparser of the command it names.
+
+    Building every subparser costs a few milliseconds of bgctl's start (SPEC §12:
+    it must start fast), so `main` builds just the one it needs.  A word that is
+    not a command gets the whole parser, whose error lists the real ones.
+    """
     from . import commands
 
+    wanted = _command_word(argv) if argv is not None else None
     parser = Parser(prog="bgctl", description="Control bgd, the background agent daemon.")
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    target = _OnlyCommand(sub, wanted) if wanted else sub
     for module in commands.modules():
-        module.register(sub, add_common)
+        module.register(target, add_common)
+    if wanted and wanted not in sub.choices:
+        return build_parser()
     return parser
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand argv names: its first word that is not an option (or --socket's value)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--socket":
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+class _OnlyCommand:
+    """Stands in for the subparsers action: builds only the wanted command's parser."""
+
+    def __init__(self, sub, wanted: str):
+        self._sub = sub
+        self._wanted = wanted
+
+    def add_parser(self, name: str, **kwargs):
+        if name == self._wanted or self._wanted in kwargs.get("aliases", ()):
+            return self._sub.add_parser(name, **kwargs)
+        return _Unbuilt()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sub, name)
+
+
+class _Unbuilt:
+    """A parser nobody will use: accepts every call and chain, builds nothing."""
+
+    def __getattr__(self, name: str):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
 
 
 def main(argv: list[str] | None = None, out=None, err=None) -> int:
     err = err or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     ctx = None
     try:
         args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ sent something unusable and carries the JSON-RPC error to answer with;
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Union
 
 MAX_FRAME_BYTES = 1 << 20  # 1 MiB
@@ -98,38 +97,55 @@ class RemoteProtocolError(RpcError):
         self.fatal = fatal
 
 
-@dataclass
-class Request:
-    method: str
-    params: Any
-    id: Any
+class _Value:
+    """Plain value objects (not dataclasses: bgctl's start-up cannot afford `inspect`)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass
-class Notification:
-    method: str
-    params: Any
+class Request(_Value):
+    __slots__ = ("method", "params", "id")
+
+    def __init__(self, method: str, params: Any, id: Any):
+        self.method, self.params, self.id = method, params, id
 
 
-@dataclass
-class Response:
-    id: Any
-    result: Any = None
-    error: RpcError | None = None
+class Notification(_Value):
+    __slots__ = ("method", "params")
+
+    def __init__(self, method: str, params: Any):
+        self.method, self.params = method, params
+
+
+class Response(_Value):
+    __slots__ = ("id", "result", "error")
+
+    def __init__(self, id: Any, result: Any = None, error: "RpcError | None" = None):
+        self.id, self.result, self.error = id, result, error
 
 
 Message = Union[Request, Notification, Response]
 
 
-@dataclass
-class Batch:
+class Batch(_Value):
     """A frame that held a JSON array: its items in order.
 
     Invalid items appear as `RemoteProtocolError` instances at their place,
     so a server answers each one as JSON-RPC 2.0 requires.
     """
 
-    items: list[Message | RemoteProtocolError] = field(default_factory=list)
+    __slots__ = ("items",)
+
+    def __init__(self, items: "list[Message | RemoteProtocolError] | None" = None):
+        self.items = items if items is not None else []
 
 
 Frame = Union[Message, Batch]

@@ -1,0 +1,915 @@
+"""`bgctl agents`: the full-screen agent view on textual (SPEC §9).
+
+Imported only by `bgctl agents`, so the rest of bgctl never loads textual.
+The screens here draw what `agents_model` decides and send what the person
+asks through `agents_link`; neither the grouping nor the wire lives here.
+
+Focus stays on the line at the bottom of the list, so typing always goes
+there.  Keys that would also be text (Space, Enter, →, ?, q, digits) act on
+the list only while that line is empty; the rest (↑/↓, Ctrl+…, Esc) always do.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.text import Text
+from textual import work
+from textual.actions import SkipAction
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Input, Label, OptionList, RichLog, Static
+from textual.widgets.option_list import Option
+
+from . import agents_model as model
+from .agents_link import DaemonLink, DaemonUnreachable, RpcError
+
+UNREACHABLE = "daemon unreachable — reconnecting…"
+MESSAGE_S = 6.0          # how long a status message stays before the key hints return
+PEEK_LINES = 6           # lines of latest output in a peek
+HINTS = "↑↓ move · space peek · ⏎ attach · ^T pin · ^R rename · ^X stop · ^S group · ? help · q quit"
+
+HELP = """\
+[b]Agent view[/b] — every background session of this daemon, live.
+
+[b]List[/b]
+  ↑ / ↓          move between sessions (group headers are skipped)
+  Space          peek: latest output, or the pending question or permission
+  Enter or →     attach: the live transcript with a reply box
+  Ctrl+T         pin / unpin (pinned sessions stay on top)
+  Ctrl+R         rename (an empty name clears it)
+  Ctrl+X         stop; press again within 2 s to remove
+  Ctrl+S         group by directory / by state (remembered)
+  ?              this help        q or Ctrl+C   quit
+  Enter on "… N more" shows the folded completed sessions.
+
+[b]Dispatch line[/b] (at the bottom; typing always goes there)
+  PROMPT Enter          start a session in this directory
+  @dir PROMPT Enter     start it in the directory `dir` beside this one
+  Shift+Enter           dispatch and attach (Ctrl+J or Alt+Enter where the
+                        terminal cannot tell Shift+Enter from Enter)
+  s:STATE Enter         show only sessions in STATE (s:failed, s:needs, …);
+                        s: alone clears the filter     Esc clears the line
+
+[b]Peek[/b]  1 approve · 2 approve always · 3 deny — or, for a question, its
+  options; text + Enter answers (or denies with that message, or replies);
+  Enter on an empty line attaches; Space or Esc closes.
+[b]Attach[/b]  text + Enter replies; digits answer a pending request;
+  Esc, or ← on an empty reply box, goes back.
+
+Space, Enter, →, ?, q and digits act on the list only while the line is empty.
+Press Esc, q or ? to close this help."""
+
+
+def _cells_text(cells: list[tuple[str, str]]) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for chunk, style in cells:
+        text.append(chunk, style=style or None)
+    return text
+
+
+class Banner(Static):
+    """One line shown while the daemon cannot be reached."""
+
+    DEFAULT_CSS = """
+    Banner { height: 1; background: $error; color: $text; text-style: bold; display: none; }
+    Banner.down { display: block; }
+    """
+
+
+class Line(Input):
+    """A one-line input without borders."""
+
+    def __init__(self, placeholder: str, id: str) -> None:
+        super().__init__(placeholder=placeholder, id=id, compact=True, select_on_focus=False)
+
+
+# -- the list -------------------------------------------------------------------
+
+class ListScreen(Screen):
+    """Groups of sessions, a status line and the dispatch line."""
+
+    BINDINGS = [
+        Binding("up", "move(-1)", "up", priority=True, show=False),
+        Binding("down", "move(1)", "down", priority=True, show=False),
+        Binding("pageup", "move(-10)", priority=True, show=False),
+        Binding("pagedown", "move(10)", priority=True, show=False),
+        Binding("enter", "enter", "attach / dispatch", priority=True, show=False),
+        Binding("shift+enter,ctrl+j,alt+enter", "submit(True)", "dispatch and attach", priority=True, show=False),
+        Binding("space", "peek", "peek", priority=True, show=False),
+        Binding("right", "attach", "attach", priority=True, show=False),
+        Binding("ctrl+t", "pin", "pin", priority=True, show=False),
+        Binding("ctrl+r", "rename", "rename", priority=True, show=False),
+        Binding("ctrl+x", "stop", "stop", priority=True, show=False),
+        Binding("ctrl+s", "toggle_group", "group", priority=True, show=False),
+        Binding("question_mark", "help", "help", priority=True, show=False),
+        Binding("q", "quit_if_empty", "quit", priority=True, show=False),
+        Binding("escape", "escape", priority=True, show=False),
+    ]
+    # Acted on only while the dispatch line is empty; otherwise they are text.
+    WHEN_EMPTY = {"peek", "attach", "help", "quit_if_empty"}
+
+    CSS = """
+    ListScreen { layout: vertical; }
+    #title { height: 1; background: $panel; color: $text; }
+    #sessions { height: 1fr; border: none; padding: 0; background: $surface; }
+    #status { height: 1; color: $text-muted; }
+    #status.error { color: $error; text-style: bold; }
+    #prompt-row { height: 1; }
+    #prompt-mark { width: 2; color: $accent; }
+    #dispatch { width: 1fr; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status_text = ""
+        self._status_timer = None
+
+    def compose(self) -> ComposeResult:
+        yield Banner(UNREACHABLE, id="banner")
+        yield Static("", id="title")
+        sessions = OptionList(id="sessions")
+        sessions.can_focus = False
+        yield sessions
+        yield Static(HINTS, id="status")
+        with Horizontal(id="prompt-row"):
+            yield Label("› ", id="prompt-mark")
+            yield Line("a prompt starts a session here · @dir PROMPT beside · s:STATE filters", "dispatch")
+
+    def on_mount(self) -> None:
+        self.query_one("#dispatch", Input).focus()
+        self.app.rebuild()
+
+    def on_resize(self) -> None:
+        self.app.rebuild()
+
+    @property
+    def line(self) -> Input:
+        return self.query_one("#dispatch", Input)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.WHEN_EMPTY and self.line.value:
+            return False
+        return True
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.status_text = text
+        status = self.query_one("#status", Static)
+        status.update(text)
+        status.set_class(error, "error")
+        if self._status_timer is not None:
+            self._status_timer.stop()
+        self._status_timer = self.set_timer(MESSAGE_S, self._clear_message)
+
+    def _clear_message(self) -> None:
+        self.status_text = ""
+        status = self.query_one("#status", Static)
+        status.update(HINTS)
+        status.remove_class("error")
+
+    # -- actions ----------------------------------------------------------------
+
+    def action_move(self, step: int) -> None:
+        self.app.move_selection(step)
+
+    def action_enter(self) -> None:
+        if self.line.value.strip():
+            self.action_submit(False)
+            return
+        row = self.app.selected_row()
+        if row is not None and row.kind == "fold":
+            self.app.toggle_fold(row.group)
+        elif row is not None and row.kind == "session":
+            self.app.attach(row.session_id)
+
+    def action_attach(self) -> None:
+        row = self.app.selected_row()
+        if row is not None and row.kind == "session":
+            self.app.attach(row.session_id)
+        elif row is not None and row.kind == "fold":
+            self.app.toggle_fold(row.group)
+
+    def action_peek(self) -> None:
+        row = self.app.selected_row()
+        if row is None:
+            return
+        if row.kind == "fold":
+            self.app.toggle_fold(row.group)
+        elif row.kind == "session":
+            self.app.push_screen(PeekScreen(row.session_id))
+
+    def action_submit(self, attach: bool = False) -> None:
+        text = self.line.value
+        if not text.strip():
+            self.action_enter()
+            return
+        try:
+            parsed = model.parse_line(text, self.app.cwd)
+        except model.LineError as exc:
+            self.show_message(str(exc), error=True)
+            return
+        if isinstance(parsed, model.Filter):
+            self.line.value = ""
+            self.app.set_filter(parsed.states)
+            return
+        self.app.dispatch_session(parsed, attach=attach, line=self.line)
+
+    def action_pin(self) -> None:
+        session = self.app.selected_session()
+        if session is not None:
+            pinned = not session.get("pinned")
+            self.app.call_daemon("session.pin", {"id": session["id"], "pinned": pinned},
+                         f"{'pinned' if pinned else 'unpinned'} · {model.clip(model.title_of(session), 40)}")
+
+    def action_rename(self) -> None:
+        session = self.app.selected_session()
+        if session is None:
+            return
+
+        def renamed(name: str | None) -> None:
+            if name is not None:
+                self.app.call_daemon("session.rename", {"id": session["id"], "name": name.strip()},
+                             f"renamed · {name.strip()}" if name.strip() else "name cleared")
+
+        self.app.push_screen(RenameScreen(session.get("name") or ""), renamed)
+
+    def action_stop(self) -> None:
+        session = self.app.selected_session()
+        if session is None:
+            return
+        what = self.app.double_tap.press(session["id"], self.app.clock())
+        title = model.clip(model.title_of(session), 40)
+        if what == "remove":
+            self.app.call_daemon("session.remove", {"id": session["id"]}, f"removed · {title}")
+        elif session.get("state") in model.ENDED:
+            self.show_message(f"{session['state']} · {title} — Ctrl+X again within 2 s removes it")
+        else:
+            self.app.call_daemon("session.stop", {"id": session["id"]},
+                         f"stopped · {title} — Ctrl+X again within 2 s removes it")
+
+    def action_toggle_group(self) -> None:
+        self.app.toggle_group()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen())
+
+    def action_quit_if_empty(self) -> None:
+        self.app.exit()
+
+    def action_escape(self) -> None:
+        if self.line.value:
+            self.line.value = ""
+        elif self.app.states_filter is not None:
+            self.app.set_filter(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        # Enter is bound above; this is only reached if a terminal sends it otherwise.
+        event.stop()
+        self.action_enter()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        # A mouse click on a row selects it (and a click on "… N more" unfolds).
+        self.app.select_index(event.option_index)
+        row = self.app.selected_row()
+        if row is not None and row.kind == "fold":
+            self.app.toggle_fold(row.group)
+        self.line.focus()
+
+
+# -- peek -------------------------------------------------------------------------
+
+class TranscriptFollower:
+    """A screen mixin: load a session's transcript once, then follow it live.
+
+    Entries that arrive while the first load is in flight are held back so
+    lines appear in order; entry numbers drop anything seen twice (a
+    reconnect replays events after `since`).
+    """
+
+    session_id: str
+
+    def init_follower(self) -> None:
+        self.entries_seen = -1
+        self.loaded = False
+        self.held: list[dict] = []
+        self.lines: list[str] = []
+
+    @work(group="transcript", exclusive=True)
+    async def load_transcript(self) -> None:
+        try:
+            answer = await self.app.link.call("session.transcript", {"id": self.session_id, "since": self.entries_seen})
+        except (RpcError, DaemonUnreachable) as exc:
+            self.add_lines([f"· could not load the transcript: {getattr(exc, 'message', exc)}"])
+            return
+        self.loaded = True
+        self.take_entries(answer.get("entries") or [])
+        held, self.held = self.held, []
+        self.take_entries(held)
+
+    def transcript_event(self, entry: dict) -> None:
+        if not self.loaded:
+            self.held.append(entry)
+        else:
+            self.take_entries([entry])
+
+    def take_entries(self, entries: list[dict]) -> None:
+        fresh = [e for e in sorted(entries, key=lambda e: e.get("n", -1)) if e.get("n", -1) > self.entries_seen]
+        if fresh:
+            self.entries_seen = fresh[-1]["n"]
+            self.add_lines(model.transcript_lines(fresh))
+
+    def resynced(self) -> None:
+        """After a reconnect: fetch anything after the last entry seen."""
+        self.loaded = False
+        self.load_transcript()
+
+    def add_lines(self, lines: list[str]) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class PeekScreen(TranscriptFollower, ModalScreen):
+    """A quick look at one session: latest output, or its pending request, answerable here."""
+
+    BINDINGS = [
+        Binding("escape", "close", priority=True, show=False),
+        Binding("space", "close", priority=True, show=False),
+        Binding("enter", "enter", priority=True, show=False),
+        Binding("up", "move(-1)", priority=True, show=False),
+        Binding("down", "move(1)", priority=True, show=False),
+        *[Binding(str(n), f"choose('{n}')", priority=True, show=False) for n in range(1, 10)],
+    ]
+    WHEN_EMPTY = {"close", "choose"}
+
+    CSS = """
+    PeekScreen { align: center bottom; }
+    #peek { height: auto; max-height: 18; width: 100%; border: round $accent; background: $surface;
+            padding: 0 1; }
+    #peek-title { height: 1; text-style: bold; }
+    #peek-output { height: auto; max-height: 7; color: $text-muted; }
+    #peek-pending { height: auto; color: $warning; }
+    #peek-choices { height: auto; text-style: bold; }
+    #peek-hint { height: 1; color: $text-muted; }
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.init_follower()
+        self.choice_text = ""
+        self.hint_text = ""
+        self.closing = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="peek"):
+            yield Static("", id="peek-title")
+            yield Static("", id="peek-output")
+            yield Static("", id="peek-pending")
+            yield Static("", id="peek-choices")
+            yield Line("", "peek-input")
+            yield Static("", id="peek-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#peek-input", Input).focus()
+        self.refresh_session()
+        self.load_transcript()
+
+    @property
+    def session(self) -> dict | None:
+        return self.app.table.sessions.get(self.session_id)
+
+    @property
+    def line(self) -> Input:
+        return self.query_one("#peek-input", Input)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.WHEN_EMPTY and self.line.value:
+            return False
+        return True
+
+    def retarget(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.init_follower()
+        self.query_one("#peek-output", Static).update("")
+        self.refresh_session()
+        self.load_transcript()
+
+    def refresh_session(self) -> None:
+        session = self.session
+        if session is None:
+            self.query_one("#peek-title", Static).update(f"{self.session_id} — removed")
+            return
+        state = session["state"] + (f" ({session['waiting_for']})" if session.get("waiting_for") else "")
+        badge = model.loop_badge(session, self.app.now())
+        title = Text.assemble((model.STATE_MARKS.get(session["state"], " ") + " ", model.STATE_STYLES.get(session["state"], "")),
+                              (model.clip(model.title_of(session), 50), "bold"),
+                              f"  {state}  {model.short_dir(session.get('cwd') or '', 30)}  {model.cost_text(session)}",
+                              f"  {badge}" if badge else "")
+        self.query_one("#peek-title", Static).update(title)
+        pending = model.pending_lines(session)
+        if not pending and session.get("state") == "failed" and session.get("error"):
+            pending = [f"✗ {session['error']}"]
+        self.query_one("#peek-pending", Static).update(Text("\n".join(pending)))
+        choices = model.choices(session)
+        self.choice_text = "   ".join(f"{c.key} {c.label}" for c in choices)
+        self.query_one("#peek-choices", Static).update(self.choice_text)
+        if choices and session.get("waiting_for") == "question":
+            hint, placeholder = "digit: pick · text ⏎: answer · ⏎: attach · esc: close", "type an answer"
+        elif choices:
+            hint, placeholder = "digit: decide · text ⏎: deny with that message · ⏎: attach · esc: close", "deny with a message"
+        elif session.get("state") == "working":
+            hint, placeholder = "⏎: attach · ↑↓: next session · esc/space: close", "(working — replies wait for the turn to end)"
+        else:
+            hint, placeholder = "text ⏎: reply (starts a new turn) · ⏎: attach · esc/space: close", "reply"
+        self.line.placeholder = placeholder
+        if not self.hint_text:
+            self.query_one("#peek-hint", Static).update(hint)
+
+    def add_lines(self, lines: list[str]) -> None:
+        self.lines.extend(lines)
+        tail = self.lines[-PEEK_LINES:]
+        self.query_one("#peek-output", Static).update(Text("\n".join(model.clip(l, 200) for l in tail)))
+
+    # events from the app
+    def daemon_session(self, session_id: str) -> None:
+        if session_id == self.session_id:
+            self.refresh_session()
+
+    def daemon_transcript(self, session_id: str, entry: dict) -> None:
+        if session_id == self.session_id:
+            self.transcript_event(entry)
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.hint_text = text
+        hint = self.query_one("#peek-hint", Static)
+        hint.update(Text(text, style="bold red" if error else ""))
+
+    # actions
+    def action_close(self) -> None:
+        self.closing = True
+        self.dismiss()
+
+    def action_move(self, step: int) -> None:
+        self.app.move_selection(step)
+        session = self.app.selected_session()
+        if session is not None and session["id"] != self.session_id:
+            self.retarget(session["id"])
+
+    def action_enter(self) -> None:
+        text = self.line.value.strip()
+        if text:
+            self.line.value = ""
+            self.app.call_daemon("session.reply", {"id": self.session_id, "text": text}, "sent", after=self._after_answer)
+            return
+        session_id = self.session_id
+        self.action_close()
+        self.app.attach(session_id)
+
+    def action_choose(self, key: str) -> None:
+        session = self.session
+        choice = model.choice_for(session, key) if session else None
+        if choice is None:
+            raise SkipAction()
+        self.app.call_daemon("session.respond", {"id": self.session_id, **choice.params},
+                     f"{choice.label} · {model.clip(model.title_of(session), 40)}", after=self._after_answer)
+
+    def _after_answer(self, result: Any) -> None:
+        # Answered: back to the list, ready for the next one.
+        if self.is_current and not self.closing:
+            self.action_close()
+
+
+# -- attach -----------------------------------------------------------------------
+
+class AttachScreen(TranscriptFollower, Screen):
+    """One session's full transcript, live, with a reply box."""
+
+    BINDINGS = [
+        Binding("escape", "back", priority=True, show=False),
+        Binding("left", "back_if_empty", priority=True, show=False),
+        Binding("enter", "send", priority=True, show=False),
+        Binding("ctrl+x", "stop", priority=True, show=False),
+        *[Binding(str(n), f"choose('{n}')", priority=True, show=False) for n in range(1, 10)],
+    ]
+    WHEN_EMPTY = {"back_if_empty", "choose"}
+
+    CSS = """
+    #attach-title { height: 1; background: $panel; }
+    #transcript { height: 1fr; border: none; background: $surface; }
+    #attach-pending { height: auto; max-height: 4; color: $warning; }
+    #attach-hint { height: 1; color: $text-muted; }
+    #attach-hint.error { color: $error; text-style: bold; }
+    #reply-row { height: 1; }
+    #reply-mark { width: 2; color: $accent; }
+    #reply { width: 1fr; }
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.init_follower()
+        self.hint_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Banner(UNREACHABLE, id="banner")
+        yield Static("", id="attach-title")
+        log = RichLog(id="transcript", wrap=True, markup=False, highlight=False)
+        log.can_focus = False
+        yield log
+        yield Static("", id="attach-pending")
+        yield Static("", id="attach-hint")
+        with Horizontal(id="reply-row"):
+            yield Label("› ", id="reply-mark")
+            yield Line("reply… (Esc, or ← on an empty line: back to the list)", "reply")
+
+    def on_mount(self) -> None:
+        self.query_one("#reply", Input).focus()
+        self.app.show_link_state(self)
+        self.refresh_session()
+        self.load_transcript()
+
+    @property
+    def session(self) -> dict | None:
+        return self.app.table.sessions.get(self.session_id)
+
+    @property
+    def line(self) -> Input:
+        return self.query_one("#reply", Input)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.WHEN_EMPTY and self.line.value:
+            return False
+        return True
+
+    def refresh_session(self) -> None:
+        session = self.session
+        title = self.query_one("#attach-title", Static)
+        if session is None:
+            title.update(f"{self.session_id} — removed")
+            self.query_one("#attach-pending", Static).update("")
+            return
+        state = session["state"] + (f" ({session['waiting_for']})" if session.get("waiting_for") else "")
+        badge = model.loop_badge(session, self.app.now())
+        title.update(Text.assemble(
+            (model.STATE_MARKS.get(session["state"], " ") + " ", model.STATE_STYLES.get(session["state"], "")),
+            (model.clip(model.title_of(session), 40), "bold"),
+            f"  {state}  {model.short_dir(session.get('cwd') or '', 28)}  {model.cost_text(session)}",
+            f"  {badge}" if badge else "", f"  {session['id']}"))
+        lines = model.pending_lines(session)
+        choices = model.choices(session)
+        if choices:
+            lines.append("   ".join(f"{c.key} {c.label}" for c in choices)
+                         + ("   · or type an answer" if session.get("waiting_for") == "question" else ""))
+        self.query_one("#attach-pending", Static).update(Text("\n".join(lines)))
+        if not self.hint_text:
+            self._show_hint(self._default_hint(session))
+
+    def _default_hint(self, session: dict) -> str:
+        if session.get("state") == "working":
+            return "working · Esc back · Ctrl+X stop"
+        if session.get("state") == "needs_input":
+            return "needs input · digits decide · text ⏎ answers/denies · Esc back"
+        return f"{session['state']} · text ⏎ replies (a new turn) · Esc back"
+
+    def _show_hint(self, text: str, error: bool = False) -> None:
+        hint = self.query_one("#attach-hint", Static)
+        hint.update(text)
+        hint.set_class(error, "error")
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.hint_text = text
+        self._show_hint(text, error)
+
+        def clear() -> None:
+            self.hint_text = ""
+            if self.session:
+                self._show_hint(self._default_hint(self.session))
+        self.set_timer(MESSAGE_S, clear)
+
+    def add_lines(self, lines: list[str]) -> None:
+        self.lines.extend(lines)
+        log = self.query_one("#transcript", RichLog)
+        for line in lines:
+            log.write(Text(line))
+
+    def daemon_session(self, session_id: str) -> None:
+        if session_id == self.session_id:
+            self.refresh_session()
+
+    def daemon_transcript(self, session_id: str, entry: dict) -> None:
+        if session_id == self.session_id:
+            self.transcript_event(entry)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_back_if_empty(self) -> None:
+        self.app.pop_screen()
+
+    def action_send(self) -> None:
+        text = self.line.value.strip()
+        if not text:
+            return
+        self.line.value = ""
+        self.app.call_daemon("session.reply", {"id": self.session_id, "text": text}, "sent")
+
+    def action_choose(self, key: str) -> None:
+        session = self.session
+        choice = model.choice_for(session, key) if session else None
+        if choice is None:
+            raise SkipAction()
+        self.app.call_daemon("session.respond", {"id": self.session_id, **choice.params}, choice.label)
+
+    def action_stop(self) -> None:
+        self.app.call_daemon("session.stop", {"id": self.session_id}, "stopped")
+
+
+# -- small modals -------------------------------------------------------------------
+
+class RenameScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "cancel", priority=True, show=False)]
+    CSS = """
+    RenameScreen { align: center middle; }
+    #rename { width: 60; height: auto; border: round $accent; background: $surface; padding: 0 1; }
+    """
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="rename"):
+            yield Static("Rename (empty clears; Enter saves, Esc cancels)")
+            yield Line("a name", "rename-input")
+
+    def on_mount(self) -> None:
+        line = self.query_one("#rename-input", Input)
+        line.value = self.current
+        line.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark,space,enter", "close", priority=True, show=False)]
+    CSS = """
+    HelpScreen { align: center middle; }
+    #help { width: 80; max-width: 100%; height: auto; max-height: 100%; border: round $accent;
+            background: $surface; padding: 0 1; overflow-y: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
+
+    def action_close(self) -> None:
+        self.dismiss()
+
+
+# -- the app --------------------------------------------------------------------------
+
+class AgentsApp(App):
+    """The agent view.  State shared by the screens lives here."""
+
+    TITLE = "bgctl agents"
+    BINDINGS = [
+        Binding("ctrl+c", "quit", "quit", priority=True, show=False),
+        Binding("ctrl+q", "quit", "quit", priority=True, show=False),
+    ]
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, socket_path: str | Path, cwd: str, settings_path: str | Path, *,
+                 clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = model.utcnow):
+        super().__init__()
+        self.cwd = cwd
+        self.settings_path = Path(settings_path)
+        self.settings = model.load_settings(self.settings_path)
+        self.group_by: str = self.settings["group_by"]
+        self.states_filter: frozenset[str] | None = None
+        self.expanded: set[str] = set()
+        self.table = model.SessionTable()
+        self.rows: list[model.Row] = []
+        self.selected: int | None = None
+        self.selected_key: str | None = None
+        self.double_tap = model.DoubleTap()
+        self.clock = clock
+        self.now = now
+        self.connected = False
+        self.link_message = "connecting…"
+        self.synced = 0                 # how many times the list was (re)synced; tests wait on it
+        self.list_screen: ListScreen | None = None
+        self._rebuild_pending = False
+        self.link = DaemonLink(socket_path, on_event=self._on_event, on_sync=self._on_sync,
+                               on_status=self._on_status)
+
+    def get_default_screen(self) -> Screen:
+        self.list_screen = ListScreen()
+        return self.list_screen
+
+    def on_mount(self) -> None:
+        self.run_worker(self.link.run(), name="daemon-link", group="link", exit_on_error=False)
+        self.set_interval(1.0, self.rebuild)   # countdowns and ages; no daemon polling
+
+    def on_unmount(self) -> None:
+        self.link.close()
+
+    # -- the daemon's side ------------------------------------------------------------
+
+    def _on_status(self, up: bool, message: str) -> None:
+        self.connected = up
+        self.link_message = message
+        for screen in self.screen_stack:
+            self.show_link_state(screen)
+
+    def show_link_state(self, screen: Screen) -> None:
+        for banner in screen.query(Banner):
+            banner.update(self.link_message or UNREACHABLE)
+            banner.set_class(not self.connected, "down")
+
+    def _on_sync(self, sessions: list[dict]) -> None:
+        self.table.replace(sessions)
+        self.synced += 1
+        self.schedule_rebuild()
+        for screen in self.screen_stack:
+            if isinstance(screen, (PeekScreen, AttachScreen)):
+                screen.refresh_session()
+                screen.resynced()
+
+    def _on_event(self, event: dict) -> None:
+        kind = event.get("type", "")
+        if kind == "session.transcript":
+            for screen in self.screen_stack:
+                if isinstance(screen, (PeekScreen, AttachScreen)):
+                    screen.daemon_transcript(event.get("id"), event.get("entry") or {})
+            return
+        session_id = self.table.apply(event)
+        if session_id is None:
+            return
+        self.schedule_rebuild()
+        for screen in self.screen_stack:
+            if isinstance(screen, (PeekScreen, AttachScreen)):
+                screen.daemon_session(session_id)
+
+    # -- the list ----------------------------------------------------------------------
+
+    def schedule_rebuild(self) -> None:
+        # Events come in bursts; redraw once per burst.
+        if not self._rebuild_pending:
+            self._rebuild_pending = True
+            self.set_timer(0.03, self.rebuild)
+
+    def rebuild(self) -> None:
+        self._rebuild_pending = False
+        screen = self.list_screen
+        if screen is None or not screen.is_mounted:
+            return
+        rows = model.build_rows(self.table.values(), group_by=self.group_by, states=self.states_filter,
+                                expanded=self.expanded)
+        self.selected = model.reselect(rows, self.selected_key, self.selected)
+        old_keys = [r.key for r in self.rows]
+        self.rows = rows
+        self.selected_key = rows[self.selected].key if self.selected is not None else None
+        options = screen.query_one("#sessions", OptionList)
+        width = options.scrollable_content_region.width or (self.size.width - 1)
+        now = self.now()
+        prompts = [self._prompt(row, now, width) for row in rows]
+        if old_keys == [r.key for r in rows] and options.option_count == len(rows):
+            for i, prompt in enumerate(prompts):
+                options.replace_option_prompt_at_index(i, prompt)
+        else:
+            options.set_options(Option(p, id=row.key, disabled=row.kind == "header") for p, row in zip(prompts, rows))
+        options.highlighted = self.selected
+        self._update_title(screen)
+
+    def _prompt(self, row: model.Row, now: datetime, width: int) -> Text:
+        if row.kind == "header":
+            return Text(row.title, style="bold underline", no_wrap=True)
+        if row.kind == "fold":
+            return Text("  " + row.title, style="italic", no_wrap=True)
+        return _cells_text(model.row_cells(row.session, now, width))
+
+    def _update_title(self, screen: ListScreen) -> None:
+        count = len(self.table.sessions)
+        parts = [f"agents · {count} session{'s' if count != 1 else ''}", f"dispatch in {model.short_dir(self.cwd, 30)}",
+                 "by directory" if self.group_by == "dir" else "by state"]
+        if self.states_filter is not None:
+            parts.append("filter s:" + ",".join(sorted(self.states_filter)))
+        screen.query_one("#title", Static).update(" · ".join(parts))
+
+    def selected_row(self) -> model.Row | None:
+        if self.selected is None or self.selected >= len(self.rows):
+            return None
+        return self.rows[self.selected]
+
+    def selected_session(self) -> dict | None:
+        row = self.selected_row()
+        return row.session if row is not None and row.kind == "session" else None
+
+    def select_index(self, index: int | None) -> None:
+        if index is None or not (0 <= index < len(self.rows)) or self.rows[index].kind == "header":
+            return
+        self.selected = index
+        self.selected_key = self.rows[index].key
+        if self.list_screen is not None:
+            self.list_screen.query_one("#sessions", OptionList).highlighted = index
+
+    def select_session(self, session_id: str) -> None:
+        for i, row in enumerate(self.rows):
+            if row.key == "s:" + session_id:
+                self.select_index(i)
+                return
+        self.selected_key = "s:" + session_id   # not drawn yet: the next rebuild lands on it
+
+    def move_selection(self, step: int) -> None:
+        target = self.selected
+        for _ in range(abs(step)):
+            target = model.move(self.rows, target, 1 if step > 0 else -1)
+        self.select_index(target)
+
+    def toggle_fold(self, group: str) -> None:
+        self.expanded.symmetric_difference_update({group})
+        self.rebuild()
+
+    def toggle_group(self) -> None:
+        self.group_by = "dir" if self.group_by == "state" else "state"
+        self.settings["group_by"] = self.group_by
+        model.save_settings(self.settings_path, self.settings)
+        self.expanded.clear()
+        self.rebuild()
+        self.say("grouped by directory" if self.group_by == "dir" else "grouped by state")
+
+    def set_filter(self, states: frozenset[str] | None) -> None:
+        self.states_filter = states
+        self.rebuild()
+        self.say(f"filter s:{','.join(sorted(states))} — s: alone clears it" if states else "filter cleared")
+
+    # -- acting ------------------------------------------------------------------------------
+
+    def say(self, text: str, error: bool = False) -> None:
+        """A message on the status line of the screen the person is looking at."""
+        screen = self.screen
+        if hasattr(screen, "show_message") and not getattr(screen, "closing", False):
+            screen.show_message(text, error)
+        elif self.list_screen is not None:
+            self.list_screen.show_message(text, error)
+
+    def attach(self, session_id: str | None) -> None:
+        if session_id:
+            self.push_screen(AttachScreen(session_id))
+
+    @work(group="rpc")
+    async def call_daemon(self, method: str, params: dict, done: str, after: Callable[[Any], None] | None = None) -> None:
+        """Call the daemon off the key handler; say what happened on the status line."""
+        try:
+            result = await self.link.call(method, params)
+        except RpcError as exc:
+            self.say(exc.message, error=True)
+            return
+        except DaemonUnreachable:
+            self.say(UNREACHABLE, error=True)
+            return
+        if isinstance(result, dict) and result.get("id") and method != "session.remove":
+            self.table.sessions[result["id"]] = result
+            self.schedule_rebuild()
+        if after is not None:
+            after(result)
+        self.say(done)
+
+    @work(group="rpc")
+    async def dispatch_session(self, what: model.Dispatch, attach: bool, line: Input) -> None:
+        try:
+            session = await self.link.call("session.dispatch", {"prompt": what.prompt, "cwd": what.cwd})
+        except RpcError as exc:
+            self.say(exc.message, error=True)
+            return
+        except DaemonUnreachable:
+            self.say(UNREACHABLE, error=True)
+            return
+        line.value = ""
+        self.table.sessions[session["id"]] = session
+        self.select_session(session["id"])
+        self.rebuild()
+        where = "" if what.cwd == self.cwd else f" · in {model.short_dir(what.cwd, 30)}"
+        if session.get("state") == "failed":
+            self.say(f"failed · {session['id']} · {session.get('error')}", error=True)
+        else:
+            self.say(f"backgrounded · {session['id']} · {model.clip(model.title_of(session), 40)}{where}")
+        if attach:
+            self.attach(session["id"])
+
+
+def run(socket_path: str | Path, cwd: str, settings_path: str | Path) -> int:
+    app = AgentsApp(socket_path, cwd, settings_path)
+    app.run()
+    return app.return_code or 0
+
+
+__all__ = ["AgentsApp", "run"]

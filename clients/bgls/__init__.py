@@ -1,0 +1,13 @@
+"""bgls: the bgagents language server (SPEC §10).
+
+An editor starts it over stdio.  It follows the daemon's events and shows
+session states (a `bgagents/status` notification and a `$/progress`), asks for
+decisions with `window/showMessageRequest`, runs the `bgagents.*` commands, and
+treats tasks.toml as a language (diagnostics, hover, completion).
+
+Modules: `server` (LSP wiring), `daemon_link` (asyncio client of the socket),
+`status` (counts, summary, prompts), `commands` (command arguments),
+`tasks_lint` (tasks.toml), `main` (the entry point).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""Loop tasks (SPEC §6): the records and the pure rules of when they fire.
+
+No trio, no clock reads, no I/O: every function takes `now` (a POSIX timestamp) and the zone, so a
+week of a five-minute loop is tested in microseconds. `LoopBook` holds every loop of the daemon;
+the trio shell (loop_runner.py) asks it what is due and when to wake, tells it what happened, and
+persists the loops it hands back.
+
+Three kinds of loop:
+- `fixed`: a cron schedule (from an interval such as `5m`, or `cron_create`), recurring.
+- `dynamic`: no schedule; after each iteration the agent asks for its next wake (`schedule_wakeup`).
+  An iteration that neither reschedules nor stops gets one fallback wake 20 minutes later; if that
+  iteration does not reschedule either, the loop ends.
+- `once`: a reminder (`bgctl remind`, `cron_create recurring=false`): fires once, then is deleted.
+Recurring loops (fixed and dynamic) fire one last time 7 days after creation and are deleted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from bgcore.jsonrpc import LIMIT_REACHED, RpcError
+from bgcore.schedule import Schedule, jitter_seconds, next_fire_time
+
+MAX_LOOPS_PER_SESSION = 50
+LIFETIME_S = 7 * 86400          # recurring loops expire this long after creation
+FALLBACK_WAKE_S = 20 * 60       # a dynamic iteration that did not reschedule
+WAKEUP_MIN_S, WAKEUP_MAX_S = 60, 3600
+KINDS = ("fixed", "dynamic", "once")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_loop_id(taken: Iterable[str] = ()) -> str:
+    taken = set(taken)
+    while True:
+        candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        if candidate not in taken:
+            return candidate
+
+
+def clamp_delay(delay_s: float) -> int:
+    return int(min(max(delay_s, WAKEUP_MIN_S), WAKEUP_MAX_S))
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Loop:
+    id: str
+    session_id: str
+    kind: str                       # "fixed" | "dynamic" | "once"
+    prompt: str | None              # None: a bare loop (loop.md, else the maintenance prompt)
+    created_at: float
+    human: str
+    cron: str | None = None
+    interval_s: int | None = None
+    rounded_from: str | None = None
+    at: float | None = None         # once: when it is due (before jitter)
+    jitter_s: int = 0               # added to every scheduled fire (negative: early)
+    next_fire: float | None = None  # None: a dynamic loop waiting for its iteration to end
+    runs: int = 0
+    last_fire: float | None = None
+    reason: str | None = None       # the agent's reason for its next wake (dynamic)
+    fallback: bool = False          # the pending wake is the 20-minute fallback
+    in_flight: bool = False         # its iteration is the session's current turn
+    rescheduled: bool = False       # the agent asked for a wake (or stop) during this iteration
+    suspended: bool = False         # its session was stopped; `resume` may bring it back
+    source: str = "bgctl"           # "bgctl" | "remind" | "mcp"
+    note: str | None = None         # shown to the user, e.g. why a fixed interval was chosen
+
+    @property
+    def recurring(self) -> bool:
+        return self.kind != "once"
+
+    @property
+    def expires_at(self) -> float:
+        return self.created_at + LIFETIME_S if self.recurring else (self.at or self.created_at)
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.human, "cron", self.cron, None, self.human, self.rounded_from, self.interval_s)
+
+    def to_json(self) -> dict:
+        """The public shape (docs/protocol.md, "The loop object")."""
+        return {"id": self.id, "session": self.session_id, "kind": self.kind, "prompt": self.prompt,
+                "bare": self.prompt is None, "cron": self.cron, "human": self.human,
+                "rounded_from": self.rounded_from, "recurring": self.recurring,
+                "created_at": _iso(self.created_at), "expires_at": _iso(self.expires_at),
+                "next_fire_at": _iso(self.next_fire), "last_fire_at": _iso(self.last_fire),
+                "runs": self.runs, "reason": self.reason, "fallback": self.fallback,
+                "suspended": self.suspended, "source": self.source, "note": self.note}
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict) -> "Loop":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def next_scheduled(loop: Loop, after: float, tz) -> float:
+    """The fixed loop's next fire strictly after `after` (jitter included), never past its expiry:
+    the fire at the expiry is its last."""
+    base = next_fire_time(loop.schedule(), datetime.fromtimestamp(after - loop.jitter_s, timezone.utc), tz)
+    fire = base.timestamp() + loop.jitter_s if base is not None else loop.expires_at
+    return min(fire, loop.expires_at)
+
+
+def loop_jitter(loop_id: str, schedule: Schedule, *, recurring: bool, enabled: bool) -> int:
+    """SPEC §6 jitter, deterministic from the id; 0 when `[loops] jitter = false`."""
+    return jitter_seconds(loop_id, schedule, recurring=recurring, max_fraction=0.1 if enabled else 0.0)
+
+
+@dataclass
+class Outcome:
+    """What one call changed: loops to save, loops that ended (to delete) with why."""
+
+    changed: list[Loop] = field(default_factory=list)
+    ended: list[tuple[Loop, str]] = field(default_factory=list)
+
+    def merge(self, other: "Outcome") -> "Outcome":
+        self.changed += other.changed
+        self.ended += other.ended
+        return self
+
+
+class LoopBook:
+    """Every loop of the daemon, indexed by session. Pure state and rules."""
+
+    def __init__(self, loops: Iterable[Loop] = ()):
+        self.loops: dict[str, Loop] = {}
+        self._by_session: dict[str, dict[str, Loop]] = {}
+        for loop in loops:
+            self._index(loop)
+
+    def _index(self, loop: Loop) -> None:
+        self.loops[loop.id] = loop
+        self._by_session.setdefault(loop.session_id, {})[loop.id] = loop
+
+    def _drop(self, loop: Loop) -> None:
+        self.loops.pop(loop.id, None)
+        of_session = self._by_session.get(loop.session_id)
+        if of_session is not None:
+            of_session.pop(loop.id, None)
+            if not of_session:
+                del self._by_session[loop.session_id]
+
+    # -- queries ------------------------------------------------------------------
+
+    def get(self, loop_id: str) -> Loop | None:
+        return self.loops.get(loop_id)
+
+    def of_session(self, session_id: str, *, suspended: bool = False) -> list[Loop]:
+        return [loop for loop in self._by_session.get(session_id, {}).values() if loop.suspended == suspended]
+
+    def live_count(self, session_id: str) -> int:
+        return len(self.of_session(session_id))
+
+    def session_ids(self) -> list[str]:
+        return list(self._by_session)
+
+    def next_wake_of(self, session_id: str) -> float | None:
+        fires = [loop.next_fire for loop in self.of_session(session_id) if loop.next_fire is not None]
+        return min(fires, default=None)
+
+    def due(self, now: float, busy: Callable[[str], bool]) -> list[Loop]:
+        """Loops to fire now: at most one per free session (its most overdue), since a fire makes the
+        session busy. However many fires a loop missed, it fires once (no catch-up)."""
+        result = []
+        for session_id, loops in self._by_session.items():
+            ready = [loop for loop in loops.values() if not loop.suspended and loop.next_fire is not None
+                     and loop.next_fire <= now]
+            if ready and not busy(session_id) and not any(loop.in_flight for loop in loops.values()):
+                result.append(min(ready, key=lambda loop: (loop.next_fire, loop.created_at, loop.id)))
+        return result
+
+    def next_wake(self, busy: Callable[[str], bool]) -> float | None:
+        """When the shell must look again. Sessions that are busy are left out: the end of their
+        turn pokes the shell."""
+        wakes = [wake for session_id in self._by_session if not busy(session_id)
+                 and (wake := self.next_wake_of(session_id)) is not None]
+        return min(wakes, default=None)
+
+    # -- changes ------------------------------------------------------------------
+
+    def add(self, loop: Loop) -> Loop:
+        if self.live_count(loop.session_id) >= MAX_LOOPS_PER_SESSION:
+            raise RpcError(LIMIT_REACHED, f"session {loop.session_id} already has {MAX_LOOPS_PER_SESSION} loop "
+                                          f"tasks, the most a session may have; stop one first "
+                                          f"(`bgctl loop ls --session {loop.session_id}`, `bgctl loop stop ID`)")
+        self._index(loop)
+        return loop
+
+    def remove(self, loop: Loop) -> None:
+        self._drop(loop)
+
+    def fired(self, loop: Loop, now: float, tz) -> Outcome:
+        """`loop` just started an iteration at `now` (or skipped one that could not start)."""
+        loop.runs += 1
+        loop.last_fire = now
+        loop.in_flight = True
+        loop.rescheduled = False
+        if loop.kind == "once" or now >= loop.expires_at:
+            self._drop(loop)
+            return Outcome(ended=[(loop, "expired" if loop.recurring else "fired")])
+        if loop.kind == "fixed":
+            loop.next_fire = next_scheduled(loop, now, tz)
+        else:
+            loop.next_fire = None  # the agent (or the fallback) decides when its iteration ends
+        return Outcome(changed=[loop])
+
+    def turn_ended(self, session_id: str, now: float) -> Outcome:
+        """The session's turn ended: dynamic loops whose iteration it was pick their next wake."""
+        out = Outcome()
+        for loop in self.of_session(session_id):
+            if not loop.in_flight:
+                continue
+            loop.in_flight = False
+            if loop.kind == "dynamic" and not loop.rescheduled:
+                if loop.fallback:
+                    self._drop(loop)
+                    out.ended.append((loop, "not_rescheduled"))
+                    continue
+                loop.fallback = True
+                loop.reason = "fallback: the last iteration did not call schedule_wakeup"
+                loop.next_fire = min(now + FALLBACK_WAKE_S, loop.expires_at)
+            loop.rescheduled = False
+            out.changed.append(loop)
+        return out
+
+    def wakeup_target(self, session_id: str) -> Loop | None:
+        """The dynamic loop a `schedule_wakeup` of this session applies to: the one whose iteration
+        is running, else the one that fired last."""
+        dynamic = [loop for loop in self.of_session(session_id) if loop.kind == "dynamic"]
+        in_flight = [loop for loop in dynamic if loop.in_flight]
+        if in_flight:
+            return in_flight[0]
+        return max(dynamic, key=lambda loop: (loop.last_fire or 0, loop.created_at), default=None)
+
+    def wakeup(self, loop: Loop, now: float, delay_s: float, reason: str, prompt: str | None) -> int:
+        """The agent asked to run `loop` again in `delay_s` (clamped to 60–3600 s); returns the delay."""
+        delay = clamp_delay(delay_s)
+        loop.next_fire = min(now + delay, loop.expires_at)
+        loop.reason = reason
+        loop.fallback = False
+        loop.rescheduled = True
+        if prompt:
+            loop.prompt = prompt
+        return delay
+
+    def suspend_session(self, session_id: str) -> list[Loop]:
+        """The session was stopped: its loops stop firing but are kept for `resume`."""
+        loops = self.of_session(session_id)
+        for loop in loops:
+            loop.suspended = True
+            loop.in_flight = False
+        return loops
+
+    def drop_session(self, session_id: str) -> list[Loop]:
+        loops = list(self._by_session.get(session_id, {}).values())
+        for loop in loops:
+            self._drop(loop)
+        return loops
+
+    def restore_session(self, session_id: str, now: float, tz) -> Outcome:
+        """`resume`: bring back the unexpired loops (recurring ones within 7 days of creation,
+        one-shots not yet due); the rest are deleted. The cap still holds."""
+        out = Outcome()
+        for loop in sorted(self.of_session(session_id, suspended=True), key=lambda l: l.created_at):
+            if now >= loop.expires_at:
+                self._drop(loop)
+                out.ended.append((loop, "expired"))
+                continue
+            if self.live_count(session_id) >= MAX_LOOPS_PER_SESSION:
+                self._drop(loop)
+                out.ended.append((loop, "limit_reached"))
+                continue
+            loop.suspended = False
+            if loop.kind == "fixed":
+                loop.next_fire = next_scheduled(loop, now, tz)
+            elif loop.kind == "dynamic":
+                loop.next_fire = max(loop.next_fire or now + FALLBACK_WAKE_S, now)
+            out.changed.append(loop)
+        return out
+
+    def recover(self, now: float) -> Outcome:
+        """After a daemon restart: an iteration that was running is over (its turn died with the
+        daemon); a dynamic one gets the usual fallback."""
+        out = Outcome()
+        for session_id in self.session_ids():
+            if any(loop.in_flight for loop in self.of_session(session_id)):
+                out.merge(self.turn_ended(session_id, now))
+        return out
