@@ -128,7 +128,8 @@ class Watcher:
     def __init__(self, daemon: Daemon):
         self.client = daemon.client()
         self.client.call("events.subscribe", {"types": ["session.updated", "session.created"]})
-        self.sessions: dict[str, dict] = {}
+        # Subscribed first, so nothing that changes after this list is missed.
+        self.sessions: dict[str, dict] = {s["id"]: s for s in self.client.call("session.list", {"all": True})}
 
     def wait(self, ids: list[str], predicate: Callable[[dict], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -160,6 +161,13 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:

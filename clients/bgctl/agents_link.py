@@ -94,6 +94,10 @@ class DaemonLink:
                 await read_task
             except (DaemonUnreachable, RpcError, OSError, ConnectionError, EOFError) as exc:
                 message += f" ({getattr(exc, 'message', None) or exc})"
+            except Exception as exc:  # a malformed answer, a bug: never let the link die
+                import logging
+                logging.getLogger(__name__).exception("agent view link failed")
+                message += f" ({type(exc).__name__}: {exc})"
             finally:
                 read_task.cancel()
                 self._writer = None

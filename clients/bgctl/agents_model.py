@@ -167,10 +167,19 @@ def title_of(session: dict) -> str:
 
 
 def short_dir(path: str, width: int = 20) -> str:
+    """`~/src/web`; when too long, the last components that fit: `…/src/web`."""
     home = os.path.expanduser("~")
     if home and home != "/" and (path == home or path.startswith(home + "/")):
         path = "~" + path[len(home):]
-    return path if len(path) <= width else "…" + path[-(width - 1):]
+    if len(path) <= width:
+        return path
+    tail = ""
+    for part in reversed(path.split("/")):
+        candidate = part + ("/" + tail if tail else "")
+        if len(candidate) + 2 > width:
+            break
+        tail = candidate
+    return "…/" + tail if tail else "…" + path[-(width - 1):]
 
 
 def clip(text: str, width: int) -> str:
@@ -453,6 +462,18 @@ class SessionTable:
             self.sessions.pop(event.get("id"), None)
             return event.get("id")
         return None
+
+    def offer(self, session: dict) -> bool:
+        """Take a session from a call's answer, unless an event already brought a newer one.
+
+        Answers and events share one connection, but an event about a later
+        change can be handled before the code awaiting an answer resumes.
+        """
+        known = self.sessions.get(session["id"])
+        if known is not None and (known.get("updated_at") or "") >= (session.get("updated_at") or ""):
+            return False
+        self.sessions[session["id"]] = session
+        return True
 
     def values(self) -> list[dict]:
         return list(self.sessions.values())

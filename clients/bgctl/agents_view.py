@@ -4,9 +4,12 @@ Imported only by `bgctl agents`, so the rest of bgctl never loads textual.
 The screens here draw what `agents_model` decides and send what the person
 asks through `agents_link`; neither the grouping nor the wire lives here.
 
-Focus stays on the line at the bottom of the list, so typing always goes
-there.  Keys that would also be text (Space, Enter, →, ?, q, digits) act on
-the list only while that line is empty; the rest (↑/↓, Ctrl+…, Esc) always do.
+Focus stays on the line at the bottom of each screen, so typing always goes
+there.  Keys that would also be text (Space, →, ?, q, digits) are commands
+only while that line is empty; the rest (↑/↓, Ctrl+…, Esc) always are.  The
+line itself decides which a key is (`Line`), in the order the keys were typed:
+a binding that looked at the line's text could see it before the keys typed
+just ahead of it had landed, and a fast typist's spaces would open peeks.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.text import Text
-from textual import work
-from textual.actions import SkipAction
+from textual import events, work
+from textual.message import Message
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -32,38 +35,30 @@ from .agents_link import DaemonLink, DaemonUnreachable, RpcError
 UNREACHABLE = "daemon unreachable — reconnecting…"
 MESSAGE_S = 6.0          # how long a status message stays before the key hints return
 PEEK_LINES = 6           # lines of latest output in a peek
-HINTS = "↑↓ move · space peek · ⏎ attach · ^T pin · ^R rename · ^X stop · ^S group · ? help · q quit"
+HINTS = "↑↓ · space peek · ⏎ attach · ^T pin · ^R rename · ^X stop · ^S group · ? help"
 
 HELP = """\
-[b]Agent view[/b] — every background session of this daemon, live.
+[b]Agent view[/b] — every session of this daemon, live.   (Esc, q or ? closes)
+  ↑ ↓        move                Space    peek: latest output or the request
+  Enter →    attach: live transcript and a reply box (Esc or ← on it: back)
+  Ctrl+T     pin / unpin         Ctrl+R   rename (an empty name clears it)
+  Ctrl+X     stop; again within 2 s: remove
+  Ctrl+S     group by directory / by state (remembered)
+  ?          this help           q Ctrl+C quit
+  Enter or Space on "… N more" unfolds the older completed sessions.
 
-[b]List[/b]
-  ↑ / ↓          move between sessions (group headers are skipped)
-  Space          peek: latest output, or the pending question or permission
-  Enter or →     attach: the live transcript with a reply box
-  Ctrl+T         pin / unpin (pinned sessions stay on top)
-  Ctrl+R         rename (an empty name clears it)
-  Ctrl+X         stop; press again within 2 s to remove
-  Ctrl+S         group by directory / by state (remembered)
-  ?              this help        q or Ctrl+C   quit
-  Enter on "… N more" shows the folded completed sessions.
+[b]The line at the bottom[/b]
+  PROMPT ⏎           start a session in this directory
+  @dir PROMPT ⏎      … in the directory `dir` beside this one
+  Shift+⏎            dispatch and attach (Ctrl+J or Alt+⏎ in terminals
+                     that send Shift+⏎ as a plain ⏎)
+  s:STATE ⏎          filter: s:failed, s:needs, s:done…; s: alone clears
 
-[b]Dispatch line[/b] (at the bottom; typing always goes there)
-  PROMPT Enter          start a session in this directory
-  @dir PROMPT Enter     start it in the directory `dir` beside this one
-  Shift+Enter           dispatch and attach (Ctrl+J or Alt+Enter where the
-                        terminal cannot tell Shift+Enter from Enter)
-  s:STATE Enter         show only sessions in STATE (s:failed, s:needs, …);
-                        s: alone clears the filter     Esc clears the line
+[b]Peek and attach[/b]  1 approve · 2 approve always · 3 deny, or a question's
+  options; typed text ⏎ answers (denies with that message, or replies).
 
-[b]Peek[/b]  1 approve · 2 approve always · 3 deny — or, for a question, its
-  options; text + Enter answers (or denies with that message, or replies);
-  Enter on an empty line attaches; Space or Esc closes.
-[b]Attach[/b]  text + Enter replies; digits answer a pending request;
-  Esc, or ← on an empty reply box, goes back.
-
-Space, Enter, →, ?, q and digits act on the list only while the line is empty.
-Press Esc, q or ? to close this help."""
+Space → ← ? q and digits are commands only while the line is empty; press
+Tab first (› turns ✎) to type a line that starts with one of them."""
 
 
 def _cells_text(cells: list[tuple[str, str]]) -> Text:
@@ -83,15 +78,69 @@ class Banner(Static):
 
 
 class Line(Input):
-    """A one-line input without borders."""
+    """A one-line input without borders that also carries its screen's commands.
 
-    def __init__(self, placeholder: str, id: str) -> None:
+    `when_empty` maps keys to screen actions while the line is empty (and not
+    in typing mode); `always` maps keys to actions whatever the line holds
+    (Enter and friends, which submit it).  The action is posted as a
+    `Line.Command` with the text as it was when the key arrived.  Tab switches
+    typing mode on, where only `always` keys are commands, for a line that
+    must start with Space, q, ? or a digit.
+    """
+
+    class Command(Message):
+        def __init__(self, line: "Line", action: str, value: str) -> None:
+            super().__init__()
+            self.line = line
+            self.action = action
+            self.value = value
+
+    def __init__(self, placeholder: str, id: str, *, when_empty: dict[str, str] | None = None,
+                 always: dict[str, str] | None = None) -> None:
         super().__init__(placeholder=placeholder, id=id, compact=True, select_on_focus=False)
+        self.when_empty = when_empty or {}
+        self.always = always or {}
+        self.typing = False
+
+    async def _on_key(self, event: events.Key) -> None:
+        action = self.always.get(event.key)
+        if action is None and not self.value and not self.typing:
+            action = self.when_empty.get(event.key)
+        if action is not None:
+            event.stop()
+            event.prevent_default()   # nor Input's own handling (no text, no submit)
+            self.post_message(self.Command(self, action, self.value))
+
+    def set_typing(self, typing: bool) -> None:
+        self.typing = typing
+        self.set_class(typing, "typing")
+        for mark in self.screen.query(".mark"):
+            mark.update("✎ " if typing else "› ")
+
+    def clear(self) -> None:
+        self.value = ""
+        self.set_typing(False)
+
+
+class LineCommands:
+    """A screen mixin: run `do_<action>(value, *args)` for each `Line.Command`.
+
+    An action written `choose:3` passes "3" as an argument.
+    """
+
+    def on_line_command(self, message: Line.Command) -> None:
+        message.stop()
+        name, _, arg = message.action.partition(":")
+        handler = getattr(self, "do_" + name)
+        handler(message.value, arg) if arg else handler(message.value)
+
+
+DIGIT_KEYS = {str(n): f"choose:{n}" for n in range(1, 10)}
 
 
 # -- the list -------------------------------------------------------------------
 
-class ListScreen(Screen):
+class ListScreen(LineCommands, Screen):
     """Groups of sessions, a status line and the dispatch line."""
 
     BINDINGS = [
@@ -99,25 +148,26 @@ class ListScreen(Screen):
         Binding("down", "move(1)", "down", priority=True, show=False),
         Binding("pageup", "move(-10)", priority=True, show=False),
         Binding("pagedown", "move(10)", priority=True, show=False),
-        Binding("enter", "enter", "attach / dispatch", priority=True, show=False),
-        Binding("shift+enter,ctrl+j,alt+enter", "submit(True)", "dispatch and attach", priority=True, show=False),
-        Binding("space", "peek", "peek", priority=True, show=False),
-        Binding("right", "attach", "attach", priority=True, show=False),
         Binding("ctrl+t", "pin", "pin", priority=True, show=False),
         Binding("ctrl+r", "rename", "rename", priority=True, show=False),
         Binding("ctrl+x", "stop", "stop", priority=True, show=False),
         Binding("ctrl+s", "toggle_group", "group", priority=True, show=False),
-        Binding("question_mark", "help", "help", priority=True, show=False),
-        Binding("q", "quit_if_empty", "quit", priority=True, show=False),
         Binding("escape", "escape", priority=True, show=False),
+        Binding("tab", "typing", priority=True, show=False),
     ]
-    # Acted on only while the dispatch line is empty; otherwise they are text.
-    WHEN_EMPTY = {"peek", "attach", "help", "quit_if_empty"}
+    # Keys read by the dispatch line (see Line): commands only while it is empty ...
+    WHEN_EMPTY = {"space": "peek", "right": "attach", "question_mark": "help", "q": "quit"}
+    # ... and always: Enter dispatches or attaches; the others dispatch and attach.
+    ALWAYS = {"enter": "enter", "shift+enter": "submit_attach", "ctrl+j": "submit_attach",
+              "alt+enter": "submit_attach"}
 
-    CSS = """
+    STYLE = """
     ListScreen { layout: vertical; }
     #title { height: 1; background: $panel; color: $text; }
     #sessions { height: 1fr; border: none; padding: 0; background: $surface; }
+    #sessions > .option-list--option-highlighted { background: $block-cursor-background;
+                                                   color: $block-cursor-foreground; text-style: bold; }
+    App:nocolor #sessions > .option-list--option-highlighted { text-style: bold reverse; }
     #status { height: 1; color: $text-muted; }
     #status.error { color: $error; text-style: bold; }
     #prompt-row { height: 1; }
@@ -138,8 +188,9 @@ class ListScreen(Screen):
         yield sessions
         yield Static(HINTS, id="status")
         with Horizontal(id="prompt-row"):
-            yield Label("› ", id="prompt-mark")
-            yield Line("a prompt starts a session here · @dir PROMPT beside · s:STATE filters", "dispatch")
+            yield Label("› ", id="prompt-mark", classes="mark")
+            yield Line("a prompt starts a session here · @dir PROMPT beside · s:STATE filters", "dispatch",
+                       when_empty=self.WHEN_EMPTY, always=self.ALWAYS)
 
     def on_mount(self) -> None:
         self.query_one("#dispatch", Input).focus()
@@ -149,13 +200,8 @@ class ListScreen(Screen):
         self.app.rebuild()
 
     @property
-    def line(self) -> Input:
-        return self.query_one("#dispatch", Input)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in self.WHEN_EMPTY and self.line.value:
-            return False
-        return True
+    def line(self) -> Line:
+        return self.query_one("#dispatch", Line)
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.status_text = text
@@ -177,24 +223,26 @@ class ListScreen(Screen):
     def action_move(self, step: int) -> None:
         self.app.move_selection(step)
 
-    def action_enter(self) -> None:
-        if self.line.value.strip():
-            self.action_submit(False)
-            return
-        row = self.app.selected_row()
-        if row is not None and row.kind == "fold":
-            self.app.toggle_fold(row.group)
-        elif row is not None and row.kind == "session":
-            self.app.attach(row.session_id)
+    def do_enter(self, value: str) -> None:
+        if value.strip():
+            self.submit(value, attach=False)
+        else:
+            self.do_attach(value)
 
-    def action_attach(self) -> None:
+    def do_submit_attach(self, value: str) -> None:
+        if value.strip():
+            self.submit(value, attach=True)
+        else:
+            self.do_attach(value)
+
+    def do_attach(self, value: str) -> None:
         row = self.app.selected_row()
         if row is not None and row.kind == "session":
             self.app.attach(row.session_id)
         elif row is not None and row.kind == "fold":
             self.app.toggle_fold(row.group)
 
-    def action_peek(self) -> None:
+    def do_peek(self, value: str) -> None:
         row = self.app.selected_row()
         if row is None:
             return
@@ -203,21 +251,30 @@ class ListScreen(Screen):
         elif row.kind == "session":
             self.app.push_screen(PeekScreen(row.session_id))
 
-    def action_submit(self, attach: bool = False) -> None:
-        text = self.line.value
-        if not text.strip():
-            self.action_enter()
-            return
+    def do_help(self, value: str) -> None:
+        self.app.push_screen(HelpScreen())
+
+    def do_quit(self, value: str) -> None:
+        self.app.exit()
+
+    def submit(self, text: str, attach: bool) -> None:
         try:
             parsed = model.parse_line(text, self.app.cwd)
         except model.LineError as exc:
             self.show_message(str(exc), error=True)
             return
         if isinstance(parsed, model.Filter):
-            self.line.value = ""
+            self.line.clear()
             self.app.set_filter(parsed.states)
             return
-        self.app.dispatch_session(parsed, attach=attach, line=self.line)
+        # Clear at once, so typing can go on while the daemon answers; a
+        # refused prompt comes back to the line (unless something new is there).
+        self.line.clear()
+        self.app.dispatch_session(parsed, attach=attach, restore=lambda: self._restore(text))
+
+    def _restore(self, text: str) -> None:
+        if not self.line.value:
+            self.line.value = text
 
     def action_pin(self) -> None:
         session = self.app.selected_session()
@@ -255,22 +312,14 @@ class ListScreen(Screen):
     def action_toggle_group(self) -> None:
         self.app.toggle_group()
 
-    def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())
-
-    def action_quit_if_empty(self) -> None:
-        self.app.exit()
+    def action_typing(self) -> None:
+        self.line.set_typing(not self.line.typing)
 
     def action_escape(self) -> None:
-        if self.line.value:
-            self.line.value = ""
+        if self.line.value or self.line.typing:
+            self.line.clear()
         elif self.app.states_filter is not None:
             self.app.set_filter(None)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        # Enter is bound above; this is only reached if a terminal sends it otherwise.
-        event.stop()
-        self.action_enter()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         # A mouse click on a row selects it (and a click on "… N more" unfolds).
@@ -332,20 +381,19 @@ class TranscriptFollower:
         raise NotImplementedError
 
 
-class PeekScreen(TranscriptFollower, ModalScreen):
+class PeekScreen(LineCommands, TranscriptFollower, ModalScreen):
     """A quick look at one session: latest output, or its pending request, answerable here."""
 
     BINDINGS = [
         Binding("escape", "close", priority=True, show=False),
-        Binding("space", "close", priority=True, show=False),
-        Binding("enter", "enter", priority=True, show=False),
+        Binding("tab", "typing", priority=True, show=False),
         Binding("up", "move(-1)", priority=True, show=False),
         Binding("down", "move(1)", priority=True, show=False),
-        *[Binding(str(n), f"choose('{n}')", priority=True, show=False) for n in range(1, 10)],
     ]
-    WHEN_EMPTY = {"close", "choose"}
+    WHEN_EMPTY = {"space": "close", **DIGIT_KEYS}
+    ALWAYS = {"enter": "enter"}
 
-    CSS = """
+    STYLE = """
     PeekScreen { align: center bottom; }
     #peek { height: auto; max-height: 18; width: 100%; border: round $accent; background: $surface;
             padding: 0 1; }
@@ -354,6 +402,9 @@ class PeekScreen(TranscriptFollower, ModalScreen):
     #peek-pending { height: auto; color: $warning; }
     #peek-choices { height: auto; text-style: bold; }
     #peek-hint { height: 1; color: $text-muted; }
+    #peek-row { height: 1; }
+    #peek-row .mark { width: 2; color: $accent; }
+    #peek-input { width: 1fr; }
     """
 
     def __init__(self, session_id: str) -> None:
@@ -370,7 +421,9 @@ class PeekScreen(TranscriptFollower, ModalScreen):
             yield Static("", id="peek-output")
             yield Static("", id="peek-pending")
             yield Static("", id="peek-choices")
-            yield Line("", "peek-input")
+            with Horizontal(id="peek-row"):
+                yield Label("› ", classes="mark")
+                yield Line("", "peek-input", when_empty=self.WHEN_EMPTY, always=self.ALWAYS)
             yield Static("", id="peek-hint")
 
     def on_mount(self) -> None:
@@ -383,13 +436,8 @@ class PeekScreen(TranscriptFollower, ModalScreen):
         return self.app.table.sessions.get(self.session_id)
 
     @property
-    def line(self) -> Input:
-        return self.query_one("#peek-input", Input)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in self.WHEN_EMPTY and self.line.value:
-            return False
-        return True
+    def line(self) -> Line:
+        return self.query_one("#peek-input", Line)
 
     def retarget(self, session_id: str) -> None:
         self.session_id = session_id
@@ -413,10 +461,10 @@ class PeekScreen(TranscriptFollower, ModalScreen):
         pending = model.pending_lines(session)
         if not pending and session.get("state") == "failed" and session.get("error"):
             pending = [f"✗ {session['error']}"]
-        self.query_one("#peek-pending", Static).update(Text("\n".join(pending)))
+        self._set("#peek-pending", Text("\n".join(pending)))
         choices = model.choices(session)
         self.choice_text = "   ".join(f"{c.key} {c.label}" for c in choices)
-        self.query_one("#peek-choices", Static).update(self.choice_text)
+        self._set("#peek-choices", self.choice_text)
         if choices and session.get("waiting_for") == "question":
             hint, placeholder = "digit: pick · text ⏎: answer · ⏎: attach · esc: close", "type an answer"
         elif choices:
@@ -429,10 +477,15 @@ class PeekScreen(TranscriptFollower, ModalScreen):
         if not self.hint_text:
             self.query_one("#peek-hint", Static).update(hint)
 
+    def _set(self, selector: str, content: Any) -> None:
+        widget = self.query_one(selector, Static)
+        widget.update(content)
+        widget.display = bool(str(content))
+
     def add_lines(self, lines: list[str]) -> None:
         self.lines.extend(lines)
         tail = self.lines[-PEEK_LINES:]
-        self.query_one("#peek-output", Static).update(Text("\n".join(model.clip(l, 200) for l in tail)))
+        self._set("#peek-output", Text("\n".join(model.clip(l, 200) for l in tail)))
 
     # events from the app
     def daemon_session(self, session_id: str) -> None:
@@ -449,9 +502,15 @@ class PeekScreen(TranscriptFollower, ModalScreen):
         hint.update(Text(text, style="bold red" if error else ""))
 
     # actions
+    def action_typing(self) -> None:
+        self.line.set_typing(not self.line.typing)
+
     def action_close(self) -> None:
         self.closing = True
         self.dismiss()
+
+    def do_close(self, value: str) -> None:
+        self.action_close()
 
     def action_move(self, step: int) -> None:
         self.app.move_selection(step)
@@ -459,23 +518,25 @@ class PeekScreen(TranscriptFollower, ModalScreen):
         if session is not None and session["id"] != self.session_id:
             self.retarget(session["id"])
 
-    def action_enter(self) -> None:
-        text = self.line.value.strip()
+    def do_enter(self, value: str) -> None:
+        text = value.strip()
         if text:
-            self.line.value = ""
+            self.line.clear()
             self.app.call_daemon("session.reply", {"id": self.session_id, "text": text}, "sent", after=self._after_answer)
             return
         session_id = self.session_id
         self.action_close()
         self.app.attach(session_id)
 
-    def action_choose(self, key: str) -> None:
+    def do_choose(self, value: str, key: str) -> None:
         session = self.session
         choice = model.choice_for(session, key) if session else None
         if choice is None:
-            raise SkipAction()
+            # Nothing pending: the digit was meant as text.
+            self.line.insert_text_at_cursor(key)
+            return
         self.app.call_daemon("session.respond", {"id": self.session_id, **choice.params},
-                     f"{choice.label} · {model.clip(model.title_of(session), 40)}", after=self._after_answer)
+                             f"{choice.label} · {model.clip(model.title_of(session), 40)}", after=self._after_answer)
 
     def _after_answer(self, result: Any) -> None:
         # Answered: back to the list, ready for the next one.
@@ -485,19 +546,18 @@ class PeekScreen(TranscriptFollower, ModalScreen):
 
 # -- attach -----------------------------------------------------------------------
 
-class AttachScreen(TranscriptFollower, Screen):
+class AttachScreen(LineCommands, TranscriptFollower, Screen):
     """One session's full transcript, live, with a reply box."""
 
     BINDINGS = [
         Binding("escape", "back", priority=True, show=False),
-        Binding("left", "back_if_empty", priority=True, show=False),
-        Binding("enter", "send", priority=True, show=False),
+        Binding("tab", "typing", priority=True, show=False),
         Binding("ctrl+x", "stop", priority=True, show=False),
-        *[Binding(str(n), f"choose('{n}')", priority=True, show=False) for n in range(1, 10)],
     ]
-    WHEN_EMPTY = {"back_if_empty", "choose"}
+    WHEN_EMPTY = {"left": "back", **DIGIT_KEYS}
+    ALWAYS = {"enter": "send"}
 
-    CSS = """
+    STYLE = """
     #attach-title { height: 1; background: $panel; }
     #transcript { height: 1fr; border: none; background: $surface; }
     #attach-pending { height: auto; max-height: 4; color: $warning; }
@@ -513,6 +573,7 @@ class AttachScreen(TranscriptFollower, Screen):
         self.session_id = session_id
         self.init_follower()
         self.hint_text = ""
+        self._hint_timer = None
 
     def compose(self) -> ComposeResult:
         yield Banner(UNREACHABLE, id="banner")
@@ -523,8 +584,9 @@ class AttachScreen(TranscriptFollower, Screen):
         yield Static("", id="attach-pending")
         yield Static("", id="attach-hint")
         with Horizontal(id="reply-row"):
-            yield Label("› ", id="reply-mark")
-            yield Line("reply… (Esc, or ← on an empty line: back to the list)", "reply")
+            yield Label("› ", id="reply-mark", classes="mark")
+            yield Line("reply… (Esc, or ← on an empty line: back to the list)", "reply",
+                       when_empty=self.WHEN_EMPTY, always=self.ALWAYS)
 
     def on_mount(self) -> None:
         self.query_one("#reply", Input).focus()
@@ -537,13 +599,8 @@ class AttachScreen(TranscriptFollower, Screen):
         return self.app.table.sessions.get(self.session_id)
 
     @property
-    def line(self) -> Input:
-        return self.query_one("#reply", Input)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in self.WHEN_EMPTY and self.line.value:
-            return False
-        return True
+    def line(self) -> Line:
+        return self.query_one("#reply", Line)
 
     def refresh_session(self) -> None:
         session = self.session
@@ -583,12 +640,14 @@ class AttachScreen(TranscriptFollower, Screen):
     def show_message(self, text: str, error: bool = False) -> None:
         self.hint_text = text
         self._show_hint(text, error)
+        if self._hint_timer is not None:
+            self._hint_timer.stop()
+        self._hint_timer = self.set_timer(MESSAGE_S, self._clear_message)
 
-        def clear() -> None:
-            self.hint_text = ""
-            if self.session:
-                self._show_hint(self._default_hint(self.session))
-        self.set_timer(MESSAGE_S, clear)
+    def _clear_message(self) -> None:
+        self.hint_text = ""
+        if self.session:
+            self._show_hint(self._default_hint(self.session))
 
     def add_lines(self, lines: list[str]) -> None:
         self.lines.extend(lines)
@@ -604,24 +663,29 @@ class AttachScreen(TranscriptFollower, Screen):
         if session_id == self.session_id:
             self.transcript_event(entry)
 
+    def action_typing(self) -> None:
+        self.line.set_typing(not self.line.typing)
+
     def action_back(self) -> None:
         self.app.pop_screen()
 
-    def action_back_if_empty(self) -> None:
-        self.app.pop_screen()
+    def do_back(self, value: str) -> None:
+        self.action_back()
 
-    def action_send(self) -> None:
-        text = self.line.value.strip()
+    def do_send(self, value: str) -> None:
+        text = value.strip()
         if not text:
             return
-        self.line.value = ""
+        self.line.clear()
         self.app.call_daemon("session.reply", {"id": self.session_id, "text": text}, "sent")
 
-    def action_choose(self, key: str) -> None:
+    def do_choose(self, value: str, key: str) -> None:
         session = self.session
         choice = model.choice_for(session, key) if session else None
         if choice is None:
-            raise SkipAction()
+            # Nothing pending: the digit was meant as text.
+            self.line.insert_text_at_cursor(key)
+            return
         self.app.call_daemon("session.respond", {"id": self.session_id, **choice.params}, choice.label)
 
     def action_stop(self) -> None:
@@ -632,7 +696,7 @@ class AttachScreen(TranscriptFollower, Screen):
 
 class RenameScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "cancel", priority=True, show=False)]
-    CSS = """
+    STYLE = """
     RenameScreen { align: center middle; }
     #rename { width: 60; height: auto; border: round $accent; background: $surface; padding: 0 1; }
     """
@@ -661,7 +725,7 @@ class RenameScreen(ModalScreen[str | None]):
 
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark,space,enter", "close", priority=True, show=False)]
-    CSS = """
+    STYLE = """
     HelpScreen { align: center middle; }
     #help { width: 80; max-width: 100%; height: auto; max-height: 100%; border: round $accent;
             background: $surface; padding: 0 1; overflow-y: auto; }
@@ -680,6 +744,8 @@ class AgentsApp(App):
     """The agent view.  State shared by the screens lives here."""
 
     TITLE = "bgctl agents"
+    # All styles in one place: the default screen gets no per-screen CSS loading.
+    CSS = "".join(screen.STYLE for screen in (ListScreen, PeekScreen, AttachScreen, RenameScreen, HelpScreen))
     BINDINGS = [
         Binding("ctrl+c", "quit", "quit", priority=True, show=False),
         Binding("ctrl+q", "quit", "quit", priority=True, show=False),
@@ -876,25 +942,21 @@ class AgentsApp(App):
         except DaemonUnreachable:
             self.say(UNREACHABLE, error=True)
             return
-        if isinstance(result, dict) and result.get("id") and method != "session.remove":
-            self.table.sessions[result["id"]] = result
+        if isinstance(result, dict) and result.get("state") and self.table.offer(result):
             self.schedule_rebuild()
         if after is not None:
             after(result)
         self.say(done)
 
     @work(group="rpc")
-    async def dispatch_session(self, what: model.Dispatch, attach: bool, line: Input) -> None:
+    async def dispatch_session(self, what: model.Dispatch, attach: bool, restore: Callable[[], None]) -> None:
         try:
             session = await self.link.call("session.dispatch", {"prompt": what.prompt, "cwd": what.cwd})
-        except RpcError as exc:
-            self.say(exc.message, error=True)
+        except (RpcError, DaemonUnreachable) as exc:
+            restore()
+            self.say(getattr(exc, "message", None) or UNREACHABLE, error=True)
             return
-        except DaemonUnreachable:
-            self.say(UNREACHABLE, error=True)
-            return
-        line.value = ""
-        self.table.sessions[session["id"]] = session
+        self.table.offer(session)
         self.select_session(session["id"])
         self.rebuild()
         where = "" if what.cwd == self.cwd else f" · in {model.short_dir(what.cwd, 30)}"

@@ -48,6 +48,7 @@ class _Connection:
         self.writer = writer
         self.frames = FrameReader(READ_LIMIT)
         self.ids = itertools.count(1)
+        self.pending: list = []  # read but not yet taken: what came in the same read as a response
 
     async def send(self, method: str, params: Any = None) -> int:
         msg_id = next(self.ids)
@@ -57,6 +58,9 @@ class _Connection:
 
     async def messages(self) -> list:
         """The next messages: every frame that one read completed (at least one)."""
+        if self.pending:
+            out, self.pending = self.pending, []
+            return out
         while True:
             out = []
             while True:
@@ -79,14 +83,18 @@ class _Connection:
 
     async def call(self, method: str, params: Any = None) -> Any:
         msg_id = await self.send(method, params)
+        kept: list = []
         while True:
-            for msg in await self.messages():
-                if isinstance(msg, Response) and msg.id == msg_id:
+            batch = await self.messages()
+            for i, msg in enumerate(batch):
+                if isinstance(msg, Response) and (msg.id == msg_id or msg.id is None and msg.error is not None):
+                    # Notifications around the response (a subscription's first events) stay for the reader.
+                    self.pending = kept + batch[i + 1:] + self.pending
                     if msg.error is not None:
                         raise msg.error
                     return msg.result
-                if isinstance(msg, Response) and msg.id is None and msg.error is not None:
-                    raise msg.error
+                if isinstance(msg, Notification):
+                    kept.append(msg)
 
     def close(self) -> None:
         self.writer.close()

@@ -1,9 +1,11 @@
 """tasks.toml as a language: problems with exact ranges, hover on schedules, completion.
 
-No LSP here (the server converts), and no second schedule parser: schedules are read
-by `bgcore.schedule`, the core the daemon fires them with.  `tomllib` says whether
-the file is TOML and gives the values; a small scanner of the text finds where each
-key and value sits, so a problem points at the exact characters.
+No LSP here (the server converts), no second schedule parser and no second set of
+rules: schedules are read by `bgcore.schedule` and tasks are validated by the
+daemon's own `bgd.tasks_file.load_tasks` (what `bgctl task ls` reports).  What this
+module adds is editor-shaped: a small scanner of the text finds where each key and
+value sits, so each problem the daemon reports at a (line, column) gets the exact
+range of what is wrong; hover and completion use the same scanner.
 
 The format (SPEC §7, shared with the daemon's task engine): one table per task,
 
@@ -26,7 +28,6 @@ to the client's units.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -39,11 +40,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bgcore import paths
 from bgcore.schedule import ScheduleError, explain, parse_schedule
+from bgd.clock import local_zone
+from bgd.config import PERMISSION_MODES
+from bgd.tasks_file import OVERLAPS, TaskFileError, load_tasks
 
 FILE_NAME = "tasks.toml"
-NAME_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
-OVERLAP_POLICIES = ("skip", "buffer_one", "replace", "allow")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ FIELDS: dict[str, FieldSpec] = {
     "worktree": FieldSpec(bool, "Run each fire in its own git worktree.", example="false"),
     "enabled": FieldSpec(bool, "`false` pauses the task.", example="true"),
     "overlap": FieldSpec(str, "What to do when a run is due while the last one still runs "
-                              "(default `skip`).", OVERLAP_POLICIES),
+                              "(default `skip`).", OVERLAPS),
     "timezone": FieldSpec(str, "The IANA zone the schedule's times are in (default: local)."),
 }
 REQUIRED = ("cwd", "schedule")
@@ -117,21 +118,6 @@ def is_tasks_file(path: str | os.PathLike | None) -> bool:
         return False
     p = Path(path)
     return p.name == FILE_NAME or p == paths.config_dir() / FILE_NAME
-
-
-def local_zone() -> ZoneInfo:
-    """The zone schedules are read in when a task names none."""
-    name = os.environ.get("TZ", "").lstrip(":")
-    if not name:
-        try:
-            link = os.readlink("/etc/localtime")
-            name = link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else ""
-        except OSError:
-            name = ""
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
 
 
 # -- where things are: a scanner of the text ---------------------------------------
@@ -365,128 +351,103 @@ def _string_literal(raw: str | None) -> str | None:
 
 # -- problems -----------------------------------------------------------------------
 
-_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_EOF = re.compile(r"\s*\(at end of document\)\s*$")
-
-
-def lint(text: str, *, now: datetime, tz: ZoneInfo,
+def lint(text: str, *, now: datetime, tz: ZoneInfo, path: str = FILE_NAME,
          is_dir: Callable[[str], bool] = os.path.isdir,
          is_file: Callable[[str], bool] = os.path.isfile) -> list[Problem]:
-    """Every problem of a tasks file, in reading order."""
+    """Every problem of a tasks file, in reading order.
+
+    The rules are the daemon's (`bgd.tasks_file.load_tasks`, what `bgctl task ls` reports), so the
+    editor and the daemon never disagree about what is valid; this adds the exact range of each
+    problem, and two editor-only notes: a schedule that was rounded, a prompt_file not found.
+    """
     layout = _scan(text)
+    _, errors = load_tasks(text, path, now, tz, isdir=is_dir)
+    problems = [Problem(_error_span(error, layout, now=now, tz=tz), error.reason, "error", _error_code(error.reason))
+                for error in errors]
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return [_syntax_problem(str(exc), layout)]
-    problems: list[Problem] = []
-
-    def add(path: tuple[str, ...], message: str, code: str, *, severity: str = "error",
-            part: str = "key", span: Span | None = None) -> None:
-        problems.append(Problem(span or layout.span(path, part=part), message, severity, code))
-
-    for key in data:
-        if key != "tasks":
-            add((key,), f"unknown top-level key {key!r}: tasks are tables named [tasks.NAME]"
-                + _did_you_mean(key, ["tasks"]), "unknown-field", severity="warning")
-    tasks = data.get("tasks", {})
-    if not isinstance(tasks, dict):
-        add(("tasks",), "tasks must be tables: [tasks.NAME]", "bad-type")
-        tasks = {}
+    except tomllib.TOMLDecodeError:
+        data = {}
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     for name, task in tasks.items():
-        path = ("tasks", name)
-        if not NAME_RE.fullmatch(name):
-            add(path, f"task name {name!r} must be kebab-case: lowercase letters, digits and single dashes "
-                      f"(e.g. {_kebab(name)!r})", "bad-name")
-        if not isinstance(task, dict):
-            add(path, f"task {name!r} must be a table: [tasks.{name}]", "bad-type")
-            continue
-        problems.extend(_task_problems(name, task, layout, now=now, tz=tz, is_dir=is_dir, is_file=is_file))
+        if isinstance(task, dict):
+            problems.extend(_notes(name, task, layout, now=now, tz=tz, is_file=is_file))
     problems.sort(key=lambda p: (p.span.line, p.span.start))
     return problems
 
 
-def _syntax_problem(message: str, layout: _Layout) -> Problem:
-    m = _TOML_POS.search(message)
-    if m:
-        line, col = int(m.group(1)) - 1, int(m.group(2)) - 1
-        text = layout.lines[line] if line < len(layout.lines) else ""
-        end = len(text.rstrip()) if len(text.rstrip()) > col else col + 1
-        return Problem(Span(line, col, line, end), "not valid TOML: " + message[:m.start()], "error", "toml-syntax")
-    last = max(len(layout.lines) - 1, 0)
-    clean = _TOML_EOF.sub("", message)
-    end_col = len(layout.lines[last]) if layout.lines else 0
-    return Problem(Span(last, 0, last, end_col), "not valid TOML: " + clean, "error", "toml-syntax")
+def _error_code(reason: str) -> str:
+    for needle, code in (("not valid TOML", "toml-syntax"), ("unknown field", "unknown-field"),
+                         ("unknown top-level key", "unknown-field"), ("duplicate", "duplicate-task"),
+                         ("kebab-case", "bad-name"), (" needs ", "missing-field"), ("has both", "bad-value"),
+                         ("schedule", "bad-schedule"), ("cwd", "bad-cwd"), ("timezone", "bad-timezone")):
+        if needle in reason:
+            return code
+    return "invalid-task"
 
 
-def _task_problems(name: str, task: dict, layout: _Layout, *, now: datetime, tz: ZoneInfo,
-                   is_dir: Callable[[str], bool], is_file: Callable[[str], bool]) -> list[Problem]:
-    base = ("tasks", name)
+def _error_span(error: TaskFileError, layout: _Layout, *, now: datetime, tz: ZoneInfo) -> Span:
+    """Widen the (line, column) the daemon reports into the range of what is wrong."""
+    if error.line is None:
+        return Span(0, 0, 0, len(layout.lines[0]) if layout.lines else 0)
+    line = min(error.line - 1, max(len(layout.lines) - 1, 0))
+    col = (error.column or 1) - 1
+    text = layout.lines[line] if layout.lines else ""
+    if error.reason.startswith("not valid TOML"):
+        end = len(text.rstrip())
+        return Span(line, col, line, end if end > col else col + 1)
+    for entry in layout.entries:
+        if entry.value.line != line or not entry.value.start <= col < max(entry.value.end, entry.value.start + 1):
+            if entry.key.line == line and entry.key.start == col:
+                return entry.key
+            continue
+        if error.reason.startswith("unknown field"):
+            return entry.key
+        if entry.path[-1] == "schedule" and error.reason.startswith("schedule of task"):
+            return _schedule_span(entry, layout, now=now, tz=tz) or entry.value
+        return entry.value
+    for table in layout.tables:
+        if table.header.line == line:
+            return table.name
+    end = len(text.rstrip())
+    return Span(line, col, line, end if end > col else col + 1)
+
+
+def _schedule_span(entry: _Entry, layout: _Layout, *, now: datetime, tz: ZoneInfo) -> Span | None:
+    """The characters of a schedule string the schedule core could not read (asking it again)."""
+    spec = _string_literal(entry.raw)
+    if spec is None:
+        return None
+    zone = _task_zone(layout, entry.path[1], tz)
+    try:
+        parse_schedule(spec, now=now.astimezone(zone), tz=zone)
+    except ScheduleError as exc:
+        return _fragment_span(entry, exc)
+    return None
+
+
+def _notes(name: str, task: dict, layout: _Layout, *, now: datetime, tz: ZoneInfo,
+           is_file: Callable[[str], bool]) -> list[Problem]:
+    """Editor-only hints on a task the daemon may well accept."""
     out: list[Problem] = []
-
-    def add(key: str | None, message: str, code: str, *, severity: str = "error", part: str = "value",
-            span: Span | None = None) -> None:
-        path = base + ((key,) if key else ())
-        out.append(Problem(span or layout.span(path, part=part), message, severity, code))
-
-    for key, value in task.items():
-        spec = FIELDS.get(key)
-        if spec is None:
-            hint = " (a task's name is its table key)" if key == "name" else _did_you_mean(key, FIELDS)
-            add(key, f"unknown field {key!r} in task {name!r}{hint}", "unknown-field", severity="warning",
-                part="key")
-            continue
-        if not isinstance(value, spec.kind):
-            add(key, f"{key} must be {'true or false' if spec.kind is bool else 'a string'}", "bad-type")
-            continue
-        if spec.values and value not in spec.values:
-            add(key, f"{key} must be one of {', '.join(spec.values)}" + _did_you_mean(value, spec.values),
-                "bad-value")
-    for key in REQUIRED:
-        if key not in task:
-            add(None, f"task {name!r} has no {key} (required)", "missing-field", part="key")
-    has_prompt, has_file = "prompt" in task, "prompt_file" in task
-    if not has_prompt and not has_file:
-        add(None, f"task {name!r} has no prompt (give prompt or prompt_file)", "missing-field", part="key")
-    elif has_prompt and has_file:
-        add("prompt_file", "give prompt or prompt_file, not both", "bad-value", part="key")
-    elif has_prompt and isinstance(task["prompt"], str) and not task["prompt"].strip():
-        add("prompt", "the prompt is empty", "bad-value")
-
-    zone = tz
-    if isinstance(task.get("timezone"), str):
+    schedule, cwd, prompt_file = task.get("schedule"), task.get("cwd"), task.get("prompt_file")
+    entry = layout.entry(("tasks", name, "schedule"))
+    if isinstance(schedule, str) and entry is not None:
+        zone = _task_zone(layout, name, tz)
         try:
-            zone = ZoneInfo(task["timezone"])
-        except (ZoneInfoNotFoundError, ValueError):
-            add("timezone", f"unknown time zone {task['timezone']!r} (an IANA name such as Europe/Paris)",
-                "bad-timezone")
-
-    cwd = task.get("cwd")
-    if isinstance(cwd, str):
-        expanded = os.path.expanduser(cwd)
-        if not os.path.isabs(expanded):
-            add("cwd", f"cwd must be an absolute path (or start with ~): {cwd!r}", "bad-cwd")
-        elif not is_dir(expanded):
-            add("cwd", f"cwd {cwd!r} does not exist" if not os.path.exists(expanded)
-                else f"cwd {cwd!r} is not a directory", "bad-cwd")
-    prompt_file = task.get("prompt_file")
+            parsed = parse_schedule(schedule, now=now.astimezone(zone), tz=zone)
+        except ScheduleError:
+            parsed = None
+        if parsed is not None and parsed.rounded_from:
+            out.append(Problem(entry.value, f"read as {parsed.human!r}" + (f" ({parsed.cron})" if parsed.cron else "")
+                               + f": {parsed.rounded_from!r} does not divide evenly, so the nearest clean "
+                                 "interval was picked", "information", "schedule-rounded"))
     if isinstance(prompt_file, str) and isinstance(cwd, str):
         target = os.path.join(os.path.expanduser(cwd), os.path.expanduser(prompt_file))
         if os.path.isabs(target) and not is_file(target):
-            add("prompt_file", f"prompt_file {prompt_file!r} not found (looked for {target})", "bad-prompt-file",
-                severity="warning")
-
-    schedule = task.get("schedule")
-    if isinstance(schedule, str):
-        try:
-            parsed = parse_schedule(schedule, now=now.astimezone(zone), tz=zone)
-        except ScheduleError as exc:
-            add("schedule", _schedule_message(exc), "bad-schedule",
-                span=_fragment_span(layout.entry(base + ("schedule",)), exc))
-        else:
-            if parsed.rounded_from:
-                add("schedule", f"read as {parsed.human!r}" + (f" ({parsed.cron})" if parsed.cron else "")
-                    + f": {parsed.rounded_from!r} does not divide evenly, so the nearest clean interval was picked",
-                    "schedule-rounded", severity="information")
+            out.append(Problem(layout.span(("tasks", name, "prompt_file"), part="value"),
+                               f"prompt_file {prompt_file!r} not found (looked for {target})", "warning",
+                               "prompt-file-not-found"))
     return out
 
 
@@ -509,15 +470,6 @@ def _fragment_span(entry: _Entry | None, exc: ScheduleError) -> Span | None:
     if end <= start:  # something missing at the end: point at the closing quote
         start, end = entry.value.end - 1, entry.value.end
     return Span(entry.value.line, start, entry.value.line, end)
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _kebab(name: str) -> str:
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", name.lower())).strip("-") or "my-task"
 
 
 # -- hover ------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _install_features(daemon) -> None:
     """Wire the features that live beside the sessions into the daemon."""
+    from .loop_runner import install as install_loops; install_loops(daemon)
+    from .task_runner import install as install_tasks; install_tasks(daemon)
 
 
 if __name__ == "__main__":

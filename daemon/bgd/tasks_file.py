@@ -66,6 +66,7 @@ class TaskFileError:
     column: int | None
     reason: str
     task: str | None = None
+    fatal: bool = False  # the file as a whole cannot be read: no task in it is usable
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
@@ -193,14 +194,14 @@ def load_tasks(text: str, path: str, now: datetime, tz: ZoneInfo, *,
             first, _ = pos.line_col(offsets[0])
             line, col = pos.line_col(offsets[1])
             errors.append(TaskFileError(path, line, col, f"duplicate task name {name!r} (first defined on line "
-                                                          f"{first}); task names must be unique", name))
+                                                          f"{first}); task names must be unique", name, fatal=True))
     if errors:  # tomllib would refuse the file too, with a vaguer message
         return {}, errors
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line, col, message = _decode_error(exc, text)
-        return {}, [TaskFileError(path, line, col, f"not valid TOML: {message}")]
+        return {}, [TaskFileError(path, line, col, f"not valid TOML: {message}", fatal=True)]
     for key in data:
         if key != "tasks":
             line, col = _find_top_key(text, key)
@@ -210,7 +211,7 @@ def load_tasks(text: str, path: str, now: datetime, tz: ZoneInfo, *,
     raw_tasks = data.get("tasks", {})
     if not isinstance(raw_tasks, dict):
         line, col = _find_top_key(text, "tasks")
-        return {}, errors + [TaskFileError(path, line, col, "`tasks` must be a table of [tasks.NAME] tables")]
+        return {}, errors + [TaskFileError(path, line, col, "`tasks` must be a table of [tasks.NAME] tables", fatal=True)]
     tasks: dict[str, Task] = {}
     for name, raw in raw_tasks.items():
         old = (previous or {}).get(name)
@@ -303,7 +304,7 @@ def _read_task(name: str, raw: Any, path: str, pos: _Positions, now: datetime, t
             first = spec.split()[0].lower()
             if schedule.kind == "once" and first in _RELATIVE_ONCE:
                 fail(f"schedule {spec!r} of task {name!r} means another time each time the file is read; "
-                     f"write the time itself, such as {schedule.human.split(' (')[0]!r}", "schedule", 1)
+                     f"write the time itself; example: {schedule.human.split(' (')[0]!r}", "schedule", 1)
 
     mode = raw.get("permission_mode")
     if mode is not None and mode not in PERMISSION_MODES:

@@ -1,3 +1,3 @@
 """JSON-RPC handlers, one module per namespace; importing this registers them all."""
 
-from . import daemon, events, session  # noqa: F401
+from . import daemon, events, loop, schedule, session, task  # noqa: F401

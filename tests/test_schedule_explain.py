@@ -1,0 +1,65 @@
+"""`bgctl schedule explain` (SPEC §3): its JSON, checked against dateutil's rrule, and its errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from dateutil import rrule
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def explain(bgd, *args):
+    result = bgd.ctl("schedule", "explain", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_json_of_spec_3_matches_rrule_across_a_dst_change(running_bgd):
+    # New York springs forward on 2026-03-08; --from without an offset is a wall time in --tz.
+    out = explain(running_bgd, "--next", "10", "--tz", "America/New_York", "--from", "2026-03-05T12:00",
+                  "weekdays", "at", "9:30")
+    assert set(out) == {"spec", "kind", "cron", "human", "timezone", "rounded_from", "next"}
+    assert (out["spec"], out["kind"], out["cron"], out["timezone"], out["rounded_from"]) == (
+        "weekdays at 9:30", "cron", "30 9 * * 1-5", "America/New_York", None)
+    start = datetime(2026, 3, 5, 12, tzinfo=NEW_YORK)
+    expected = list(rrule.rrule(rrule.DAILY, dtstart=start.replace(hour=9, minute=30), byweekday=range(5),
+                                count=11))[1:]  # the 5th at 09:30 is before --from
+    assert [datetime.fromisoformat(t) for t in out["next"]] == expected
+    assert out["next"][0] == "2026-03-06T09:30:00-05:00" and out["next"][2] == "2026-03-10T09:30:00-04:00"
+
+
+def test_vixie_cron_and_rounding(running_bgd):
+    out = explain(running_bgd, "--next", "6", "--tz", "UTC", "--from", "2026-06-01T00:00:00+00:00", "0 9 13 * 5")
+    start = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
+    union = rrule.rruleset()
+    union.rrule(rrule.rrule(rrule.MONTHLY, dtstart=start, bymonthday=13, byhour=9, byminute=0, bysecond=0))
+    union.rrule(rrule.rrule(rrule.WEEKLY, dtstart=start, byweekday=rrule.FR, byhour=9, byminute=0, bysecond=0))
+    assert [datetime.fromisoformat(t) for t in out["next"]] == list(union)[:6]
+    rounded = explain(running_bgd, "--tz", "UTC", "every", "7", "minutes")
+    assert (rounded["cron"], rounded["rounded_from"]) == ("*/6 * * * *", "every 7 minutes")
+    manual = explain(running_bgd, "manual")
+    assert (manual["kind"], manual["cron"], manual["next"]) == ("manual", None, [])
+
+
+@pytest.mark.parametrize("spec, caret, example", [
+    ("every 7 parsecs", "          ^^^^^^^", "example: every 15 minutes"),
+    ("0 9 * * 8", "          ^", "example: 30 9 * * 1-5"),
+])
+def test_a_bad_spec_exits_2_pointing_at_the_part_it_could_not_read(running_bgd, spec, caret, example):
+    result = running_bgd.ctl("schedule", "explain", *spec.split())
+    assert result.returncode == 2 and result.stdout == ""
+    first, shown, pointer, hint = result.stderr.splitlines()
+    assert first.startswith("bgctl: could not read") and shown == f"  {spec}"
+    assert (pointer, hint) == (caret, example)
+
+
+def test_text_output_and_usage_errors(running_bgd):
+    out = running_bgd.ctl("schedule", "explain", "--tz", "Europe/Berlin", "-n", "2", "daily", "at", "9am").stdout
+    assert out.splitlines()[0] == "at 09:00 every day" and "Europe/Berlin" in out
+    bad_zone = running_bgd.ctl("schedule", "explain", "--tz", "Mars/Base", "hourly")
+    assert bad_zone.returncode == 2 and "unknown time zone" in bad_zone.stderr
+    assert running_bgd.ctl("schedule", "explain").returncode == 2
