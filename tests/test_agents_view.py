@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -533,15 +534,16 @@ def test_q_is_text_once_typing(running_bgd):
     drive(running_bgd, body)
 
 
-def test_survives_a_daemon_restart(running_bgd):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_survives_a_daemon_restart(running_bgd, sig):
     bgd = running_bgd
-    s = ready(bgd, "sleep 30", "working")
+    s = ready(bgd, "sleep 10", "working")     # short: after a kill -9 the agent outlives its daemon a while
 
     async def body(app, pilot):
         await until(pilot, lambda: s["id"] in shown(app))
         banner = app.list_screen.query_one("#banner")
         assert not banner.display
-        bgd.stop()
+        bgd.stop(sig)
         await until(pilot, lambda: not app.connected and banner.display, what="banner")
         assert str(banner.content).startswith(UNREACHABLE)
         await write(pilot, "say while down", "enter")
@@ -557,8 +559,23 @@ def test_survives_a_daemon_restart(running_bgd):
     drive(bgd, body)
 
 
+def test_a_real_loop_session_sleeps_under_working_with_its_countdown(running_bgd):
+    bgd = running_bgd
+    made = bgd.ctl("--json", "loop", "5m", "say tick")
+    assert made.returncode == 0, made.stderr
+
+    async def body(app, pilot):
+        await until(pilot, lambda: any(s["state"] == "sleeping" for s in app.table.values()), what="sleeping loop")
+        loop = next(s for s in app.table.values() if s["state"] == "sleeping")
+        assert headers(app) == ["Working (1)"]
+        assert loop["loop_runs"] >= 1 and loop["next_wake_at"]
+        assert f"↻{loop['loop_runs']} in " in row_text(app, loop["id"]) or "↻1 due" in row_text(app, loop["id"])
+
+    drive(bgd, body)
+
+
 def test_a_loop_session_shows_its_runs_and_a_live_countdown(running_bgd):
-    # The daemon's loops land in another issue; feed the view the event it will send.
+    # A sleeping loop session as the daemon sends it, with the view's clock in the test's hands.
     now = [datetime(2026, 11, 24, 20, 0, 0, tzinfo=timezone.utc)]
     wake = (now[0] + timedelta(seconds=125)).isoformat()
     loop = {"id": "loop0001", "name": "ci-watch", "cwd": "/src/web", "agent": "claude", "state": "sleeping",
@@ -582,6 +599,7 @@ def test_fits_80x24_and_larger_and_honours_no_color(running_bgd, monkeypatch):
     bgd = running_bgd
     ready(bgd, "say " + "a long line of output " * 10, "completed")
     ready(bgd, PERMISSION, "needs_input")
+    monkeypatch.delenv("NO_COLOR", raising=False)
 
     for size in ((80, 24), (132, 43)):
         async def body(app, pilot, size=size):
@@ -593,6 +611,7 @@ def test_fits_80x24_and_larger_and_honours_no_color(running_bgd, monkeypatch):
                 assert options.get_option_at_index(i).prompt.cell_len <= width      # one line per row
             assert app.list_screen.query_one("#status").region.height == 1
             assert app.list_screen.query_one("#dispatch").region.y == size[1] - 1
+            assert not options.get_component_rich_style("option-list--option-highlighted").reverse
 
         drive(bgd, body, size=size)
 
@@ -601,6 +620,8 @@ def test_fits_80x24_and_larger_and_honours_no_color(running_bgd, monkeypatch):
     async def mono(app, pilot):
         assert app.no_color
         await until(pilot, lambda: len(shown(app)) == 2)
+        options = app.list_screen.query_one("#sessions")
+        assert options.get_component_rich_style("option-list--option-highlighted").reverse   # seen without colour
         svg = app.export_screenshot()
         assert "✓" in svg or "&#10003;" in svg
 

@@ -291,11 +291,20 @@ def test_loop_command_calls_loop_create(running_bgd):
                 assert missing.value.message.startswith("bgd does not offer loop.create")
                 assert missing.value.data["daemon_code"] == -32601
                 return
+            # read like `bgctl loop`: a new session in the editor's folder, first iteration at once
+            loop = await ed.command("bgagents.loop", "5m say tick")
+            assert loop["cron"] == "*/5 * * * *" and loop["prompt"] == "say tick"
+            assert bgd.rpc("session.get", {"id": loop["session"]})["cwd"] == str(bgd.work)
+            await ed.wait_session(loop["session"], lambda s: s["last_message"] == "tick", "the first iteration")
+            # named: in an existing session
             session = await ed.command("bgagents.dispatch", "say hi")
             await ed.wait_session(session["id"], lambda s: s["state"] == "completed")
-            loop = await ed.command("bgagents.loop", {"interval": "5m", "prompt": "say tick",
-                                                      "session": session["id"]})
-            assert isinstance(loop, dict) and loop
+            second = await ed.command("bgagents.loop", {"interval": "every 2 hours", "prompt": "say tock",
+                                                        "session": session["id"]})
+            assert second["session"] == session["id"] and second["cron"] == "0 */2 * * *"
+            with pytest.raises(JsonRpcException) as bad:
+                await ed.command("bgagents.loop", "5x say tick")
+            assert bad.value.data["daemon_code"] == -32004 and bad.value.message.startswith("bgd: ")
     run(scenario())
 
 

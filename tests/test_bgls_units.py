@@ -153,6 +153,8 @@ def test_fields_and_presets_agree_with_the_daemon_and_the_schedule_core():
     assert all(tasks_lint.FIELDS[k].kind is tasks_file.FIELDS[k] for k in tasks_file.FIELDS)
     for preset in tasks_lint.SCHEDULE_PRESETS:
         parse_schedule(preset, now=NOW, tz=UTC)
+        text = f'[tasks.a]\nprompt = "p"\ncwd = "/ok"\nschedule = "{preset}"\n'
+        assert [p for p in _lint(text) if p.severity == "error"] == [], preset
 
 
 def _lint(text: str, **kw):

@@ -100,6 +100,8 @@ class DaemonLink:
                 message += f" ({type(exc).__name__}: {exc})"
             finally:
                 read_task.cancel()
+                if read_task.done() and not read_task.cancelled():
+                    read_task.exception()   # already reported above; mark it retrieved
                 self._writer = None
                 writer.close()
                 self._fail_waiting()

@@ -22,6 +22,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
 from pygls.workspace.position_codec import ServerTextPosition, ServerTextRange
 
+from bgcore import paths
 from bgcore.jsonrpc import INVALID_STATE, METHOD_NOT_FOUND, NOT_FOUND, RpcError
 
 from . import __version__, commands, status, tasks_lint
@@ -94,6 +95,8 @@ class BglsServer(LanguageServer):
         changed = False
         for event in events:
             changed = self.book.apply(event) or changed
+            if event.get("type") == "session.removed" and isinstance(event.get("id"), str):
+                self.forget_transcript(event["id"])
         if changed:
             self.refresh()
 
@@ -121,10 +124,10 @@ class BglsServer(LanguageServer):
                 self.ask(prompt)
 
     def current_status(self) -> dict:
-        if self._last_status is None:
-            self._last_status = self.book.status(datetime.now(timezone.utc), self.connected,
-                                                 self.connection_detail)
-        return self._last_status
+        """The last status sent (or, before the first, what it would say)."""
+        if self._last_status is not None:
+            return self._last_status
+        return self.book.status(datetime.now(timezone.utc), self.connected, self.connection_detail)
 
     # -- $/progress while sessions work ------------------------------------------------------
 
@@ -283,10 +286,17 @@ class BglsServer(LanguageServer):
         return await self.daemon_call(method, params)
 
     def transcripts_dir(self) -> Path:
-        # Beside the daemon's socket: private to the user (0700), per daemon, gone at logout.
-        path = self.link.socket_path.parent / "transcripts"
+        # In the user's state dir (private to them, as the daemon's own transcripts are).
+        path = paths.state_dir() / "bgls-transcripts"
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
+
+    def forget_transcript(self, session_id: str) -> None:
+        """A removed session's transcript file goes with it."""
+        try:
+            (paths.state_dir() / "bgls-transcripts" / f"{session_id}.transcript.txt").unlink()
+        except OSError:
+            pass
 
     async def open_transcript(self, session_id: str, *, strict: bool = False) -> dict | None:
         """Write the transcript to a file and ask the editor to show it."""

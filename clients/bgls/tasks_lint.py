@@ -35,7 +35,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bgcore import paths
@@ -63,7 +63,7 @@ FIELDS: dict[str, FieldSpec] = {
     "cwd": FieldSpec(str, "**Required.** The directory each run starts in; it must exist. `~` is expanded."),
     "schedule": FieldSpec(str, "**Required.** When the task runs: `manual`, `hourly`, `daily at 9am`, "
                                "`weekdays at 9:30`, `weekly on monday at 10:00`, `every 15 minutes`, "
-                               "`tomorrow at 9am`, or a 5-field cron."),
+                               "`once at 2026-12-24 09:00`, or a 5-field cron."),
     "agent": FieldSpec(str, "The agent to run (from config.toml), e.g. `claude`."),
     "permission_mode": FieldSpec(str, "The agent's permission mode.", PERMISSION_MODES),
     "model": FieldSpec(str, "The model to ask the agent for, e.g. `sonnet`."),
@@ -75,12 +75,14 @@ FIELDS: dict[str, FieldSpec] = {
 }
 REQUIRED = ("cwd", "schedule")
 
-# Offered when completing a schedule; each is checked by the schedule core (a test
-# keeps them all valid) and shown with its human form.
+# Offered when completing a schedule; each is checked by the schedule core and accepted by the
+# daemon in a tasks file (a test keeps both true), and shown with its human form.  Relative
+# one-shots (`in 45 minutes`, `tomorrow at 9am`) are left out: in a file they would mean another
+# time at each reading, and the daemon refuses them there.
 SCHEDULE_PRESETS = (
-    "manual", "hourly", "daily", "daily at 9am", "weekdays", "weekdays at 9:30", "weekly",
-    "weekly on monday at 10:00", "every 15 minutes", "every 2 hours", "every 3 days", "at 15:00",
-    "tomorrow at 9am", "in 45 minutes", "0 9 * * 1-5",
+    "manual", "hourly", "daily", "daily at 9am", "weekdays", "weekdays at 9:30", "weekends at 10:00",
+    "weekly", "weekly on monday at 10:00", "every 15 minutes", "every 2 hours", "every 3 days",
+    "at 15:00", "0 9 * * 1-5",
 )
 
 

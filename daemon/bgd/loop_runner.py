@@ -305,7 +305,7 @@ class LoopRunner:
                                  next_wake_at=None)
 
     def _note(self, session, data: dict) -> None:
-        self.sessions._record(session, "daemon", data)
+        self.sessions.note(session, data)
 
 
 class _batch:

@@ -102,11 +102,15 @@ class Scheduler:
             heapq.heappop(self._heap)
         return None
 
-    def due(self, now: float, missed_reason: str = "asleep") -> tuple[list[Fire], list[Skip]]:
-        """Everything due at `now`: fires (at most one per task) and the skipped times before them."""
+    def due(self, now: float, missed_reason: str = "asleep", limit: int | None = None) -> tuple[list[Fire], list[Skip]]:
+        """What is due at `now`: fires (at most one per task) and the skipped times before them; at most
+        `limit` tasks per call (call again until it returns nothing), so the first fire of a large
+        batch can start before the others are computed."""
         fires: list[Fire] = []
         skips: list[Skip] = []
-        while (deadline := self.next_deadline()) is not None and deadline <= now:
+        taken = 0
+        while (limit is None or taken < limit) and (deadline := self.next_deadline()) is not None and deadline <= now:
+            taken += 1
             _, _, name, _ = heapq.heappop(self._heap)
             entry = self._entries[name]
             self._collect(entry, now, missed_reason, fires, skips)

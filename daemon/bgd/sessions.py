@@ -525,6 +525,10 @@ class SessionManager:
         self._changed(session)
         self._turn_ended(session)
 
+    def note(self, session: Session, data: dict) -> None:
+        """Add a daemon note (a loop fired, a task skipped) to a session's transcript."""
+        self._record(session, "daemon", data)
+
     def _record(self, session: Session, kind: str, data: Any) -> None:
         n = self.transcript_len.get(session.id, 0)
         self.transcript_len[session.id] = n + 1

@@ -98,12 +98,17 @@ class TaskService:
             mono = trio.current_time()
             jump = (now - last_wall) - (mono - last_mono)
             last_wall, last_mono = now, mono
-            fires, skips = self.scheduler.due(now, "daemon_down" if first else "asleep")
-            if jump > JUMP_S and (fires or skips):
-                log.info("the wall clock jumped %.0f s ahead of the monotonic one (suspend?): catching up", jump)
-            first = False
-            if fires or skips:
+            reason, limit = ("daemon_down" if first else "asleep"), 1
+            while True:  # the first due task alone, so that it starts at once; then the rest in chunks
+                fires, skips = self.scheduler.due(now, reason, limit=limit)
+                if not fires and not skips:
+                    break
+                if jump > JUMP_S:
+                    log.info("the wall clock jumped %.0f s ahead of the monotonic one (suspend?): catching up", jump)
+                    jump = 0.0
                 await self._handle_due(fires, skips)
+                limit = 64
+            first = False
             deadline = self.scheduler.next_deadline()
             self._wake = trio.Event()
             if deadline is None:
@@ -118,28 +123,23 @@ class TaskService:
     # -- fires ------------------------------------------------------------------------
 
     async def _handle_due(self, fires: list[Fire], skips: list[Skip]) -> None:
-        """Offer the fires to the gate and record the skips. Work is committed and handed to the
-        dispatches in chunks (the first fire alone), so the first run starts before a thousand
-        others have been written down."""
         once_done: list[str] = []
-        touched = {s.task for s in skips} | {f.task for f in fires}
-        for start, end in _chunks(len(fires)):
-            actions: list = []
-            with self.store.transaction():
-                for fire in fires[start:end]:
-                    task = self.tasks.get(fire.task)
-                    if task is None:
-                        continue
-                    actions += self._offer(task, fire)
-                    if task.schedule.kind == "once":
-                        once_done.append(task.name)
-                    self._state(fire.task)["last_fired"] = clock.iso(fire.due_at)
-            self._execute(actions)
-            await trio.lowlevel.checkpoint()  # let the dispatches just started create their sessions
+        actions: list = []
+        with self.store.transaction():
+            for fire in fires:
+                task = self.tasks.get(fire.task)
+                if task is None:
+                    continue
+                actions += self._offer(task, fire)
+                if task.schedule.kind == "once":
+                    once_done.append(task.name)
+                self._state(fire.task)["last_fired"] = clock.iso(fire.due_at)
+        self._execute(actions)
+        await trio.lowlevel.checkpoint()  # let the dispatches just started create their sessions
         with self.store.transaction():
             for skip in skips:
                 self._record_skip(skip.task, skip.due_at, skip.reason, count=skip.count)
-            for name in touched:
+            for name in {s.task for s in skips} | {f.task for f in fires}:
                 self._save_state(name)
         for name in once_done:
             self._disable_once(name)
@@ -555,7 +555,7 @@ class TaskService:
         if not fields.get("prompt") and not fields.get("prompt_file"):
             raise RpcError(INVALID_PARAMS, "missing param 'prompt' (or 'prompt_file'): what should each run do?")
         text = self._read_current()
-        if name in self.tasks or has_task(text, name):
+        if name in self.tasks or any(e.task == name for e in self.errors) or find_section(text, name):
             raise RpcError(CONFLICT, f"a task named {name!r} already exists; `bgctl task edit {name}` changes it, "
                                      "or pick another name")
         if fields.get("worktree"):
@@ -657,14 +657,6 @@ class TaskService:
 
 class _RunError(Exception):
     pass
-
-
-def _chunks(n: int, size: int = 64):
-    """(start, end) pairs over n items: the first item alone, then `size` at a time."""
-    if n:
-        yield 0, 1
-    for start in range(1, n, size):
-        yield start, min(start + size, n)
 
 
 def install(daemon) -> TaskService:

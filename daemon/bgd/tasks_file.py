@@ -340,8 +340,10 @@ def _render(name: str, fields: dict[str, Any]) -> str:
 
 
 def find_section(text: str, name: str) -> tuple[int, int] | None:
-    offsets = _Positions(text).headers.get(name)
-    return section_span(text, offsets[0]) if offsets else None
+    """The span of the `[tasks.NAME]` section (one regex search: cheap in a file of 10,000 tasks)."""
+    n = re.escape(name)
+    m = re.search(rf'^[ \t]*\[[ \t]*tasks[ \t]*\.[ \t]*(?:"{n}"|\'{n}\'|{n})[ \t]*\]', text, re.M)
+    return section_span(text, m.start()) if m else None
 
 
 def has_task(text: str, name: str) -> bool:

@@ -145,7 +145,12 @@ def edit(args, ctx) -> int:
 def ls(args, ctx) -> int:
     result = ctx.call("task.list")
     if ctx.json:
-        ctx.print_json(result)
+        if len(result["tasks"]) > 500:  # indenting 10,000 tasks costs more than the rest of the command
+            import json
+            ctx.out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            ctx.out.flush()
+        else:
+            ctx.print_json(result)
         return ExitStatus.OK
     tasks = result["tasks"]
     if not tasks:

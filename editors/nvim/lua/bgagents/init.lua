@@ -193,7 +193,9 @@ local function on_status(_, params)
   M.state.status = params
   vim.schedule(function()
     vim.cmd("redrawstatus!")
-    vim.cmd("doautocmd <nomodeline> User BgagentsStatus")
+    if vim.fn.exists("#User#BgagentsStatus") == 1 then
+      vim.cmd("doautocmd <nomodeline> User BgagentsStatus")
+    end
   end)
 end
 
