@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss] [--quick]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops] [--quick]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_cli  # noqa: E402
 import bench_latency  # noqa: E402
+import bench_loops  # noqa: E402
 import bench_rpc  # noqa: E402
 import bench_rss  # noqa: E402
 
@@ -33,6 +34,7 @@ BENCHMARKS = {
     "rpc": (bench_rpc.run, {}, {"requests": 5000, "rounds": 3}),
     "latency": (bench_latency.run, {}, {"sessions": 20, "lines": 20}),
     "rss": (bench_rss.run, {}, {"sessions": 100}),
+    "loops": (bench_loops.run, {"idle_s": 60.0}, {"idle_s": 5.0}),
 }
 
 

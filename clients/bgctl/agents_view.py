@@ -164,7 +164,7 @@ class ListScreen(LineCommands, Screen):
     STYLE = """
     ListScreen { layout: vertical; }
     #title { height: 1; background: $panel; color: $text; }
-    #sessions { height: 1fr; border: none; padding: 0; background: $surface; }
+    #sessions { height: 1fr; border: none; padding: 0; background: $surface; scrollbar-size-vertical: 1; }
     #sessions > .option-list--option-highlighted { background: $block-cursor-background;
                                                    color: $block-cursor-foreground; text-style: bold; }
     App:nocolor #sessions > .option-list--option-highlighted { text-style: bold reverse; }
