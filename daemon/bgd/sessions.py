@@ -190,6 +190,10 @@ class SessionManager:
         self.store.save_session(session.id, session.to_record())
         self.bus.publish("session.created", session=session.to_json())
         if start:
+            # Yield once between creating and starting: when many sessions are
+            # dispatched together (a burst of scheduled runs) every one of them
+            # exists before any waits on its process start.
+            await trio.lowlevel.checkpoint()
             await self.start_turn(session, prompt)
         return session
 
