@@ -80,7 +80,7 @@ class Sessions:
         for key, value in fields.items():
             setattr(session, key, value)
 
-    def _record(self, session, kind, data):
+    def note(self, session, data):
         pass
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops] [--quick]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks] [--quick]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -28,6 +28,7 @@ import bench_latency  # noqa: E402
 import bench_loops  # noqa: E402
 import bench_rpc  # noqa: E402
 import bench_rss  # noqa: E402
+import bench_tasks  # noqa: E402
 
 BENCHMARKS = {
     "cli": (bench_cli.run, {}, {"rounds": 10}),
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "latency": (bench_latency.run, {}, {"sessions": 20, "lines": 20}),
     "rss": (bench_rss.run, {}, {"sessions": 100}),
     "loops": (bench_loops.run, {"idle_s": 60.0}, {"idle_s": 5.0}),
+    "tasks": (bench_tasks.run, {}, {"tasks": 1000, "idle_s": 5, "adds": 3, "burst": 100}),
 }
 
 

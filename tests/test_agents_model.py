@@ -227,6 +227,22 @@ def test_session_table_applies_events():
     assert list(table.sessions) == ["b0000001"]
 
 
+def test_a_resync_list_never_overwrites_a_newer_event():
+    table = m.SessionTable()
+    events = [{"type": "session.updated", "session": sess("loop0001", "sleeping", age=1)},   # written before ...
+              {"type": "session.created", "session": sess("new00001", "working", age=1)},
+              {"type": "session.updated", "session": sess("old00001", "working", age=30)},   # older than the list
+              {"type": "session.removed", "id": "gone0001"}]
+    for event in events:
+        table.apply(event)
+    table.replace([sess("loop0001", "working", age=5),             # ... the older snapshot's answer
+                   sess("old00001", "completed", age=20), sess("gone0001", "completed")], events)
+    assert {k: v["state"] for k, v in table.sessions.items()} == {
+        "loop0001": "sleeping", "new00001": "working", "old00001": "completed"}
+    table.replace([sess("loop0001", "working", age=5)])             # a plain resync takes the list as is
+    assert list(table.sessions) == ["loop0001"] and table.sessions["loop0001"]["state"] == "working"
+
+
 def test_an_answer_never_overwrites_a_newer_event():
     table = m.SessionTable()
     assert table.offer(sess("a0000001", "working", age=10))
@@ -262,3 +278,12 @@ def test_transcript_lines_match_bgctl_logs():
                    {"type": "text", "text": "hi\nthere"}]}}},
                {"n": 2, "kind": "agent", "data": {"type": "stream_event"}}]
     assert m.transcript_lines(entries) == ["› say hi", "hi", "there"]
+
+
+def test_transcript_lines_survive_entries_of_unknown_shape():
+    entries = [{"n": 0, "kind": "user", "data": '{"text": "not an object"}'},
+               {"n": 1, "kind": "agent", "data": None},
+               {"n": 2, "kind": "future_kind", "data": {"x": 1}}]
+    lines = m.transcript_lines(entries)
+    assert lines[0].startswith("· user: ") and "not an object" in lines[0]
+    assert len(lines) == 3

@@ -77,7 +77,7 @@ class FakeSessions:
         for key, value in fields.items():
             setattr(session, key, value)
 
-    def _record(self, session, kind, data):
+    def note(self, session, data):
         self.notes.append((session.id, data))
 
     def stop(self, session):

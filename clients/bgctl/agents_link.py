@@ -32,7 +32,10 @@ class DaemonLink:
     """A self-healing connection to the daemon.
 
     on_event(event)          every `event` notification's params, in order
-    on_sync(sessions)        after each (re)connect: the full session list
+    on_sync(sessions, since) after each (re)connect: the full session list, and
+                             the events that arrived between subscribing and
+                             the list (already given to on_event), so the list
+                             can be corrected where they are newer than it
     on_status(up, message)   the link went up or down
     """
 
@@ -50,6 +53,7 @@ class DaemonLink:
         self._waiting: dict[int, asyncio.Future] = {}
         self._closed = False
         self._kick = asyncio.Event()
+        self._syncing: list[dict] | None = None   # events seen while a session.list is in flight
 
     # -- calls -------------------------------------------------------------------
 
@@ -115,14 +119,19 @@ class DaemonLink:
         params: dict[str, Any] = {"types": EVENT_TYPES}
         if self.seq is not None:
             params["since"] = self.seq
-        answer = await self._call_while_reading("events.subscribe", params, read_task)
-        self.missed = bool(answer.get("missed"))
-        if self.seq is None:
-            self.seq = answer.get("seq")
-        sessions = await self._call_while_reading("session.list", {}, read_task)
+        self._syncing = []
+        try:
+            answer = await self._call_while_reading("events.subscribe", params, read_task)
+            self.missed = bool(answer.get("missed"))
+            if self.seq is None:
+                self.seq = answer.get("seq")
+            sessions = await self._call_while_reading("session.list", {}, read_task)
+            since, self._syncing = self._syncing, None
+        finally:
+            self._syncing = None
         self.connected = True
         _safely(self.on_status, True, "")
-        _safely(self.on_sync, sessions)
+        _safely(self.on_sync, sessions, since)
 
     async def _call_while_reading(self, method: str, params: Any, read_task: asyncio.Task) -> Any:
         call = asyncio.ensure_future(self.call(method, params))
@@ -163,6 +172,8 @@ class DaemonLink:
                 seq = frame.params.get("seq")
                 if isinstance(seq, int):
                     self.seq = seq if self.seq is None else max(self.seq, seq)
+                if self._syncing is not None:
+                    self._syncing.append(frame.params)
                 _safely(self.on_event, frame.params)
             elif frame.method == "events.overflow":
                 # We fell behind; drop the connection and come back with `since`.

@@ -351,7 +351,11 @@ def transcript_lines(entries: Iterable[dict]) -> list[str]:
     """Readable lines of transcript entries (the same text as `bgctl logs`)."""
     out: list[str] = []
     for entry in entries:
-        text = transcript_entry(entry)
+        try:
+            text = transcript_entry(entry)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            # An entry of a shape this client does not know: show it, never fail on it.
+            text = f"· {entry.get('kind', '?')}: {one_line(str(entry.get('data')), 200)}"
         if text:
             out.extend(text.splitlines() or [""])
     return out
@@ -449,8 +453,29 @@ class SessionTable:
 
     sessions: dict[str, dict] = field(default_factory=dict)
 
-    def replace(self, sessions: Iterable[dict]) -> None:
-        self.sessions = {s["id"]: s for s in sessions}
+    def replace(self, sessions: Iterable[dict], since_subscribe: Iterable[dict] = ()) -> None:
+        """Take the list from `session.list`, corrected by the events that came after subscribing.
+
+        The daemon takes the list's snapshot, then writes it; an event about a
+        later change can be written first.  So for every session an event
+        touched since the subscription, the event's version wins unless the
+        list's is newer (then the event for that newer change is still on its
+        way, and will be applied when it comes).
+        """
+        fresh = {s["id"]: s for s in sessions}
+        latest: dict[str, dict | None] = {}
+        for event in since_subscribe:
+            kind = event.get("type")
+            if kind in ("session.created", "session.updated") and isinstance(event.get("session"), dict):
+                latest[event["session"]["id"]] = event["session"]
+            elif kind == "session.removed":
+                latest[event.get("id")] = None
+        for session_id, session in latest.items():
+            if session is None:
+                fresh.pop(session_id, None)
+            elif session_id not in fresh or (session.get("updated_at") or "") >= (fresh[session_id].get("updated_at") or ""):
+                fresh[session_id] = session
+        self.sessions = fresh
 
     def apply(self, event: dict) -> str | None:
         kind = event.get("type")

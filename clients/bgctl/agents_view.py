@@ -14,6 +14,7 @@ just ahead of it had landed, and a fast typist's spaces would open peeks.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from textual.message import Message
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Input, Label, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
@@ -33,6 +35,22 @@ from . import agents_model as model
 from .agents_link import DaemonLink, DaemonUnreachable, RpcError
 
 UNREACHABLE = "daemon unreachable — reconnecting…"
+
+
+def while_shown(method: Callable) -> Callable:
+    """For code run by timers and daemon events: do nothing once the widgets are gone.
+
+    Quitting unmounts screens while a redraw timer or an event may still be
+    on its way; that must end quietly, not with a traceback on a restored
+    terminal.
+    """
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except NoMatches:
+            return None
+    return wrapper
 MESSAGE_S = 6.0          # how long a status message stays before the key hints return
 PEEK_LINES = 6           # lines of latest output in a peek
 HINTS = "↑↓ · space peek · ⏎ attach · ^T pin · ^R rename · ^X stop · ^S group · ? help"
@@ -203,6 +221,7 @@ class ListScreen(LineCommands, Screen):
     def line(self) -> Line:
         return self.query_one("#dispatch", Line)
 
+    @while_shown
     def show_message(self, text: str, error: bool = False) -> None:
         self.status_text = text
         status = self.query_one("#status", Static)
@@ -212,6 +231,7 @@ class ListScreen(LineCommands, Screen):
             self._status_timer.stop()
         self._status_timer = self.set_timer(MESSAGE_S, self._clear_message)
 
+    @while_shown
     def _clear_message(self) -> None:
         self.status_text = ""
         status = self.query_one("#status", Static)
@@ -446,6 +466,7 @@ class PeekScreen(LineCommands, TranscriptFollower, ModalScreen):
         self.refresh_session()
         self.load_transcript()
 
+    @while_shown
     def refresh_session(self) -> None:
         session = self.session
         if session is None:
@@ -482,6 +503,7 @@ class PeekScreen(LineCommands, TranscriptFollower, ModalScreen):
         widget.update(content)
         widget.display = bool(str(content))
 
+    @while_shown
     def add_lines(self, lines: list[str]) -> None:
         self.lines.extend(lines)
         tail = self.lines[-PEEK_LINES:]
@@ -496,6 +518,7 @@ class PeekScreen(LineCommands, TranscriptFollower, ModalScreen):
         if session_id == self.session_id:
             self.transcript_event(entry)
 
+    @while_shown
     def show_message(self, text: str, error: bool = False) -> None:
         self.hint_text = text
         hint = self.query_one("#peek-hint", Static)
@@ -602,6 +625,7 @@ class AttachScreen(LineCommands, TranscriptFollower, Screen):
     def line(self) -> Line:
         return self.query_one("#reply", Line)
 
+    @while_shown
     def refresh_session(self) -> None:
         session = self.session
         title = self.query_one("#attach-title", Static)
@@ -637,6 +661,7 @@ class AttachScreen(LineCommands, TranscriptFollower, Screen):
         hint.update(text)
         hint.set_class(error, "error")
 
+    @while_shown
     def show_message(self, text: str, error: bool = False) -> None:
         self.hint_text = text
         self._show_hint(text, error)
@@ -644,11 +669,13 @@ class AttachScreen(LineCommands, TranscriptFollower, Screen):
             self._hint_timer.stop()
         self._hint_timer = self.set_timer(MESSAGE_S, self._clear_message)
 
+    @while_shown
     def _clear_message(self) -> None:
         self.hint_text = ""
         if self.session:
             self._show_hint(self._default_hint(self.session))
 
+    @while_shown
     def add_lines(self, lines: list[str]) -> None:
         self.lines.extend(lines)
         log = self.query_one("#transcript", RichLog)
@@ -789,6 +816,7 @@ class AgentsApp(App):
 
     # -- the daemon's side ------------------------------------------------------------
 
+    @while_shown
     def _on_status(self, up: bool, message: str) -> None:
         self.connected = up
         self.link_message = message
@@ -800,8 +828,9 @@ class AgentsApp(App):
             banner.update(self.link_message or UNREACHABLE)
             banner.set_class(not self.connected, "down")
 
-    def _on_sync(self, sessions: list[dict]) -> None:
-        self.table.replace(sessions)
+    @while_shown
+    def _on_sync(self, sessions: list[dict], since_subscribe: list[dict]) -> None:
+        self.table.replace(sessions, since_subscribe)
         self.synced += 1
         self.schedule_rebuild()
         for screen in self.screen_stack:
@@ -809,6 +838,7 @@ class AgentsApp(App):
                 screen.refresh_session()
                 screen.resynced()
 
+    @while_shown
     def _on_event(self, event: dict) -> None:
         kind = event.get("type", "")
         if kind == "session.transcript":
@@ -832,6 +862,7 @@ class AgentsApp(App):
             self._rebuild_pending = True
             self.set_timer(0.03, self.rebuild)
 
+    @while_shown
     def rebuild(self) -> None:
         self._rebuild_pending = False
         screen = self.list_screen

@@ -5,33 +5,52 @@ Each event gets the next `seq`, is stored (so a client that reconnects with
 every subscriber's bounded queue.  A subscriber that falls too far behind is
 cut off rather than allowed to grow the daemon's memory; it reconnects with
 `since` and catches up from the store.
+
+Each event is encoded to JSON once: the store keeps that text, and every
+subscriber is handed the same notification frame built around it (bytes, ready
+to write), so a hundred subscribers cost one encoding, not a hundred.
+
+An event is stored before any subscriber can see it: `publish` writes the row,
+then offers the frame to the subscribers' queues; their forwarders only run
+after the code that published has returned to trio, by when the write is
+committed.  Code that stores more than the event (a transcript entry) splits the
+two steps: `record` inside its transaction, `deliver` after the commit.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 import trio
 
-from . import clock
+from . import clock, fastjson
 from .store import Store
 
 SUBSCRIBER_QUEUE = 10_000
 MAX_EVENT_FIELD_BYTES = 64 * 1024
+# What bgcore.jsonrpc.encode(request_obj("event", event)) writes before the event.
+_FRAME_HEAD = b'{"jsonrpc":"2.0","method":"event","params":'
+
+
+def event_frame(event: dict, body: bytes | None = None) -> bytes:
+    """The notification line a subscriber is sent for `event` (`body`: its JSON, if already encoded)."""
+    return _FRAME_HEAD + (fastjson.dumps(event) if body is None else body) + b"}\n"
 
 
 class Subscriber:
+    """A subscriber's filter and queue; the queue holds encoded notification frames."""
+
     def __init__(self, match: Callable[[dict], bool]):
         self.match = match
-        self.send, self.receive = trio.open_memory_channel[dict](SUBSCRIBER_QUEUE)
+        self.send, self.receive = trio.open_memory_channel[bytes](SUBSCRIBER_QUEUE)
         self.overflowed = False
 
-    def offer(self, event: dict) -> None:
-        if self.overflowed or not self.match(event):
-            return
+    def wants(self, event: dict) -> bool:
+        return not self.overflowed and self.match(event)
+
+    def offer(self, frame: bytes) -> None:
         try:
-            self.send.send_nowait(event)
+            self.send.send_nowait(frame)
         except trio.WouldBlock:
             self.overflowed = True
             self.send.close()
@@ -49,18 +68,33 @@ class EventBus:
         self.listeners: list[Callable[[dict], None]] = []
 
     def publish(self, type_: str, **data: Any) -> dict:
+        """Number, store and fan out an event; returns it."""
+        event, body = self.record(type_, **data)
+        self.deliver(event, body)
+        return event
+
+    def record(self, type_: str, **data: Any) -> tuple[dict, bytes]:
+        """Number and store an event (the first half of `publish`); returns it and its JSON."""
         self.seq += 1
         event = {"seq": self.seq, "ts": clock.now_iso(), "type": type_, **data}
-        self.store.append_event(self.seq, event["ts"], type_, event)
+        body = fastjson.dumps(event)
+        self.store.append_event(self.seq, event["ts"], type_, body.decode())
         self._since_trim += 1
         if self._since_trim >= 1000:
             self._since_trim = 0
             self.store.trim_events(self.retention)
+        return event, body
+
+    def deliver(self, event: dict, body: bytes) -> None:
+        """Hand a recorded event to the listeners and the subscribers (the second half of `publish`)."""
         for listener in self.listeners:
             listener(event)
+        frame = None
         for sub in list(self.subscribers):
-            sub.offer(event)
-        return event
+            if sub.wants(event):
+                if frame is None:
+                    frame = event_frame(event, body)
+                sub.offer(frame)
 
     def subscribe(self, since: int | None, match: Callable[[dict], bool]) -> tuple[Subscriber, list[dict], bool]:
         """Register a subscriber; return it, the retained backlog after `since`, and whether some was lost."""
@@ -79,9 +113,11 @@ class EventBus:
         sub.send.close()
 
 
-def clip(value: Any) -> Any:
-    """A transcript entry small enough to put in an event (big ones are fetched on demand)."""
-    text = json.dumps(value)
+def clip(value: Any, encoded: bytes | None = None) -> Any:
+    """A transcript entry small enough to put in an event (big ones are fetched on demand).
+
+    `encoded`: the value's JSON, when the caller has it already."""
+    text = fastjson.dumps(value) if encoded is None else encoded
     if len(text) <= MAX_EVENT_FIELD_BYTES:
         return value
-    return {"truncated": True, "bytes": len(text), "preview": text[:2000]}
+    return {"truncated": True, "bytes": len(text), "preview": text[:2000].decode("utf-8", "ignore")}

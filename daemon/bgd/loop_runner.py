@@ -112,9 +112,9 @@ class LoopRunner:
         starts = []
         with _batch(self.store):
             self._flush()
-            for session_id in self.book.session_ids():
+            for session_id in self.book.in_flight_sessions():
                 # A turn that ended without the hook (the agent died mid-turn) ends the iteration too.
-                if not self._busy(session_id) and any(l.in_flight for l in self.book.of_session(session_id)):
+                if not self._busy(session_id):
                     self._end_iteration(session_id, now)
             for loop in self.book.due(now, self._busy):
                 start = self._prepare_fire(loop, now)

@@ -138,12 +138,17 @@ class LoopBook:
     def __init__(self, loops: Iterable[Loop] = ()):
         self.loops: dict[str, Loop] = {}
         self._by_session: dict[str, dict[str, Loop]] = {}
+        # Sessions that may have a loop in flight (a superset: see in_flight_sessions), so the
+        # shell's per-pass check need not look at every loop.
+        self._flying: set[str] = set()
         for loop in loops:
             self._index(loop)
 
     def _index(self, loop: Loop) -> None:
         self.loops[loop.id] = loop
         self._by_session.setdefault(loop.session_id, {})[loop.id] = loop
+        if loop.in_flight:
+            self._flying.add(loop.session_id)
 
     def _drop(self, loop: Loop) -> None:
         self.loops.pop(loop.id, None)
@@ -168,26 +173,56 @@ class LoopBook:
         return list(self._by_session)
 
     def next_wake_of(self, session_id: str) -> float | None:
-        fires = [loop.next_fire for loop in self.of_session(session_id) if loop.next_fire is not None]
-        return min(fires, default=None)
+        wake = None
+        for loop in self._by_session.get(session_id, {}).values():
+            fire = loop.next_fire
+            if fire is not None and not loop.suspended and (wake is None or fire < wake):
+                wake = fire
+        return wake
+
+    def in_flight_sessions(self) -> list[str]:
+        """Sessions with a loop whose iteration is running."""
+        result = []
+        for session_id in list(self._flying):
+            if any(loop.in_flight for loop in self._by_session.get(session_id, {}).values()):
+                result.append(session_id)
+            else:
+                self._flying.discard(session_id)
+        return result
 
     def due(self, now: float, busy: Callable[[str], bool]) -> list[Loop]:
         """Loops to fire now: at most one per free session (its most overdue), since a fire makes the
         session busy. However many fires a loop missed, it fires once (no catch-up)."""
+        # One pass over every loop, no per-loop calls: the shell asks after every batch of fires,
+        # so with 10,000 loops due together this scan is a large part of the dispatch time.
         result = []
         for session_id, loops in self._by_session.items():
-            ready = [loop for loop in loops.values() if not loop.suspended and loop.next_fire is not None
-                     and loop.next_fire <= now]
-            if ready and not busy(session_id) and not any(loop.in_flight for loop in loops.values()):
-                result.append(min(ready, key=lambda loop: (loop.next_fire, loop.created_at, loop.id)))
+            if busy(session_id):
+                continue
+            best = None
+            for loop in loops.values():
+                if loop.in_flight:
+                    best = None
+                    break
+                fire = loop.next_fire
+                if fire is None or fire > now or loop.suspended:
+                    continue
+                if best is None or (fire, loop.created_at, loop.id) < (best.next_fire, best.created_at, best.id):
+                    best = loop
+            if best is not None:
+                result.append(best)
         return result
 
     def next_wake(self, busy: Callable[[str], bool]) -> float | None:
         """When the shell must look again. Sessions that are busy are left out: the end of their
         turn pokes the shell."""
-        wakes = [wake for session_id in self._by_session if not busy(session_id)
-                 and (wake := self.next_wake_of(session_id)) is not None]
-        return min(wakes, default=None)
+        wake = None
+        for session_id in self._by_session:
+            if not busy(session_id):
+                fire = self.next_wake_of(session_id)
+                if fire is not None and (wake is None or fire < wake):
+                    wake = fire
+        return wake
 
     # -- changes ------------------------------------------------------------------
 
@@ -207,6 +242,7 @@ class LoopBook:
         loop.runs += 0 if skipped else 1
         loop.last_fire = now
         loop.in_flight = True  # a skipped iteration ends at once: the caller calls turn_ended
+        self._flying.add(loop.session_id)
         loop.rescheduled = False
         if loop.kind == "once" or now >= loop.expires_at:
             self._drop(loop)
@@ -220,6 +256,7 @@ class LoopBook:
     def turn_ended(self, session_id: str, now: float) -> Outcome:
         """The session's turn ended: dynamic loops whose iteration it was pick their next wake."""
         out = Outcome()
+        self._flying.discard(session_id)
         for loop in self.of_session(session_id):
             if not loop.in_flight:
                 continue
@@ -259,6 +296,7 @@ class LoopBook:
     def suspend_session(self, session_id: str) -> list[Loop]:
         """The session was stopped: its loops stop firing but are kept for `resume`."""
         loops = self.of_session(session_id)
+        self._flying.discard(session_id)
         for loop in loops:
             loop.suspended = True
             loop.in_flight = False

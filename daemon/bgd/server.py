@@ -19,8 +19,10 @@ import trio
 
 from bgcore.jsonrpc import (
     INTERNAL_ERROR, METHOD_NOT_FOUND, NEED_DATA, PERMISSION_DENIED, SHUTTING_DOWN, Batch, FrameReader,
-    Notification, RemoteProtocolError, Request, Response, RpcError, encode, error_obj, request_obj, result_obj)
+    RemoteProtocolError, Request, Response, RpcError, encode, error_obj, request_obj)
 
+from . import fastjson
+from .events import event_frame
 from .rpc import METHODS, Params
 
 log = logging.getLogger("bgd.server")
@@ -65,15 +67,16 @@ class Connection:
         try:
             await response_written.wait()
             for event in backlog:
-                await self.send(encode(request_obj("event", event)))
-            async for event in sub.receive:
-                batch = [event]
+                await self.send(event_frame(event))
+            # Live events arrive as frames the bus encoded once for every subscriber.
+            async for frame in sub.receive:
+                batch = [frame]
                 while True:
                     try:
                         batch.append(sub.receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await self.send(b"".join(encode(request_obj("event", e)) for e in batch))
+                await self.send(b"".join(batch))
             if sub.overflowed:
                 await self.send(encode(request_obj("events.overflow", {
                     "seq": self.daemon.bus.seq,
@@ -86,7 +89,7 @@ class Connection:
 
     async def handle_frame(self, frame: Any) -> Any:
         """The response object(s) for one frame, or None when nothing is owed."""
-        if isinstance(frame, Batch):
+        if type(frame) is Batch:
             out = []
             for item in frame.items:
                 if isinstance(item, RemoteProtocolError):
@@ -99,26 +102,26 @@ class Connection:
         return await self.handle_message(frame)
 
     async def handle_message(self, msg: Any) -> dict | None:
-        if isinstance(msg, Response):
+        # The per-request path: kept to one coroutine call besides the handler's own
+        # (a pipelined client sends tens of thousands of these a second).
+        kind = type(msg)
+        if kind is Response:
             return None  # clients do not call us back; ignore stray responses
-        is_request = isinstance(msg, Request)
+        name = msg.method
         try:
-            result = await self.call(msg.method, msg.params)
+            entry = METHODS.get(name)
+            if entry is None:
+                raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}; `bgctl rpc daemon.methods` lists them")
+            if self.daemon.shutting_down and name != "daemon.status":
+                raise RpcError(SHUTTING_DOWN, "bgd is shutting down; start it again with `bgctl daemon start`")
+            result = await entry.handler(self.daemon, Params(msg.params), self)
         except RpcError as err:
-            return error_obj(msg.id, err) if is_request else None
+            return error_obj(msg.id, err) if kind is Request else None
         except Exception:
-            log.exception("method %s failed", msg.method)
-            err = RpcError(INTERNAL_ERROR, f"internal error in {msg.method}; see the daemon's log")
-            return error_obj(msg.id, err) if is_request else None
-        return result_obj(msg.id, result) if is_request else None
-
-    async def call(self, name: str, params: Any) -> Any:
-        entry = METHODS.get(name)
-        if entry is None:
-            raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}; `bgctl rpc daemon.methods` lists them")
-        if self.daemon.shutting_down and name != "daemon.status":
-            raise RpcError(SHUTTING_DOWN, "bgd is shutting down; start it again with `bgctl daemon start`")
-        return await entry.handler(self.daemon, Params(params), self)
+            log.exception("method %s failed", name)
+            err = RpcError(INTERNAL_ERROR, f"internal error in {name}; see the daemon's log")
+            return error_obj(msg.id, err) if kind is Request else None
+        return {"jsonrpc": "2.0", "id": msg.id, "result": result} if kind is Request else None
 
 
 async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
@@ -127,6 +130,12 @@ async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
         try:
             await stream.send_all(encode(error_obj(None, RpcError(
                 PERMISSION_DENIED, "this bgd belongs to another user"))))
+            # Closing at once can fail the peer's own first write (EPIPE) before it reads
+            # why; let it finish (bounded) so it always gets the explanation.
+            with trio.move_on_after(1):
+                await stream.send_eof()
+                while await stream.receive_some(1 << 16):
+                    pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         await stream.aclose()
@@ -134,7 +143,7 @@ async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
     async with trio.open_nursery() as nursery:
         conn = Connection(daemon, stream, nursery)
         try:
-            await _serve(conn, FrameReader(daemon.config.max_frame_bytes))
+            await _serve(conn, FrameReader(daemon.config.max_frame_bytes, loads=fastjson.loads))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -171,7 +180,7 @@ async def _serve(conn: Connection, reader: FrameReader) -> None:
             # to the request that asked for it.
             with trio.move_on_after(5) as scope:
                 scope.shield = True
-                await conn.send(b"".join(encode(o) for o in out))
+                await conn.send(b"".join(map(fastjson.dumps_line, out)))
         conn.flushed.set()
         conn.flushed = trio.Event()
         if fatal or not data:

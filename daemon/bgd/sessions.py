@@ -6,25 +6,31 @@ the record and publishes `session.updated`, so the store, the event stream and
 the clients never disagree.  Callbacks from a process check that it is still
 the session's current run, so a stopped or replaced process cannot change the
 session after the fact.
+
+One exception, for throughput: an assistant line that only changes
+`last_message` (a streaming session prints many) is `_touched`, not `_changed`:
+the session is saved and published by a flusher at most TOUCH_FLUSH_S later,
+once for all the lines in between, or at once by the next real change (which
+carries the new `last_message`, so events stay in order).  The line itself is in
+the transcript, stored and published at once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 import signal
 import string
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import trio
 
 from . import claude_backend as claude
-from . import clock
+from . import clock, fastjson
 from .agent_process import AgentProcess, OversizedLine
 from .config import PERMISSION_MODES, AgentConfig, Config
 from .events import EventBus, clip
@@ -36,6 +42,7 @@ BUSY = ("working", "needs_input")
 ID_ALPHABET = string.ascii_lowercase + string.digits
 RESTART_ERROR = "bgd restarted while this session was working; reply to resume it"
 SHUTDOWN_ERROR = "bgd shut down while this session was working; reply to resume it"
+TOUCH_FLUSH_S = 0.25  # how late a last_message-only change may be saved and published
 
 
 def new_id(taken: set | dict = ()) -> str:
@@ -87,7 +94,19 @@ class Session:
         return data
 
     def to_record(self) -> dict:
-        return asdict(self)
+        # Every field is a plain JSON value and the record is encoded at once:
+        # a shallow dict (dataclasses.asdict deep-copies, several times slower).
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Keep the manager's per-state counts (daemon.status) exact however
+        # `state` is assigned; `_counts` is set while the manager holds the session.
+        if name == "state":
+            counts = self.__dict__.get("_counts")
+            if counts is not None:
+                counts[self.state] -= 1
+                counts[value] = counts.get(value, 0) + 1
+        object.__setattr__(self, name, value)
 
     @classmethod
     def from_record(cls, data: dict) -> "Session":
@@ -116,6 +135,9 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.runs: dict[str, Run] = {}
         self.transcript_len: dict[str, int] = {}
+        # Sessions per state, kept as states change (Session.__setattr__), for daemon.status.
+        self.state_counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self._touched_ids: set[str] = set()   # last_message changed, not yet saved (see _touched)
         self.nursery: trio.Nursery | None = None
         # Seams for later features (loops, tasks, MCP): plain callables.
         self.on_turn_end: list[Callable[[Session], None]] = []
@@ -130,7 +152,7 @@ class SessionManager:
         """Read every session back; those that were mid-turn failed with the daemon."""
         for record in self.store.load_sessions():
             session = Session.from_record(record)
-            self.sessions[session.id] = session
+            self._adopt(session)
             self.transcript_len[session.id] = self.store.transcript_length(session.id)
             if session.state in BUSY or session.pid is not None:
                 was_busy = session.state in BUSY
@@ -185,7 +207,7 @@ class SessionManager:
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
                           always_allow=list(always_allow or []), state="working" if start else "completed")
-        self.sessions[session.id] = session
+        self._adopt(session)
         self.transcript_len[session.id] = 0
         self.store.save_session(session.id, session.to_record())
         self.bus.publish("session.created", session=session.to_json())
@@ -292,10 +314,10 @@ class SessionManager:
             self._record(session, "output", {"text": text})
             if text.strip():
                 session.last_message = claude.one_line(text)
-                self._changed(session)
+                self._touched(session)
             return
         try:
-            obj = json.loads(line)
+            obj = fastjson.loads(line)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
         except (ValueError, RecursionError):
@@ -314,7 +336,7 @@ class SessionManager:
     def _on_claude_message(self, session: Session, run: Run, msg: claude.Line) -> None:
         if isinstance(msg, claude.AssistantText):
             session.last_message = claude.one_line(msg.text)
-            self._changed(session)
+            self._touched(session)
         elif isinstance(msg, claude.PermissionRequest):
             for hook in self.on_permission:
                 if hook(session, msg):
@@ -480,7 +502,7 @@ class SessionManager:
             self._stop_run(run)
         for hook in self.on_session_end:
             hook(session, "removed")
-        del self.sessions[session.id]
+        self._release(session)
         self.transcript_len.pop(session.id, None)
         self.store.delete_session(session.id)
         self.bus.publish("session.removed", id=session.id)
@@ -497,6 +519,7 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         """Ask every agent to stop (daemon exit); sessions mid-turn fail with a clear reason."""
+        self._flush_touched()
         for session_id, run in list(self.runs.items()):
             session = self.sessions.get(session_id)
             if session is not None and session.state in BUSY:
@@ -533,20 +556,64 @@ class SessionManager:
         """Add a daemon note (a loop fired, a task skipped) to a session's transcript."""
         self._record(session, "daemon", data)
 
+    def _adopt(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self.state_counts[session.state] = self.state_counts.get(session.state, 0) + 1
+        object.__setattr__(session, "_counts", self.state_counts)
+
+    def _release(self, session: Session) -> None:
+        del self.sessions[session.id]
+        self._touched_ids.discard(session.id)
+        object.__setattr__(session, "_counts", None)
+        self.state_counts[session.state] -= 1
+
     def _record(self, session: Session, kind: str, data: Any) -> None:
         n = self.transcript_len.get(session.id, 0)
         self.transcript_len[session.id] = n + 1
         ts = clock.now_iso()
-        self.store.append_transcript(session.id, n, ts, kind, data)
-        self.bus.publish("session.transcript", id=session.id,
-                         entry={"n": n, "ts": ts, "kind": kind, "data": clip(data)})
+        encoded = fastjson.dumps(data)
+        # The entry and its event in one commit; subscribers get the event after it.
+        with self.store.transaction():
+            self.store.append_transcript(session.id, n, ts, kind, data, encoded.decode())
+            event = self.bus.record("session.transcript", id=session.id,
+                                    entry={"n": n, "ts": ts, "kind": kind, "data": clip(data, encoded)})
+        self.bus.deliver(*event)
 
     def _changed(self, session: Session) -> None:
+        with self.store.transaction():
+            event = self._save(session)
+        self.bus.deliver(*event)
+
+    def _save(self, session: Session) -> tuple[dict, bytes]:
+        """Store the session and its session.updated event (to deliver once committed)."""
+        self._touched_ids.discard(session.id)
         session.updated_at = clock.now_iso()
         if session.pid is None and session.id in self.runs and not self.runs[session.id].process.exited.is_set():
             session.pid = self.runs[session.id].process.pid
         self.store.save_session(session.id, session.to_record())
-        self.bus.publish("session.updated", session=session.to_json())
+        return self.bus.record("session.updated", session=session.to_json())
+
+    def _touched(self, session: Session) -> None:
+        """Only `last_message` changed: save and publish within TOUCH_FLUSH_S (see the module doc)."""
+        session.updated_at = clock.now_iso()
+        if not self._touched_ids:
+            self.nursery.start_soon(self._flush_touched_later)
+        self._touched_ids.add(session.id)
+
+    async def _flush_touched_later(self) -> None:
+        await trio.sleep(TOUCH_FLUSH_S)
+        self._flush_touched()
+
+    def _flush_touched(self) -> None:
+        touched, self._touched_ids = self._touched_ids, set()
+        events = []
+        with self.store.transaction():
+            for session_id in touched:
+                session = self.sessions.get(session_id)
+                if session is not None:
+                    events.append(self._save(session))
+        for event in events:
+            self.bus.deliver(*event)
 
 
 def _describe_exit(code: int) -> str:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections import Counter
-
 from .. import __version__
 from ..rpc import METHODS, method
 
@@ -9,14 +7,13 @@ from ..rpc import METHODS, method
 @method("daemon.status")
 async def status(daemon, params, conn):
     """Version, pid, socket, uptime and session counts by state."""
-    counts = Counter(s.state for s in daemon.sessions.sessions.values())
     return {
         "version": __version__,
         "pid": daemon.pid,
         "socket": str(daemon.socket_path),
         "uptime_s": round(daemon.uptime(), 3),
-        "counts": {state: counts.get(state, 0) for state in
-                   ("working", "needs_input", "sleeping", "completed", "failed", "stopped")},
+        # Kept as sessions change (SessionManager.state_counts), not counted per call.
+        "counts": dict(daemon.sessions.state_counts),
         "sessions": len(daemon.sessions.sessions),
         "config_dir": str(daemon.config_dir),
         "state_dir": str(daemon.state_dir),
