@@ -135,8 +135,11 @@ def test_peer_from_another_uid_is_refused(running_bgd):
     bgd = running_bgd
     os.chmod(bgd.socket.parent, 0o755)
     os.chmod(bgd.socket, 0o777)
-    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
-            "s.sendall(b'{\"jsonrpc\":\"2.0\",\"method\":\"daemon.status\",\"id\":1}\\n'); print(s.recv(4096).decode())")
+    # The daemon answers and hangs up without reading, so the request may meet a closed socket.
+    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "try: s.sendall(b'{\"jsonrpc\":\"2.0\",\"method\":\"daemon.status\",\"id\":1}\\n')\n"
+            "except OSError: pass\n"
+            "print(s.recv(4096).decode())")
     python = "/usr/bin/python3"
     if not os.access(python, os.X_OK):
         import pytest
