@@ -77,10 +77,12 @@ class TaskService:
 
     async def run(self, daemon=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load tasks.toml, watch it, and fire tasks until cancelled."""
-        self.reload_from_disk()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # Watch first, then read: an edit made while we start is either in
+            # what we read or reported by the watcher, never lost between the two.
             observer = self._start_watcher()
+            self.reload_from_disk()
             try:
                 nursery.start_soon(self._watch_loop)
                 nursery.start_soon(self._loop)
