@@ -63,3 +63,9 @@ def test_text_output_and_usage_errors(running_bgd):
     bad_zone = running_bgd.ctl("schedule", "explain", "--tz", "Mars/Base", "hourly")
     assert bad_zone.returncode == 2 and "unknown time zone" in bad_zone.stderr
     assert running_bgd.ctl("schedule", "explain").returncode == 2
+
+
+def test_options_may_follow_the_spec_words_as_spec_3_writes_them(running_bgd):
+    got = running_bgd.ctl_json("schedule", "explain", "weekdays", "at", "9:30", "--next", "3", "--tz", "Europe/Berlin")
+    assert got["spec"] == "weekdays at 9:30" and got["cron"] == "30 9 * * 1-5" and len(got["next"]) == 3
+    assert got["timezone"] == "Europe/Berlin"

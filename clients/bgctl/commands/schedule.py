@@ -24,7 +24,8 @@ def register(sub, add_common) -> None:
     e.add_argument("--tz", help="IANA time zone (default: the local zone)")
     e.add_argument("--from", dest="start", metavar="TIME",
                    help="count from this ISO time (without an offset: a wall time in --tz); default now")
-    e.add_argument("spec", nargs=argparse.REMAINDER, metavar="SPEC...")
+    # "+" rather than REMAINDER: options may follow the spec words, as SPEC §3 writes them.
+    e.add_argument("spec", nargs="+", metavar="SPEC")
     e.set_defaults(handler=explain)
     p.set_defaults(handler=lambda args, ctx: (_ for _ in ()).throw(
         UsageError("missing verb", "usage: bgctl schedule explain SPEC [--next N] [--tz ZONE] [--from TIME]")))
