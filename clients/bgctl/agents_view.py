@@ -15,6 +15,7 @@ just ahead of it had landed, and a fast typist's spaces would open peeks.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from textual.widgets import Input, Label, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
 from . import agents_model as model
-from .agents_link import DaemonLink, DaemonUnreachable, RpcError
+from bgcore.aio_link import DaemonLink, DaemonUnreachable, RpcError
 
 UNREACHABLE = "daemon unreachable — reconnecting…"
 
@@ -800,8 +801,10 @@ class AgentsApp(App):
         self.synced = 0                 # how many times the list was (re)synced; tests wait on it
         self.list_screen: ListScreen | None = None
         self._rebuild_pending = False
-        self.link = DaemonLink(socket_path, on_event=self._on_event, on_sync=self._on_sync,
-                               on_status=self._on_status)
+        # One connection for events and calls (answers come in order with events); every
+        # reconnect resyncs the list (open transcripts refetch); never starts a daemon.
+        self.link = DaemonLink(socket_path, types=["session"], always_resync=True, call_timeout=30.0,
+                               on_events=self._on_events, on_resync=self._on_sync, on_state=self._on_status)
 
     def get_default_screen(self) -> Screen:
         self.list_screen = ListScreen()
@@ -817,9 +820,9 @@ class AgentsApp(App):
     # -- the daemon's side ------------------------------------------------------------
 
     @while_shown
-    def _on_status(self, up: bool, message: str) -> None:
+    def _on_status(self, up: bool, detail: str | None) -> None:
         self.connected = up
-        self.link_message = message
+        self.link_message = "" if up else f"{UNREACHABLE} ({detail})"
         for screen in self.screen_stack:
             self.show_link_state(screen)
 
@@ -828,8 +831,16 @@ class AgentsApp(App):
             banner.update(self.link_message or UNREACHABLE)
             banner.set_class(not self.connected, "down")
 
+    def _on_events(self, events: list[dict]) -> None:
+        for event in events:
+            try:
+                self._on_event(event)
+            except Exception:  # a bug here must cost one event, not the rest of the batch
+                logging.getLogger(__name__).exception("agent view: an event failed")
+
     @while_shown
     def _on_sync(self, sessions: list[dict], since_subscribe: list[dict]) -> None:
+        # (since_subscribe's transcript entries come again with the refetch in resynced())
         self.table.replace(sessions, since_subscribe)
         self.synced += 1
         self.schedule_rebuild()
