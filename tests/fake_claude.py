@@ -699,6 +699,7 @@ class Agent:
             signal.signal(sig, signal.SIG_IGN)
         with self.cv:
             self.ignore_stop = True
+        self.say("ignoring stop")  # tells a test the signal handlers are in place
         while True:
             time.sleep(3600)
 

@@ -126,9 +126,9 @@ def test_stop_interrupts_the_turn_and_ends_the_process(running_bgd):
 def test_agent_that_ignores_stop_is_killed_after_the_grace_period(running_bgd):
     bgd = running_bgd
     s = bgd.dispatch("ignore-stop")
-    s = bgd.wait_session(s["id"], lambda x: x["pid"] is not None)
+    # "ignoring stop" is said once the fake agent's SIG_IGN handlers are in place.
+    s = bgd.wait_session(s["id"], lambda x: x["pid"] is not None and x["last_message"] == "ignoring stop")
     pid = s["pid"]
-    time.sleep(0.3)  # let the fake agent install its SIG_IGN before we signal it
     assert bgd.ctl("stop", s["id"]).returncode == 0
     assert bgd.rpc("session.get", {"id": s["id"]})["state"] == "stopped"
     # grace is 1 s: SIGTERM after 1 s (ignored), SIGKILL after 2 s.

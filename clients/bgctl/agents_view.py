@@ -358,7 +358,8 @@ class TranscriptFollower:
 
     Entries that arrive while the first load is in flight are held back so
     lines appear in order; entry numbers drop anything seen twice (a
-    reconnect replays events after `since`).
+    reconnect replays events after `since`).  The screen it is mixed into
+    provides `add_lines(lines)`, which shows new transcript lines.
     """
 
     session_id: str
@@ -398,8 +399,6 @@ class TranscriptFollower:
         self.loaded = False
         self.load_transcript()
 
-    def add_lines(self, lines: list[str]) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
 
 
 class PeekScreen(LineCommands, TranscriptFollower, ModalScreen):
