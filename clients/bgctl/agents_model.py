@@ -4,7 +4,7 @@ Everything the terminal view decides — which group a session falls in, what
 is folded, what a row says, how long until a loop wakes, what a line typed at
 the bottom means — is a plain function here, so it is tested without a
 terminal and without a daemon.  `agents_view` only draws what this computes;
-`agents_link` only carries bytes.  Time is always a parameter (`now`).
+`bgcore.aio_link` only carries bytes.  Time is always a parameter (`now`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Imported only by `bgctl agents`, so the rest of bgctl never loads textual.
 The screens here draw what `agents_model` decides and send what the person
-asks through `agents_link`; neither the grouping nor the wire lives here.
+asks through `bgcore.aio_link`; neither the grouping nor the wire lives here.
 
 Focus stays on the line at the bottom of each screen, so typing always goes
 there.  Keys that would also be text (Space, →, ?, q, digits) are commands
@@ -32,8 +32,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Input, Label, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
-from . import agents_model as model
 from bgcore.aio_link import DaemonLink, DaemonUnreachable, RpcError
+
+from . import agents_model as model
 
 UNREACHABLE = "daemon unreachable — reconnecting…"
 

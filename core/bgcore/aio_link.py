@@ -21,8 +21,8 @@ Events that come in the same read as the subscribe answer are kept: the
 reader hands every frame over in order, synchronously, and the link holds
 events until it knows what the subscription means.
 
-Two ways to call: `call()` uses the followed connection (answers and events
-in one order; fails at once while it is down), `call_alone()` a short
+Two ways to call: `call()` uses the followed connection (an answer comes after
+the events written before it; fails at once while the link is down), `call_alone()` a short
 connection of its own (a slow call holds nothing up; may start the daemon).
 """
 
@@ -122,7 +122,11 @@ class Connection:
     def _take(self, msg: Any) -> None:
         if isinstance(msg, Response):
             if msg.id is None and msg.error is not None:
-                # An error not tied to a request (e.g. "this bgd belongs to another user"): it answers everything.
+                # An error not tied to a request ("this bgd belongs to another user"): the answer
+                # to every call waiting, and the end of the connection.
+                for future in self._waiting.values():
+                    if not future.done():
+                        future.set_exception(msg.error)
                 raise DaemonUnreachable(msg.error.message)
             future = self._waiting.get(msg.id)
             if future is not None and not future.done():
@@ -155,9 +159,9 @@ class DaemonLink:
     """A self-healing link to the daemon.
 
     on_events(events)          events after the (re)sync, a list per read, in seq order, each once
-    on_resync(sessions, since) the full `session.list`, and the events that arrived between
-                               subscribing and the list answer (given only here, not to on_events),
-                               so the list can be corrected where they are newer than it
+    on_resync(sessions, since) the full `session.list`, and the events newer than the subscription
+                               that came before the list answer was taken in (given only here, not
+                               to on_events), so the list can be corrected where they are newer
     on_state(connected, detail) the link went up (detail None) or down (detail says why);
                                called on each change, and once if the first attempt fails
 
