@@ -98,16 +98,6 @@ class Session:
         # a shallow dict (dataclasses.asdict deep-copies, several times slower).
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Keep the manager's per-state counts (daemon.status) exact however
-        # `state` is assigned; `_counts` is set while the manager holds the session.
-        if name == "state":
-            counts = self.__dict__.get("_counts")
-            if counts is not None:
-                counts[self.state] -= 1
-                counts[value] = counts.get(value, 0) + 1
-        object.__setattr__(self, name, value)
-
     @classmethod
     def from_record(cls, data: dict) -> "Session":
         known = {f for f in cls.__dataclass_fields__}
@@ -135,8 +125,6 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.runs: dict[str, Run] = {}
         self.transcript_len: dict[str, int] = {}
-        # Sessions per state, kept as states change (Session.__setattr__), for daemon.status.
-        self.state_counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self._touched_ids: set[str] = set()   # last_message changed, not yet saved (see _touched)
         self.nursery: trio.Nursery | None = None
         # Seams for later features (loops, tasks, MCP): plain callables.
@@ -558,14 +546,16 @@ class SessionManager:
 
     def _adopt(self, session: Session) -> None:
         self.sessions[session.id] = session
-        self.state_counts[session.state] = self.state_counts.get(session.state, 0) + 1
-        object.__setattr__(session, "_counts", self.state_counts)
 
     def _release(self, session: Session) -> None:
         del self.sessions[session.id]
         self._touched_ids.discard(session.id)
-        object.__setattr__(session, "_counts", None)
-        self.state_counts[session.state] -= 1
+
+    def state_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for session in self.sessions.values():
+            counts[session.state] += 1
+        return counts
 
     def _record(self, session: Session, kind: str, data: Any) -> None:
         n = self.transcript_len.get(session.id, 0)

@@ -12,8 +12,7 @@ async def status(daemon, params, conn):
         "pid": daemon.pid,
         "socket": str(daemon.socket_path),
         "uptime_s": round(daemon.uptime(), 3),
-        # Kept as sessions change (SessionManager.state_counts), not counted per call.
-        "counts": dict(daemon.sessions.state_counts),
+        "counts": daemon.sessions.state_counts(),
         "sessions": len(daemon.sessions.sessions),
         "config_dir": str(daemon.config_dir),
         "state_dir": str(daemon.state_dir),
