@@ -39,6 +39,9 @@ class Daemon:
         self.config_dir = config_dir
         self.state_dir = state_dir
         self.pid = os.getpid()
+        # What daemon.status reports that never changes while the daemon runs.
+        self.identity = {"version": _version(), "pid": self.pid, "socket": str(socket_path),
+                         "config_dir": str(config_dir), "state_dir": str(state_dir)}
         self.started = time.monotonic()
         self.config: Config = load_config(config_dir)
         for warning in self.config.warnings:

@@ -8,14 +8,10 @@ from ..rpc import METHODS, method
 async def status(daemon, params, conn):
     """Version, pid, socket, uptime and session counts by state."""
     return {
-        "version": __version__,
-        "pid": daemon.pid,
-        "socket": str(daemon.socket_path),
+        **daemon.identity,
         "uptime_s": round(daemon.uptime(), 3),
         "counts": daemon.sessions.state_counts(),
         "sessions": len(daemon.sessions.sessions),
-        "config_dir": str(daemon.config_dir),
-        "state_dir": str(daemon.state_dir),
         "event_seq": daemon.bus.seq,
         "config_error": daemon.config_error,
     }
