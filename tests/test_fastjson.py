@@ -39,3 +39,11 @@ def test_errors_are_the_standard_librarys(bad):
     with pytest.raises(ValueError) as theirs:
         json.loads(bad)
     assert type(ours.value) is type(theirs.value)
+
+
+@pytest.mark.parametrize("number", [-9223372036854775809, -9223372036854775808, 18446744073709551615,
+                                    18446744073709551616, 10 ** 30])
+def test_integers_at_the_64_bit_edges_stay_exact(number):
+    assert fastjson.loads(str(number).encode()) == number
+    assert type(fastjson.loads(str(number))) is int
+    assert fastjson.dumps(number) == str(number).encode()

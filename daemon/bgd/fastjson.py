@@ -9,7 +9,8 @@ The output is the codec's wire format (UTF-8, no ASCII escaping, compact separat
 Where orjson would answer differently from `json`, the standard library decides:
 - decoding: anything orjson rejects (NaN, 1e400, lone surrogate escapes, a BOM) is
   handed to `json`, which accepts it or raises its own error with its own words; and a
-  run of 20+ digits (an integer orjson would silently turn into a float) skips orjson;
+  run of 19+ digits (an integer past 64 bits, which orjson would silently turn into a
+  float; -9223372036854775809 has only 19) skips orjson;
 - encoding: anything orjson declines (integers past 64 bits, non-string keys, subclasses of
   str/int/dict, dataclasses, datetimes) is encoded by `json`, which encodes it or raises TypeError.
 One difference is left: orjson writes NaN and infinities as null (`json` writes the
@@ -28,8 +29,8 @@ import orjson
 # with non-string keys is refused by orjson and encoded by `json` below, as before.
 _OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _LINE_OPTIONS = _OPTIONS | orjson.OPT_APPEND_NEWLINE
-_LONG_DIGITS_B = re.compile(rb"\d{20}")
-_LONG_DIGITS_S = re.compile(r"\d{20}")
+_LONG_DIGITS_B = re.compile(rb"\d{19}")
+_LONG_DIGITS_S = re.compile(r"\d{19}")
 
 
 def dumps(obj: Any) -> bytes:
