@@ -143,13 +143,36 @@ class Bgd:
         return self.wait_session(session_id, lambda s: s["state"] in states, timeout)
 
 
+    def stop_any(self) -> None:
+        """Stop whatever daemon serves this socket, including one bgctl or bgls started on demand."""
+        self.stop()
+        lock = self.socket.with_name(self.socket.name + ".lock")
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if pid <= 0 or not pid_alive(pid):
+            return
+        try:  # the pid in an old lock file may belong to another process by now
+            if b"bgd" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+        except OSError:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def bgd(tmp_path):
     sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
     daemon = Bgd(tmp_path, sock_dir)
     daemon.write_config()
     yield daemon
-    daemon.stop()
+    daemon.stop_any()
     shutil.rmtree(sock_dir, ignore_errors=True)
 
 
