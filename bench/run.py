@@ -24,10 +24,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_cli  # noqa: E402
+import bench_editor  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_loops  # noqa: E402
 import bench_rpc  # noqa: E402
 import bench_rss  # noqa: E402
+import bench_schedule  # noqa: E402
 import bench_tasks  # noqa: E402
 
 BENCHMARKS = {
@@ -37,6 +39,8 @@ BENCHMARKS = {
     "rss": (bench_rss.run, {}, {"sessions": 100}),
     "loops": (bench_loops.run, {"idle_s": 60.0}, {"idle_s": 5.0}),
     "tasks": (bench_tasks.run, {}, {"tasks": 1000, "idle_s": 5, "adds": 3, "burst": 100}),
+    "editor": (bench_editor.run, {}, {"changes": 5}),
+    "schedule": (bench_schedule.run, {}, {"count": 3000}),
 }
 
 

@@ -182,6 +182,18 @@ def running_bgd(bgd):
     return bgd
 
 
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    """Poll `predicate` (for state only a query shows, such as a file's effect) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

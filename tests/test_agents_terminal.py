@@ -7,7 +7,6 @@ and regain the daemon; quit with q and find the terminal as it was.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

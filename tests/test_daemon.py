@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
 import sys
 
-from conftest import pid_alive
+from conftest import pid_alive, wait_until
 
 
 def test_socket_is_private(running_bgd):
@@ -110,14 +109,10 @@ def test_sighup_reloads_config_and_a_broken_edit_keeps_the_old_one(running_bgd):
 
 
 def _wait_status(bgd, predicate, timeout=10):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def matching():
         status = bgd.rpc("daemon.status")
-        if predicate(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError("status never matched")
+        return status if predicate(status) else None
+    return wait_until(matching, timeout, what="the daemon status")
 
 
 def test_invalid_config_at_start_names_file_and_line(bgd):

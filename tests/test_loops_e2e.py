@@ -6,9 +6,8 @@ runs at once and the recorded schedule (next_wake_at, next_fire_at) is checked, 
 
 from __future__ import annotations
 
-import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
-import pytest
 import trio
 
 from bgd.config import Config

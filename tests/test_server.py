@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 
 from bgcore import jsonrpc
 
@@ -107,11 +106,9 @@ def test_slow_writer_does_not_stall_others(running_bgd):
     slow = connect(bgd)
     msg = jsonrpc.encode_request("daemon.status", None, 1)
     slow.sendall(msg[:10])
-    started = time.monotonic()
     still_serving(bgd)  # answered while the slow client sits mid-frame
     slow.sendall(msg[10:])
     assert read_lines(slow, 1)[0]["id"] == 1
-    assert time.monotonic() - started < 10
 
 
 def test_two_hundred_clients_at_once(running_bgd):
@@ -165,7 +162,7 @@ def test_event_seq_survives_a_restart(bgd):
         answer = c.call("events.subscribe", {"since": before - 2})
         assert answer["backlog"] >= 2 and not answer["missed"]
         assert next(c.notifications_iter()).params["seq"] == before - 1
-    s2 = bgd.dispatch("say y")
+    bgd.dispatch("say y")
     with bgd.client() as c:
         c.call("events.subscribe", {"since": before})
         assert next(c.notifications_iter()).params["seq"] > before

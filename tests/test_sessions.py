@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
-import pytest
 
 from conftest import pid_alive
 

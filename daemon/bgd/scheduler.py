@@ -21,7 +21,7 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from bgcore.schedule import Schedule, next_fire_time, previous_fire_times

@@ -32,10 +32,10 @@ import trio
 from . import claude_backend as claude
 from . import clock, fastjson
 from .agent_process import AgentProcess, OversizedLine
-from .config import PERMISSION_MODES, AgentConfig, Config
+from .config import PERMISSION_MODES, Config
 from .events import EventBus, clip
 from .store import Store
-from bgcore.jsonrpc import AGENT_UNAVAILABLE, INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
+from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
 
 STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
 BUSY = ("working", "needs_input")

@@ -6,7 +6,6 @@ cannot read is a usage error (exit 2) shown with a caret under the part that is 
 
 from __future__ import annotations
 
-import argparse
 
 from bgcore.jsonrpc import BAD_SCHEDULE, RpcError
 

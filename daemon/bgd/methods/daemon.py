@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from .. import __version__
 from ..rpc import METHODS, method
 
 
