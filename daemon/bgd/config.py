@@ -7,7 +7,6 @@ with its file and line and the daemon keeps the last good config.
 from __future__ import annotations
 
 import difflib
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +173,3 @@ def _line_of(text: str, key: str) -> int | None:
         if stripped.startswith("[") and stripped.rstrip("]").endswith("." + key):
             return number
     return None
-
-
-def agent_env(agent: AgentConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(agent.env)
-    return env

@@ -52,7 +52,7 @@ class Daemon:
         self.sessions = SessionManager(self.store, self.bus, lambda: self.config,
                                        str(config_dir / "config.toml"))
         self.shutting_down = False
-        self._shutdown = trio.Event() if _in_trio() else None
+        self._shutdown: trio.Event | None = None  # made by run(), inside trio
         self._lock_fd: int | None = None
         # Features that run beside the sessions (schedulers, watchers) add
         # `async def service(daemon, task_status)` here; each is started in
@@ -179,14 +179,6 @@ class Daemon:
                 pass
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _in_trio() -> bool:
-    try:
-        trio.lowlevel.current_task()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _version() -> str:

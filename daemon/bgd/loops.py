@@ -29,7 +29,6 @@ MAX_LOOPS_PER_SESSION = 50
 LIFETIME_S = 7 * 86400          # recurring loops expire this long after creation
 FALLBACK_WAKE_S = 20 * 60       # a dynamic iteration that did not reschedule
 WAKEUP_MIN_S, WAKEUP_MAX_S = 60, 3600
-KINDS = ("fixed", "dynamic", "once")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 

@@ -44,7 +44,6 @@ class Connection:
         self.nursery = nursery
         self.send_lock = trio.Lock()
         self.subscriber = None
-        self.closed = False
         # Set once the responses being built are written, so a subscription's
         # first events never overtake the response that started it.
         self.flushed = trio.Event()
@@ -147,7 +146,6 @@ async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            conn.closed = True
             if conn.subscriber is not None:
                 daemon.bus.unsubscribe(conn.subscriber)
             nursery.cancel_scope.cancel()

@@ -24,7 +24,6 @@ import signal
 import string
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import trio
@@ -140,7 +139,7 @@ class SessionManager:
         """Read every session back; those that were mid-turn failed with the daemon."""
         for record in self.store.load_sessions():
             session = Session.from_record(record)
-            self._adopt(session)
+            self.sessions[session.id] = session
             self.transcript_len[session.id] = self.store.transcript_length(session.id)
             if session.state in BUSY or session.pid is not None:
                 was_busy = session.state in BUSY
@@ -195,7 +194,7 @@ class SessionManager:
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
                           always_allow=list(always_allow or []), state="working" if start else "completed")
-        self._adopt(session)
+        self.sessions[session.id] = session
         self.transcript_len[session.id] = 0
         self.store.save_session(session.id, session.to_record())
         self.bus.publish("session.created", session=session.to_json())
@@ -544,9 +543,6 @@ class SessionManager:
         """Add a daemon note (a loop fired, a task skipped) to a session's transcript."""
         self._record(session, "daemon", data)
 
-    def _adopt(self, session: Session) -> None:
-        self.sessions[session.id] = session
-
     def _release(self, session: Session) -> None:
         del self.sessions[session.id]
         self._touched_ids.discard(session.id)
@@ -613,7 +609,3 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def agent_cwd(path: str | None, default: str) -> str:
-    return str(Path(path or default).expanduser().resolve())

@@ -109,9 +109,6 @@ class Store:
         finally:
             self.db.close()
 
-    def integrity_check(self) -> str:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
-
     # -- sessions -------------------------------------------------------------
 
     def save_session(self, session_id: str, data: dict) -> None:

@@ -68,7 +68,6 @@ class TaskService:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._file_dirty = trio.Event()
-        self._started = False
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(lambda session, why: self._on_turn_end(session))
         sessions.on_always.append(self._on_always)

@@ -5,6 +5,7 @@ from datetime import timedelta
 from bgcore.jsonrpc import INVALID_PARAMS, RpcError
 
 from .. import clock
+from ..events import clip
 from ..rpc import method
 from ..sessions import STATES
 
@@ -62,7 +63,6 @@ async def transcript(daemon, params, conn):
         raise RpcError(INVALID_PARAMS, "limit must be positive")
     entries = daemon.sessions.transcript(session, since, limit)
     if not full:
-        from ..events import clip
         for entry in entries:
             entry["data"] = clip(entry["data"])
     return {"id": session.id, "entries": entries,
