@@ -266,3 +266,19 @@ def test_command_backend(bgd):
     assert s["last_message"] == "VIA STDIN"
     assert bgd.ctl("reply", s["id"], "again").returncode == 0
     s = bgd.wait_session(s["id"], lambda x: x["state"] == "completed" and x["last_message"] == "AGAIN")
+
+
+def test_an_idle_agent_is_let_go_and_a_reply_resumes_it(bgd, tmp_path):
+    log = tmp_path / "argv.log"
+    bgd.write_config("")
+    config = bgd.config_dir / "config.toml"
+    config.write_text(config.read_text().replace("idle_timeout_s = 30", "idle_timeout_s = 0.3"))
+    bgd.start(extra_env={"FAKE_CLAUDE_ARGV_LOG": str(log)})
+    s = bgd.dispatch("say first")
+    # The turn ends, then after idle_timeout_s the process is let go (its stdin closed).
+    s = bgd.wait_session(s["id"], lambda x: x["state"] == "completed" and x["pid"] is None)
+    assert bgd.ctl("reply", s["id"], "say second").returncode == 0
+    s = bgd.wait_session(s["id"], lambda x: x["state"] == "completed" and x["last_message"] == "second")
+    starts = [json.loads(line)["argv"] for line in log.read_text().splitlines()]
+    assert len(starts) == 2 and "--session-id" in starts[0]
+    assert starts[1][starts[1].index("--resume") + 1] == s["agent_session_id"]
