@@ -282,3 +282,25 @@ def test_an_idle_agent_is_let_go_and_a_reply_resumes_it(bgd, tmp_path):
     starts = [json.loads(line)["argv"] for line in log.read_text().splitlines()]
     assert len(starts) == 2 and "--session-id" in starts[0]
     assert starts[1][starts[1].index("--resume") + 1] == s["agent_session_id"]
+
+
+def test_status_counts_follow_every_state_change_and_removal(running_bgd):
+    # daemon.status keeps its per-state tally between changes; it must never be stale.
+    bgd = running_bgd
+
+    def counts():
+        status = bgd.rpc("daemon.status")
+        return {k: v for k, v in status["counts"].items() if v}, status["sessions"]
+
+    assert counts() == ({}, 0)
+    asking = bgd.dispatch('tool Bash {"command": "ls"}')
+    bgd.wait_state(asking["id"], "needs_input")
+    assert counts() == ({"needs_input": 1}, 1)
+    done = bgd.dispatch("say hi")
+    bgd.wait_state(done["id"], "completed")
+    assert counts() == ({"needs_input": 1, "completed": 1}, 2)
+    assert bgd.ctl("approve", asking["id"]).returncode == 0
+    bgd.wait_state(asking["id"], "completed")
+    assert counts() == ({"completed": 2}, 2)
+    assert bgd.ctl("rm", done["id"]).returncode == 0
+    assert counts() == ({"completed": 1}, 1)

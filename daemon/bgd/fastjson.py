@@ -29,8 +29,11 @@ import orjson
 # with non-string keys is refused by orjson and encoded by `json` below, as before.
 _OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _LINE_OPTIONS = _OPTIONS | orjson.OPT_APPEND_NEWLINE
-_LONG_DIGITS_B = re.compile(rb"\d{19}")
 _LONG_DIGITS_S = re.compile(r"\d{19}")
+# For bytes, the same test without the regex engine (about 8x faster on an agent's
+# line): map every digit to "0" and everything else to " ", then look for 19 "0"s.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_ZEROS = b"0" * 19
 
 
 def dumps(obj: Any) -> bytes:
@@ -56,8 +59,11 @@ def dumps_text(obj: Any) -> str:
 
 def loads(data: bytes | str) -> Any:
     """Decode like `json.loads` (same values, same errors), faster."""
-    long_digits = _LONG_DIGITS_B if isinstance(data, (bytes, bytearray)) else _LONG_DIGITS_S
-    if long_digits.search(data) is None:
+    if isinstance(data, (bytes, bytearray)):
+        plain = _NINETEEN_ZEROS not in data.translate(_DIGITS_AS_ZERO)
+    else:
+        plain = _LONG_DIGITS_S.search(data) is None
+    if plain:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

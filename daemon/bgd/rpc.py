@@ -1,18 +1,21 @@
 """The method table: one entry per JSON-RPC method, and parameter checks.
 
-Handlers are `async def handler(daemon, params, conn)` registered with
+Handlers are `handler(daemon, params, conn)` registered with
 `@method("namespace.verb")`; one module per namespace lives in `methods/`.
+A handler that needs to wait is `async def`; one that only reads or changes
+the daemon's state at once is a plain `def`, which saves a coroutine per call.
 docs/protocol.md documents every name registered here (a test compares them).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from bgcore.jsonrpc import INVALID_PARAMS, RpcError
 
-Handler = Callable[[Any, "Params", Any], Awaitable[Any]]
+Handler = Callable[[Any, "Params", Any], "Awaitable[Any] | Any"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Method:
     name: str
     handler: Handler
     summary: str
+    is_async: bool
 
 
 METHODS: dict[str, Method] = {}
@@ -28,7 +32,7 @@ METHODS: dict[str, Method] = {}
 def method(name: str):
     def register(fn: Handler) -> Handler:
         doc = (fn.__doc__ or "").strip().splitlines()
-        METHODS[name] = Method(name, fn, doc[0] if doc else "")
+        METHODS[name] = Method(name, fn, doc[0] if doc else "", inspect.iscoroutinefunction(fn))
         return fn
     return register
 

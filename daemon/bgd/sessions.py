@@ -23,8 +23,8 @@ import shutil
 import signal
 import string
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 import trio
 
@@ -81,6 +81,15 @@ class Session:
     loop_runs: int = 0
     env: dict[str, str] = field(default_factory=dict)
 
+    # Bumped whenever any session's state is set (its creation included), so
+    # SessionManager.state_counts can keep its tally until something changes.
+    state_generation: ClassVar[int] = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "state":
+            Session.state_generation += 1
+        object.__setattr__(self, name, value)
+
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
               "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs")
@@ -95,12 +104,14 @@ class Session:
     def to_record(self) -> dict:
         # Every field is a plain JSON value and the record is encoded at once:
         # a shallow dict (dataclasses.asdict deep-copies, several times slower).
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {name: getattr(self, name) for name in _SESSION_FIELDS}
 
     @classmethod
     def from_record(cls, data: dict) -> "Session":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _SESSION_FIELDS})
+
+
+_SESSION_FIELDS = tuple(f.name for f in fields(Session))
 
 
 @dataclass
@@ -125,6 +136,8 @@ class SessionManager:
         self.runs: dict[str, Run] = {}
         self.transcript_len: dict[str, int] = {}
         self._touched_ids: set[str] = set()   # last_message changed, not yet saved (see _touched)
+        self._counts: dict[str, int] = {}
+        self._counts_key: tuple[int, int] | None = None
         self.nursery: trio.Nursery | None = None
         # Seams for later features (loops, tasks, MCP): plain callables.
         self.on_turn_end: list[Callable[[Session], None]] = []
@@ -548,10 +561,17 @@ class SessionManager:
         self._touched_ids.discard(session.id)
 
     def state_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        for session in self.sessions.values():
-            counts[session.state] += 1
-        return counts
+        """Sessions per state (a fresh dict); `daemon.status` asks for it on every call.
+
+        Kept until a state is set or a session is added or released: adding one
+        sets its state, and releasing one changes the count."""
+        key = (Session.state_generation, len(self.sessions))
+        if key != self._counts_key:
+            counts = dict.fromkeys(STATES, 0)
+            for session in self.sessions.values():
+                counts[session.state] += 1
+            self._counts, self._counts_key = counts, key
+        return self._counts.copy()
 
     def _record(self, session: Session, kind: str, data: Any) -> None:
         n = self.transcript_len.get(session.id, 0)

@@ -4,7 +4,7 @@ from ..rpc import METHODS, method
 
 
 @method("daemon.status")
-async def status(daemon, params, conn):
+def status(daemon, params, conn):
     """Version, pid, socket, uptime and session counts by state."""
     return {
         **daemon.identity,
