@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 
 import pytest
 
@@ -99,6 +100,28 @@ def test_store_migrates_and_refuses_a_newer_schema(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="newer than this bgd"):
         Store(tmp_path / "db.sqlite3")
+
+
+def test_store_checkpoints_only_when_asked_and_from_another_thread(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    store = Store(path)
+    size, before = path.stat().st_size, store.changes()
+    for i in range(300):
+        store.save_session(f"s{i}", {"id": f"s{i}", "pad": "x" * 2000})
+    assert store.changes() == before + 300
+    assert path.stat().st_size == size  # no checkpoint inside the commits
+    result = []
+    worker = threading.Thread(target=lambda: result.append(store.checkpoint()))
+    worker.start()
+    worker.join()
+    busy, wal_pages, copied = result[0]
+    assert busy == 0 and copied == wal_pages > 100
+    assert path.stat().st_size > size
+    store.save_session("after", {"id": "after"})  # the owner keeps writing
+    store.close()
+    again = Store(path)
+    assert len(again.load_sessions()) == 301
+    again.close()
 
 
 def test_store_migrates_an_old_version_forward(tmp_path):

@@ -89,6 +89,18 @@ def test_kill_9_recovery_lists_everything_and_replies_resume(bgd, tmp_path):
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_the_wal_is_checkpointed_in_the_background_while_a_session_streams(running_bgd):
+    # SQLite's own checkpoint is off (it stalled commits); the daemon's worker-thread one
+    # must copy the WAL back, or the database file would never grow while bgd runs.
+    bgd = running_bgd
+    db_file = bgd.state_dir / "bgd.sqlite3"
+    size = db_file.stat().st_size
+    s = bgd.dispatch("stream 300 0")
+    bgd.wait_state(s["id"], "completed", timeout=60)
+    wait_until(lambda: db_file.stat().st_size > size, what="the database file to take the WAL's pages")
+    assert len(bgd.ctl_json("logs", s["id"])) > 300
+
+
 def test_sighup_reloads_config_and_a_broken_edit_keeps_the_old_one(running_bgd):
     bgd = running_bgd
     config = bgd.config_dir / "config.toml"

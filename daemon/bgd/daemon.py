@@ -27,6 +27,7 @@ from .sessions import SessionManager
 from .store import Store
 
 log = logging.getLogger("bgd")
+CHECKPOINT_INTERVAL_S = 0.5  # how often the WAL is copied back while writes go on
 
 
 class AlreadyRunning(RuntimeError):
@@ -140,6 +141,7 @@ class Daemon:
                 self.sessions.nursery = nursery
                 self.sessions.load()
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self._checkpoints)
                 for service in self.services:
                     await nursery.start(service, self)
                 nursery.start_soon(trio.serve_listeners, self._handle, [listener])
@@ -168,6 +170,16 @@ class Daemon:
                 else:
                     log.info("received %s", signal.Signals(signum).name)
                     self.request_shutdown()
+
+    async def _checkpoints(self) -> None:
+        """Checkpoint the store's WAL from a worker thread, every CHECKPOINT_INTERVAL_S
+        while anything is being written (store.py says why not inside a commit)."""
+        seen = self.store.changes()
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL_S)
+            if self.store.changes() != seen:
+                seen = self.store.changes()
+                await trio.to_thread.run_sync(self.store.checkpoint)
 
     def _cleanup(self) -> None:
         self.store.close()

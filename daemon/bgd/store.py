@@ -9,6 +9,12 @@ Writes are small and frequent; WAL with synchronous=NORMAL makes each commit
 cheap and survives a `kill -9` of the daemon (only a power loss can drop the
 last commits).  The daemon's hot paths group related writes (a transcript entry and its
 event; a pass of loop fires) in one `transaction()`: one commit instead of several.
+
+Checkpoints (copying the WAL back into the database file, with an fsync) are not
+left to SQLite's automatic one, which runs inside whichever commit crosses 1,000
+pages and stalled the event loop for milliseconds (the tail of the line -> event
+latency).  The daemon calls `checkpoint()` from a worker thread instead: it uses
+its own connection, and sqlite3 releases the GIL while it copies and syncs.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
+        self._checkpointer: sqlite3.Connection | None = None
         self._migrate()
 
     # -- schema ---------------------------------------------------------------
@@ -103,8 +111,24 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
 
+    def changes(self) -> int:
+        """Rows written so far through this store (to tell whether a checkpoint has work)."""
+        return self.db.total_changes
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy committed WAL pages into the database file, without blocking writers.
+
+        Safe to call from a worker thread while the owning thread keeps writing (one
+        caller at a time).  Returns SQLite's (busy, wal pages, pages checkpointed)."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA busy_timeout=5000")
+        return tuple(self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+
     def close(self) -> None:
         try:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self.db.close()
