@@ -28,6 +28,7 @@ from .store import Store
 
 log = logging.getLogger("bgd")
 CHECKPOINT_INTERVAL_S = 0.5  # how often the WAL is copied back while writes go on
+CHECKPOINT_IDLE_S = 8.0      # the longest wait between looks while nothing is written
 
 
 class AlreadyRunning(RuntimeError):
@@ -172,14 +173,18 @@ class Daemon:
                     self.request_shutdown()
 
     async def _checkpoints(self) -> None:
-        """Checkpoint the store's WAL from a worker thread, every CHECKPOINT_INTERVAL_S
-        while anything is being written (store.py says why not inside a commit)."""
-        seen = self.store.changes()
+        """Checkpoint the store's WAL from a worker thread (store.py says why not inside a
+        commit): every CHECKPOINT_INTERVAL_S while writes go on; while nothing is written,
+        it looks less and less often, down to once every CHECKPOINT_IDLE_S."""
+        seen, interval = self.store.changes(), CHECKPOINT_INTERVAL_S
         while True:
-            await trio.sleep(CHECKPOINT_INTERVAL_S)
-            if self.store.changes() != seen:
-                seen = self.store.changes()
-                await trio.to_thread.run_sync(self.store.checkpoint)
+            await trio.sleep(interval)
+            changes = self.store.changes()
+            if changes == seen:
+                interval = min(interval * 2, CHECKPOINT_IDLE_S)
+                continue
+            seen, interval = changes, CHECKPOINT_INTERVAL_S
+            await trio.to_thread.run_sync(self.store.checkpoint)
 
     def _cleanup(self) -> None:
         self.store.close()
