@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -184,7 +185,11 @@ class Daemon:
                 interval = min(interval * 2, CHECKPOINT_IDLE_S)
                 continue
             seen, interval = changes, CHECKPOINT_INTERVAL_S
-            await trio.to_thread.run_sync(self.store.checkpoint)
+            try:
+                await trio.to_thread.run_sync(self.store.checkpoint)
+            except sqlite3.Error as exc:
+                # Nothing is lost (the WAL keeps every commit); say so once per failure and go on.
+                log.warning("WAL checkpoint failed (%s); the next one will try again", exc)
 
     def _cleanup(self) -> None:
         self.store.close()
