@@ -1,10 +1,11 @@
 """The baselines of the RPC benchmark: bare trio servers, no JSON, no dispatch.
 
-Same transport, same event loop, same read size and one write per read as
-bgd's connection loop.  `echo_server.py SOCKET_PATH` echoes complete lines;
-`echo_server.py SOCKET_PATH CANNED_FILE` answers each line with the bytes of
-CANNED_FILE (one response line), so the client parses exactly what it parses
-from bgd.  Prints "ready" once it listens.
+Same transport, same event loop, same read size and the same writes as bgd's
+connection loop: what a read answers goes out in writes of about 64 KiB
+(bgd's FLUSH_BYTES).  `echo_server.py SOCKET_PATH` echoes complete lines (a read
+is at most 64 KiB, so one write per read); `echo_server.py SOCKET_PATH CANNED_FILE`
+answers each line with the bytes of CANNED_FILE (one response line), so the client
+parses exactly what it parses from bgd.  Prints "ready" once it listens.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import trio
 
 
 CANNED: bytes | None = None
+FLUSH_BYTES = 1 << 16
 
 
 async def echo(stream: trio.SocketStream) -> None:
@@ -27,9 +29,18 @@ async def echo(stream: trio.SocketStream) -> None:
             data = pending + data
             cut = data.rfind(b"\n") + 1
             pending = data[cut:]
-            if cut:
-                lines = data[:cut]
-                await stream.send_all(lines if CANNED is None else CANNED * lines.count(b"\n"))
+            if not cut:
+                continue
+            lines = data[:cut]
+            if CANNED is None:
+                await stream.send_all(lines)
+                continue
+            left = lines.count(b"\n")
+            per_write = max(1, FLUSH_BYTES // len(CANNED))
+            while left:
+                n = min(left, per_write)
+                await stream.send_all(CANNED * n)
+                left -= n
     except trio.BrokenResourceError:
         pass
 

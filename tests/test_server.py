@@ -166,3 +166,42 @@ def test_event_seq_survives_a_restart(bgd):
     with bgd.client() as c:
         c.call("events.subscribe", {"since": before})
         assert next(c.notifications_iter()).params["seq"] > before
+
+
+def test_a_long_pipeline_is_answered_whole_and_in_order(running_bgd):
+    # 3,000 requests in one write: their answers (~1 MB) go out in several writes of about
+    # FLUSH_BYTES each while later requests are still being handled.
+    s = connect(running_bgd)
+    payload = b"".join(jsonrpc.encode_request("daemon.status", None, i) for i in range(1, 3001))
+    writer = threading.Thread(target=s.sendall, args=(payload,))
+    writer.start()
+    answers = read_lines(s, 3000)
+    writer.join()
+    assert [a["id"] for a in answers] == list(range(1, 3001))
+    assert all(a["result"]["pid"] == running_bgd.proc.pid for a in answers)
+
+
+async def test_a_client_that_stops_reading_is_dropped_not_waited_for(autojump_clock):
+    # In process, on the virtual clock: a lockstep stream only moves bytes the peer reads.
+    import trio
+    import trio.testing
+
+    from bgd import methods, server  # noqa: F401  (methods registers the handlers)
+    from bgd.rpc import METHODS
+
+    # Each answer lists every method (a few KiB), so 199 of them need several flushes.
+    assert len(METHODS) > 20
+
+    class Idle:
+        shutting_down = False
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    requests = b"".join(jsonrpc.encode_request("daemon.methods", None, i) for i in range(1, 200))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(theirs.send_all, requests)  # and never a receive
+        conn = server.Connection(Idle(), ours, nursery)
+        started = trio.current_time()
+        with trio.fail_after(server.SEND_TIMEOUT_S * 4):
+            await server._serve(conn, jsonrpc.FrameReader())
+        # Ended by the send bound (the peer never read a byte), not by an error or the fail_after.
+        assert trio.current_time() - started >= server.SEND_TIMEOUT_S
+        nursery.cancel_scope.cancel()

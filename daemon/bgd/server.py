@@ -2,7 +2,8 @@
 
 Each connection has a `FrameReader` (the shared sans-IO codec) and handles
 its requests in order; responses to everything parsed from one read go out
-in one write.  A subscribed connection also gets a task that forwards events.
+together, in writes of about FLUSH_BYTES.  A subscribed connection also gets a
+task that forwards events.
 Nothing a client sends can raise out of here: protocol errors are answered,
 handler errors become JSON-RPC errors, disconnects end only that connection.
 """
@@ -26,6 +27,12 @@ from .events import event_frame
 from .rpc import METHODS, Method, Params
 
 log = logging.getLogger("bgd.server")
+READ_BYTES = 1 << 16
+# Responses are handed to the kernel whenever this much has been built, not only once
+# a whole read is answered: 64 KiB of pipelined requests make ~400 KiB of responses,
+# more than a socket buffer holds, and the client sat idle until the first byte came.
+FLUSH_BYTES = 1 << 16
+SEND_TIMEOUT_S = 5.0  # a client that takes none of its responses for this long is dropped
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int | None:
@@ -178,7 +185,7 @@ async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
 async def _serve(conn: Connection, reader: FrameReader) -> None:
     dumps_line = fastjson.dumps_line
     while True:
-        data = await conn.stream.receive_some(1 << 16)
+        data = await conn.stream.receive_some(READ_BYTES)
         reader.receive_data(data)
         # Each response is encoded as soon as it is made, while its objects are still
         # in the CPU's cache, and appended to one buffer, so its bytes are freed at
@@ -203,13 +210,25 @@ async def _serve(conn: Connection, reader: FrameReader) -> None:
                 response = await conn.handle_frame(frame)
             if response is not None:
                 out += dumps_line(response)
-        if out:
-            # Shielded (with a bound) so a shutdown cannot swallow the answer
-            # to the request that asked for it.
-            with trio.move_on_after(5) as scope:
-                scope.shield = True
-                await conn.send(out)
+                if len(out) >= FLUSH_BYTES:
+                    if not await _send_shielded(conn, out):
+                        return
+                    out = bytearray()
+        if out and not await _send_shielded(conn, out):
+            return
         conn.flushed.set()
         conn.flushed = trio.Event()
         if fatal or not data:
             return
+
+
+async def _send_shielded(conn: Connection, data: bytearray) -> bool:
+    """Write responses; False if the client did not take them within SEND_TIMEOUT_S.
+
+    Shielded, so a shutdown cannot swallow the answer to the request that asked for
+    it; bounded, so a client that stops reading cannot hold the daemon. A write cut
+    short leaves half a frame on the wire: the caller must close the connection."""
+    with trio.move_on_after(SEND_TIMEOUT_S) as scope:
+        scope.shield = True
+        await conn.send(data)
+    return not scope.cancelled_caught
