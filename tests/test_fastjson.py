@@ -45,5 +45,7 @@ def test_errors_are_the_standard_librarys(bad):
                                     18446744073709551616, 10 ** 30])
 def test_integers_at_the_64_bit_edges_stay_exact(number):
     assert fastjson.loads(str(number).encode()) == number
+    assert fastjson.loads(bytearray(str(number).encode())) == number
+    assert fastjson.loads(b'{"n": [' + str(number).encode() + b']}') == {"n": [number]}
     assert type(fastjson.loads(str(number))) is int
     assert fastjson.dumps(number) == str(number).encode()
