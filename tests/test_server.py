@@ -6,7 +6,12 @@ import json
 import socket
 import threading
 
+import trio
+import trio.testing
+
 from bgcore import jsonrpc
+from bgd import methods, server  # noqa: F401  (methods registers the handlers)
+from bgd.rpc import METHODS
 
 
 def connect(bgd) -> socket.socket:
@@ -183,12 +188,6 @@ def test_a_long_pipeline_is_answered_whole_and_in_order(running_bgd):
 
 async def test_a_client_that_stops_reading_is_dropped_not_waited_for(autojump_clock):
     # In process, on the virtual clock: a lockstep stream only moves bytes the peer reads.
-    import trio
-    import trio.testing
-
-    from bgd import methods, server  # noqa: F401  (methods registers the handlers)
-    from bgd.rpc import METHODS
-
     # Each answer lists every method (a few KiB), so 199 of them need several flushes.
     assert len(METHODS) > 20
 

@@ -32,7 +32,7 @@ READ_BYTES = 1 << 16
 # a whole read is answered: 64 KiB of pipelined requests make ~400 KiB of responses,
 # more than a socket buffer holds, and the client sat idle until the first byte came.
 FLUSH_BYTES = 1 << 16
-SEND_TIMEOUT_S = 5.0  # a client that takes none of its responses for this long is dropped
+SEND_TIMEOUT_S = 5.0  # a client that has not taken a write of responses after this long is dropped
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int | None:
@@ -226,7 +226,7 @@ async def _send_shielded(conn: Connection, data: bytearray) -> bool:
     """Write responses; False if the client did not take them within SEND_TIMEOUT_S.
 
     Shielded, so a shutdown cannot swallow the answer to the request that asked for
-    it; bounded, so a client that stops reading cannot hold the daemon. A write cut
+    it; bounded, so a client that stops reading cannot hold its connection forever. A write cut
     short leaves half a frame on the wire: the caller must close the connection."""
     with trio.move_on_after(SEND_TIMEOUT_S) as scope:
         scope.shield = True
