@@ -32,7 +32,7 @@ import trio  # noqa: E402
 
 from bgcore.schedule import parse_interval, parse_schedule  # noqa: E402
 from bgd.events import EventBus  # noqa: E402
-from bgd.loop_runner import LoopRunner  # noqa: E402
+from bgd.loops.runner import LoopRunner  # noqa: E402
 from bgd.store import Store  # noqa: E402
 
 UTC = ZoneInfo("UTC")

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bgcore.schedule import parse_schedule
-from bgd import tasks_file
+from bgcore import tasks_file
 from bgls import commands, status, tasks_lint
 from bgls.daemon_link import DaemonLink, DaemonUnreachable
 

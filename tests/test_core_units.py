@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from bgcore import paths
-from bgd import claude_backend as claude
-from bgd.config import ConfigError, parse_config
+from bgd.agents import claude_lines as claude
+from bgcore.config import ConfigError, parse_config
 from bgd.store import SCHEMA_VERSION, Store, StoreError
 
 

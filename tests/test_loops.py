@@ -7,7 +7,7 @@ import pytest
 
 from bgcore.jsonrpc import LIMIT_REACHED, RpcError
 from bgcore.schedule import parse_interval, parse_when_and_what
-from bgd.loops import (FALLBACK_WAKE_S, LIFETIME_S, MAX_LOOPS_PER_SESSION, Loop, LoopBook, clamp_delay, loop_jitter,
+from bgd.loops.book import (FALLBACK_WAKE_S, LIFETIME_S, MAX_LOOPS_PER_SESSION, Loop, LoopBook, clamp_delay, loop_jitter,
                        next_scheduled)
 
 UTC = ZoneInfo("UTC")

@@ -169,7 +169,7 @@ def test_the_command_backend_gets_a_fixed_ten_minute_interval(running_bgd):
 def test_an_mcp_call_for_an_ended_session_gets_a_clear_error(running_bgd):
     session = running_bgd.dispatch("say hi")
     running_bgd.wait_state(session["id"], "completed")
-    conf = {"command": sys.executable, "args": ["-m", "bgd.mcp_server", "--session", session["id"]],
+    conf = {"command": sys.executable, "args": ["-m", "bgd.agents.mcp_server", "--session", session["id"]],
             "env": {"BGD_SOCKET": str(running_bgd.socket)}}
     ok, text = mcp_call(conf, "cron_list", {})
     assert ok and text == "no scheduled prompts"

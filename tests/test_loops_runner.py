@@ -17,9 +17,9 @@ from bgcore.jsonrpc import INVALID_STATE, NOT_FOUND, RpcError
 from bgcore.schedule import parse_interval, parse_when_and_what
 from bgd import clock
 from bgd.events import EventBus
-from bgd.loop_prompt import MAINTENANCE_PROMPT, MAX_BYTES
-from bgd.loop_runner import LoopRunner
-from bgd.loops import FALLBACK_WAKE_S, LIFETIME_S
+from bgd.loops.prompt import MAINTENANCE_PROMPT, MAX_BYTES
+from bgd.loops.runner import LoopRunner
+from bgd.loops.book import FALLBACK_WAKE_S, LIFETIME_S
 from bgd.store import Store
 
 UTC = ZoneInfo("UTC")

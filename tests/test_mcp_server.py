@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from bgcore.jsonrpc import NOT_FOUND, RpcError
-from bgd.mcp_server import SERVER_NAME, build_server, mcp_config_for
+from bgd.agents.mcp_server import SERVER_NAME, build_server, mcp_config_for
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from fake_claude import mcp_call  # noqa: E402
@@ -81,7 +81,7 @@ def test_mcp_config_names_this_server_for_the_session(tmp_path):
         id = "k3v9q0ab"
     server = json.loads(mcp_config_for(D, S))["mcpServers"][SERVER_NAME]
     assert server["command"] == sys.executable
-    assert server["args"] == ["-m", "bgd.mcp_server", "--session", "k3v9q0ab"]
+    assert server["args"] == ["-m", "bgd.agents.mcp_server", "--session", "k3v9q0ab"]
     assert server["env"]["BGD_SOCKET"] == str(tmp_path / "bgd.sock")
 
 
@@ -89,7 +89,7 @@ def test_mcp_config_names_this_server_for_the_session(tmp_path):
 
 
 def _conf(bgd, session_id):
-    return {"command": sys.executable, "args": ["-m", "bgd.mcp_server", "--session", session_id],
+    return {"command": sys.executable, "args": ["-m", "bgd.agents.mcp_server", "--session", session_id],
             "env": {"BGD_SOCKET": str(bgd.socket)}}
 
 
@@ -119,8 +119,8 @@ def test_cron_tools_manage_the_sessions_loops(running_bgd):
 
 
 def test_update_scheduled_task_edits_the_task_of_the_run(running_bgd):
-    from bgd.rpc import METHODS
-    import bgd.methods  # noqa: F401
+    from bgd.rpc.table import METHODS
+    from bgd import features; features.register_methods()
     if "task.edit" not in METHODS or "task.add" not in METHODS:
         pytest.skip("desktop tasks (task.edit) are not in this daemon yet")
     prompt = 'mcp update_scheduled_task {"schedule": "weekdays at 9:30", "prompt": "say changed"}'

@@ -3,9 +3,9 @@
 import re
 from pathlib import Path
 
-import bgd.methods  # noqa: F401  (registers every handler)
+from bgd import features
 from bgcore import jsonrpc
-from bgd.rpc import METHODS
+from bgd.rpc.table import METHODS
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 

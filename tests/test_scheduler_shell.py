@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 
 import trio
 
-from bgd.config import Config
+from bgcore.config import Config
 from bgd.events import EventBus
 from bgd.store import Store
-from bgd.task_runner import TaskService
+from bgd.tasks.runner import TaskService
 
 UTC = timezone.utc
 BASE = datetime(2026, 6, 1, 10, 0, 30, tzinfo=UTC)

@@ -10,8 +10,9 @@ import trio
 import trio.testing
 
 from bgcore import jsonrpc
-from bgd import methods, server  # noqa: F401  (methods registers the handlers)
-from bgd.rpc import METHODS
+from bgd import features
+from bgd.rpc import server
+from bgd.rpc.table import METHODS
 
 
 def connect(bgd) -> socket.socket:

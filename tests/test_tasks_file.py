@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import tomllib
 
-from bgd.tasks_file import (add_task_text, edit_task_text, load_tasks, remove_task_text)
+from bgcore.tasks_file import (add_task_text, edit_task_text, load_tasks, remove_task_text)
 
 NOW = datetime(2026, 11, 24, 10, 7, tzinfo=timezone.utc)
 TZ = ZoneInfo("Europe/Berlin")

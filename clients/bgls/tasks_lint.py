@@ -2,7 +2,7 @@
 
 No LSP here (the server converts), no second schedule parser and no second set of
 rules: schedules are read by `bgcore.schedule` and tasks are validated by the
-daemon's own `bgd.tasks_file.load_tasks` (what `bgctl task ls` reports).  What this
+daemon's own `bgcore.tasks_file.load_tasks` (what `bgctl task ls` reports).  What this
 module adds is editor-shaped: a small scanner of the text finds where each key and
 value sits, so each problem the daemon reports at a (line, column) gets the exact
 range of what is wrong; hover and completion use the same scanner.
@@ -40,9 +40,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bgcore import paths
 from bgcore.schedule import ScheduleError, explain, parse_schedule
-from bgd.clock import local_zone
-from bgd.config import PERMISSION_MODES
-from bgd.tasks_file import OVERLAPS, TaskFileError, load_tasks
+from bgcore.zones import local_zone
+from bgcore.config import PERMISSION_MODES
+from bgcore.tasks_file import OVERLAPS, TaskFileError, load_tasks
 
 FILE_NAME = "tasks.toml"
 
@@ -358,7 +358,7 @@ def lint(text: str, *, now: datetime, tz: ZoneInfo, path: str = FILE_NAME,
          is_file: Callable[[str], bool] = os.path.isfile) -> list[Problem]:
     """Every problem of a tasks file, in reading order.
 
-    The rules are the daemon's (`bgd.tasks_file.load_tasks`, what `bgctl task ls` reports), so the
+    The rules are the daemon's (`bgcore.tasks_file.load_tasks`, what `bgctl task ls` reports), so the
     editor and the daemon never disagree about what is valid; this adds the exact range of each
     problem, and two editor-only notes: a schedule that was rounded, a prompt_file not found.
     """

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from bgcore.zones import local_zone  # noqa: F401  (the daemon's callers use clock.local_zone)
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -27,29 +29,3 @@ def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
     return datetime.fromisoformat(text)
-
-
-def local_zone():
-    """The machine's IANA zone: $TZ, else /etc/localtime's target, else UTC."""
-    import os
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    candidates = [os.environ.get("TZ", "").lstrip(":")]
-    try:
-        target = os.path.realpath("/etc/localtime")
-        if "zoneinfo/" in target:
-            candidates.append(target.split("zoneinfo/", 1)[1])
-    except OSError:
-        pass
-    try:
-        with open("/etc/timezone") as f:
-            candidates.append(f.read().strip())
-    except OSError:
-        pass
-    for name in candidates:
-        if name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return ZoneInfo("UTC")

@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import trio
 
-from . import systemd
-from .config import Config, ConfigError, load_config
-from .events import EventBus
-from .server import handle_connection
-from .sessions import SessionManager
-from .store import Store
+from bgd import systemd
+from bgcore.config import Config, ConfigError, load_config
+from bgd.events import EventBus
+from bgd.rpc.server import handle_connection
+from bgd.sessions.manager import SessionManager
+from bgd.store import Store
 
 log = logging.getLogger("bgd")
 CHECKPOINT_INTERVAL_S = 0.5  # how often the WAL is copied back while writes go on
@@ -204,5 +204,5 @@ class Daemon:
 
 
 def _version() -> str:
-    from . import __version__
+    from bgd import __version__
     return __version__

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import trio
 
-from . import clock, fastjson
-from .store import Store
+from bgd import clock, fastjson
+from bgd.store import Store
 
 SUBSCRIBER_QUEUE = 10_000
 MAX_EVENT_FIELD_BYTES = 64 * 1024

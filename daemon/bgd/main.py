@@ -11,7 +11,7 @@ import trio
 
 from bgcore import paths
 
-from . import __version__
+from bgd import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,16 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s bgd[%(process)d] %(levelname)s %(name)s: %(message)s")
-    from .config import ConfigError
-    from .daemon import AlreadyRunning, Daemon
-    from .store import StoreError
-    from . import methods  # noqa: F401  (registers every handler)
+    from bgcore.config import ConfigError
+    from bgd.daemon import AlreadyRunning, Daemon
+    from bgd.store import StoreError
+    from bgd import features
+    features.register_methods()
     socket_path = paths.socket_path(args.socket)
     config_dir = Path(args.config_dir) if args.config_dir else paths.config_dir()
     state_dir = Path(args.state_dir) if args.state_dir else paths.state_dir()
     try:
         daemon = Daemon(socket_path, config_dir, state_dir)
-        _install_features(daemon)
+        features.install(daemon)
         trio.run(daemon.run)
     except AlreadyRunning as exc:
         print(f"bgd: {exc}", file=sys.stderr)
@@ -47,12 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def _install_features(daemon) -> None:
-    """Wire the features that live beside the sessions into the daemon."""
-    from .loop_runner import install as install_loops; install_loops(daemon)
-    from .task_runner import install as install_tasks; install_tasks(daemon)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .fastjson import dumps_text, loads
+from bgd.fastjson import dumps_text, loads
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: sessions, transcripts, events.

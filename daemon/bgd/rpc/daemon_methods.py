@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ..rpc import METHODS, method
+from bgd.rpc.table import METHODS, method
 
 
 @method("daemon.status")

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from bgcore.jsonrpc import BAD_SCHEDULE, INVALID_PARAMS, RpcError
 from bgcore.schedule import ScheduleError, explain as explain_schedule
 
-from .. import clock
-from ..rpc import method
+from bgd import clock
+from bgd.rpc.table import method
 
 
 @method("schedule.explain")

@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 
 from bgcore.jsonrpc import BAD_SCHEDULE, INVALID_PARAMS, NOT_FOUND, RpcError
 
-from ..loop_prompt import LoopPromptError, bare_prompt
-from ..loop_runner import COMMAND_BACKEND_INTERVAL, COMMAND_BACKEND_NOTE
-from ..rpc import method
+from bgd.loops.prompt import LoopPromptError, bare_prompt
+from bgd.loops.runner import COMMAND_BACKEND_INTERVAL, COMMAND_BACKEND_NOTE
+from bgd.rpc.table import method
 
 
 def _runner(daemon):

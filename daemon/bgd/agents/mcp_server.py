@@ -1,6 +1,6 @@
 """The daemon's MCP tools (SPEC §5.4): a stdio MCP server each Claude session gets via --mcp-config.
 
-    python -m bgd.mcp_server --session ID [--socket PATH]
+    python -m bgd.agents.mcp_server --session ID [--socket PATH]
 
 It owns no state and no timers: every tool is one call to a daemon method (`loop.wakeup`,
 `loop.create`, `loop.list`, `loop.stop`, `task.edit`) over the daemon socket with the shared
@@ -44,7 +44,7 @@ def mcp_config_for(daemon, session) -> str:
     pythonpath = os.pathsep.join(roots + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     config = {"mcpServers": {SERVER_NAME: {
         "command": sys.executable,
-        "args": ["-m", "bgd.mcp_server", "--session", session.id],
+        "args": ["-m", "bgd.agents.mcp_server", "--session", session.id],
         "env": {"BGD_SOCKET": str(daemon.socket_path), "PYTHONPATH": pythonpath},
     }}}
     return json.dumps(config)
@@ -160,7 +160,7 @@ def build_server(session_id: str, link: DaemonLink):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bgd.mcp_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bgd.agents.mcp_server", description=__doc__.splitlines()[0])
     parser.add_argument("--session", required=True, help="the session these tools act for")
     parser.add_argument("--socket", help="daemon socket (default: $BGD_SOCKET)")
     args = parser.parse_args(argv)

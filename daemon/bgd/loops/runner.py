@@ -21,11 +21,11 @@ import trio
 from bgcore.jsonrpc import INVALID_STATE, NOT_FOUND, RpcError
 from bgcore.schedule import Schedule
 
-from . import clock
-from .loop_prompt import LoopPromptError, bare_prompt
-from .loops import Loop, LoopBook, Outcome, loop_jitter, new_loop_id, next_scheduled
+from bgd import clock
+from bgd.loops.prompt import LoopPromptError, bare_prompt
+from bgd.loops.book import Loop, LoopBook, Outcome, loop_jitter, new_loop_id, next_scheduled
 
-log = logging.getLogger("bgd.loops")
+log = logging.getLogger("bgd.loops.book")
 
 BUSY = ("working", "needs_input")
 FREE_TO_SLEEP = ("completed", "failed", "sleeping")
@@ -342,7 +342,7 @@ def _duration(seconds: float) -> str:
 
 def install(daemon) -> LoopRunner:
     """Attach loops and the MCP tools to the daemon (called from main._install_features)."""
-    from .mcp_server import mcp_config_for
+    from bgd.agents.mcp_server import mcp_config_for
     runner = LoopRunner(daemon.sessions, daemon.bus, daemon.store, jitter=lambda: daemon.config.loop_jitter)
     runner.install(daemon)
     daemon.loops = runner
@@ -354,7 +354,7 @@ def install(daemon) -> LoopRunner:
 def allow_own_tools(session, request) -> bool:
     """The daemon's own MCP tools only manage the session's own schedule: remember them as allowed
     (the session manager then answers), so a loop never stops in `needs_input` to ask about them."""
-    from .mcp_server import SERVER_NAME
+    from bgd.agents.mcp_server import SERVER_NAME
     if request.tool_name.startswith(f"mcp__{SERVER_NAME}__") and request.tool_name not in session.always_allow:
         session.always_allow.append(request.tool_name)
     return False

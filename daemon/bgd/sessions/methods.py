@@ -4,10 +4,10 @@ from datetime import timedelta
 
 from bgcore.jsonrpc import INVALID_PARAMS, RpcError
 
-from .. import clock
-from ..events import clip
-from ..rpc import method
-from ..sessions import STATES
+from bgd import clock
+from bgd.events import clip
+from bgd.rpc.table import method
+from bgd.sessions.manager import STATES
 
 # `session.list` without `all` hides sessions that ended more than this long ago.
 RECENT = timedelta(hours=24)

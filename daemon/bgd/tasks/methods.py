@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from bgcore.jsonrpc import INVALID_STATE, RpcError
 
-from ..rpc import method
-from ..tasks_file import FIELDS
+from bgd.rpc.table import method
+from bgcore.tasks_file import FIELDS
 
 
 def _tasks(daemon):

@@ -28,12 +28,12 @@ from typing import Any, Callable, ClassVar
 
 import trio
 
-from . import claude_backend as claude
-from . import clock, fastjson
-from .agent_process import AgentProcess, OversizedLine
-from .config import PERMISSION_MODES, Config
-from .events import EventBus, clip
-from .store import Store
+from bgd.agents import claude_lines as claude
+from bgd import clock, fastjson
+from bgd.agents.process import AgentProcess, OversizedLine
+from bgcore.config import PERMISSION_MODES, Config
+from bgd.events import EventBus, clip
+from bgd.store import Store
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
 
 STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")

@@ -29,9 +29,9 @@ import trio
 from bgcore.jsonrpc import (BAD_SCHEDULE, CONFLICT, INVALID_PARAMS, NOT_FOUND, TASKS_FILE_ERROR, RpcError)
 from bgcore.schedule import ScheduleError, jitter_seconds, parse_schedule
 
-from . import clock
-from .scheduler import Fire, Queued, RunGate, Scheduler, Skip, Skipped, Start, Stop
-from .tasks_file import (FIELDS, Task, TaskFileError, add_task_text, edit_task_text, find_section, has_task,
+from bgd import clock
+from bgd.tasks.scheduler import Fire, Queued, RunGate, Scheduler, Skip, Skipped, Start, Stop
+from bgcore.tasks_file import (FIELDS, Task, TaskFileError, add_task_text, edit_task_text, find_section, has_task,
                          load_tasks, remove_task_text, validate_name)
 
 log = logging.getLogger("bgd.tasks")
@@ -200,7 +200,7 @@ class TaskService:
             prompt = self._prompt(task)
             cwd = task.cwd
             if task.worktree:
-                from .worktrees import WorktreeError, add_worktree
+                from bgd.tasks.worktrees import WorktreeError, add_worktree
                 try:
                     cwd = str(await add_worktree(task.cwd, self.state_dir, name, run_id))
                 except WorktreeError as exc:
@@ -588,7 +588,7 @@ class TaskService:
         return self.task_json(task)
 
     async def _check_repository(self, cwd: str) -> None:
-        from .worktrees import check_repository
+        from bgd.tasks.worktrees import check_repository
         problem = await trio.to_thread.run_sync(check_repository, cwd)
         if problem:
             raise RpcError(INVALID_PARAMS, problem)

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bgcore.schedule import Schedule, ScheduleError, parse_schedule
 
-from .config import PERMISSION_MODES
+from bgcore.config import PERMISSION_MODES
 
 __all__ = ["Task", "TaskFileError", "load_tasks", "validate_name", "add_task_text", "edit_task_text",
            "remove_task_text", "FIELDS", "OVERLAPS", "NAME_RE"]

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import AgentConfig
+from bgcore.config import AgentConfig
 
 QUESTION_TOOL = "AskUserQuestion"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from bgcore.jsonrpc import INVALID_PARAMS, RpcError
 
-from ..rpc import method
+from bgd.rpc.table import method
 
 
 @method("events.subscribe")

@@ -22,11 +22,11 @@ from bgcore.jsonrpc import (
     INTERNAL_ERROR, METHOD_NOT_FOUND, NEED_DATA, PERMISSION_DENIED, SHUTTING_DOWN, Batch, FrameReader,
     Notification, RemoteProtocolError, Request, Response, RpcError, encode, error_obj, request_obj)
 
-from . import fastjson
-from .events import event_frame
-from .rpc import METHODS, Method, Params
+from bgd import fastjson
+from bgd.events import event_frame
+from bgd.rpc.table import METHODS, Method, Params
 
-log = logging.getLogger("bgd.server")
+log = logging.getLogger("bgd.rpc.server")
 READ_BYTES = 1 << 16
 # Responses are handed to the kernel whenever this much has been built, not only once
 # a whole read is answered: 64 KiB of pipelined requests make ~400 KiB of responses,

@@ -1,0 +1,2 @@
+"""Agent backends behind one seam (`base`): Claude Code (`claude`), any command (`command`); the child
+process shell (`process`) and the daemon's MCP tools (`mcp_server`)."""

@@ -1,0 +1,1 @@
+"""Sessions: the durable record (`model`), the runner (`manager`) and the session.* handlers."""
