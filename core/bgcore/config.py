@@ -42,6 +42,7 @@ class Config:
     loop_jitter: bool = True
     task_jitter: bool = True
     max_concurrent_runs: int = 4
+    keep_worktrees_days: float = 7.0
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -64,6 +65,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "agents": dict,
     "loops": dict,
     "scheduler": dict,
+    "tasks": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings"}
@@ -141,6 +143,10 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     max_runs = scheduler.get("max_concurrent_runs", 4)
     if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
         raise ConfigError(f"{where('max_concurrent_runs')}: scheduler.max_concurrent_runs must be a positive integer")
+    tasks = raw.get("tasks", {})
+    keep_days = tasks.get("keep_worktrees_days", 7)
+    if not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool) or keep_days < 0:
+        raise ConfigError(f"{where('keep_worktrees_days')}: tasks.keep_worktrees_days must be a number of days, 0 or more")
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -152,6 +158,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         loop_jitter=bool(loops.get("jitter", True)),
         task_jitter=bool(scheduler.get("jitter", True)),
         max_concurrent_runs=max_runs,
+        keep_worktrees_days=float(keep_days),
         agents=agents,
         warnings=tuple(warnings),
     )
