@@ -186,3 +186,18 @@ def test_a_daemon_that_does_not_listen_does_not_import_the_http_stack(tmp_path):
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'starlette', 'hypercorn', 'h11', 'h2'}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_url_path_for_reaches_routes_behind_a_feature_middleware():
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.routing import Mount, NoMatchFound, Route
+    app = build_app([("health", health_routes("t"), []),
+                     ("web", [Route("/s/{id}", _echo, name="session"),
+                              Mount("/static", routes=[Route("/{path:path}", _echo, name="asset")], name="static")],
+                      [Middleware(GZipMiddleware)])], 100)
+    assert app.url_path_for("session", id="k3v9") == "/s/k3v9"
+    assert app.url_path_for("static:asset", path="app.css") == "/static/app.css"
+    assert app.url_path_for("health") == "/v1/health"
+    with pytest.raises(NoMatchFound):
+        app.url_path_for("nothing")
