@@ -1,0 +1,164 @@
+"""The Emacs plugin in batch Emacs: it starts bgls through eglot, its mode-line segment shows a
+session that needs input, and `bgagents-approve` unblocks it.
+
+The Lisp side waits on conditions (the status notifications bgls sends), never for fixed
+times, and writes what it saw to a JSON file that this test then checks against the daemon.
+Emacs is run with -Q, so Debian's elpa-eglot (Emacs 28) is found through the system package
+directories; Emacs 29 and later have eglot built in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = ROOT / "editors" / "emacs"
+EMACS = shutil.which("emacs")
+
+pytestmark = pytest.mark.skipif(
+    EMACS is None, reason="emacs is not installed (apt-get install emacs-nox elpa-eglot)")
+
+WAIT_S = 90  # per condition; the machine may be loaded, nothing here asserts on time
+
+SCRIPT = r""";;; -*- lexical-binding: t; -*-
+(require 'json)
+(defvar bgt-results nil)
+
+(defun bgt-put (key value)
+  (push (cons key value) bgt-results))
+
+(defun bgt-finish (&optional err skip)
+  (when err (bgt-put 'error err))
+  (when skip (bgt-put 'skip skip))
+  (with-temp-file %(out)s (insert (json-encode bgt-results)))
+  (kill-emacs (if err 1 0)))
+
+;; -Q leaves out site-lisp, where Debian puts elpa-* packages: activate those from the
+;; system package directories (next to this Emacs's own data directory).
+(unless (locate-library "eglot")
+  (require 'package)
+  (let ((dirs nil))
+    (dolist (base (list (expand-file-name "../site-lisp/elpa" data-directory)
+                        (expand-file-name "../../site-lisp/elpa" data-directory)))
+      (when (file-directory-p base) (push base dirs)))
+    (setq package-directory-list (nreverse dirs)
+          package-user-dir (expand-file-name "elpa" user-emacs-directory))
+    (package-initialize)))
+(cond ((version< emacs-version "28.1")
+       (bgt-finish nil (format "Emacs %%s is older than 28.1" emacs-version)))
+      ((not (locate-library "eglot"))
+       (bgt-finish nil (format "Emacs %%s has no eglot (apt-get install elpa-eglot)" emacs-version))))
+
+(defun bgt-wait (what pred)
+  "Wait until PRED holds, reading bgls's output meanwhile; fail after the deadline."
+  (let ((deadline (+ (float-time) %(wait)s)))
+    (while (not (funcall pred))
+      (when (> (float-time) deadline)
+        (error "timed out waiting for %%s; mode line: %%S" what (bgagents-mode-line)))
+      (accept-process-output nil 0.1))))
+
+(defun bgt-mode-line-text (construct)
+  "The text CONSTRUCT puts in a mode line: strings, variables, :eval and lists of them.
+\(`format-mode-line' gives nothing in batch Emacs.)"
+  (cond ((stringp construct) construct)
+        ((and construct (symbolp construct) (boundp construct))
+         (bgt-mode-line-text (symbol-value construct)))
+        ((and (consp construct) (eq (car construct) :eval))
+         (bgt-mode-line-text (eval (cadr construct) t)))
+        ((consp construct) (mapconcat #'bgt-mode-line-text construct ""))
+        (t "")))
+
+(defvar bgt-prompt nil "The last window/showMessageRequest from bgls.")
+
+(condition-case err
+    (progn
+      (add-to-list 'load-path %(plugin)s)
+      (require 'bgagents)
+      (setq bgagents-bgls-command %(cmd)s
+            eglot-connect-timeout %(wait)s
+            jsonrpc-default-request-timeout %(wait)s)
+      ;; A person who leaves eglot's prompt unanswered (dismissed) and approves with the
+      ;; command instead; the prompt is kept to be checked.
+      (cl-defmethod eglot-handle-request :around
+        (_server (_method (eql window/showMessageRequest)) &key message actions &allow-other-keys)
+        (setq bgt-prompt (list (cons 'message message)
+                               (cons 'actions (mapcar (lambda (a) (plist-get a :title))
+                                                      (append actions nil)))))
+        nil)  ; null: dismissed
+      (bgagents-setup)
+      (bgagents-start)
+      (bgt-wait "bgls to connect" (lambda () (eq (plist-get bgagents--status :connected) t)))
+      (bgt-put 'idle (bgagents-mode-line))
+
+      (bgagents-dispatch "tool Bash {\"command\":\"ls\"}")
+      (bgt-wait "a session needing input"
+                (lambda () (string-match-p "1 needs input" (bgagents-mode-line))))
+      (bgt-put 'waiting (bgagents-mode-line))
+      (bgt-put 'mode_line (bgt-mode-line-text global-mode-string))
+      (bgt-wait "the prompt" (lambda () bgt-prompt))
+      (bgt-put 'prompt bgt-prompt)
+      (let ((session (car (bgagents--sessions "needs_input"))))
+        (bgt-put 'session (plist-get session :id))
+        (bgt-put 'request_id (bgagents--request-id session))
+        (call-interactively #'bgagents-approve)
+        (bgt-wait "the session to leave needs_input"
+                  (lambda ()
+                    (cl-some (lambda (s) (and (equal (plist-get s :id) (plist-get session :id))
+                                              (not (equal (plist-get s :state) "needs_input"))))
+                             (bgagents--sessions)))))
+      (bgt-put 'after (bgagents-mode-line))
+      (let ((server (bgagents--server)))
+        (when server (ignore-errors (eglot-shutdown server))))
+      (bgt-finish))
+  (error (bgt-finish (error-message-string err))))
+"""
+
+
+def el(value) -> str:
+    """An Emacs Lisp literal for a string or a list of strings."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # the same escapes as a Lisp string here
+    return "(list " + " ".join(el(v) for v in value) + ")"
+
+
+def test_emacs_mode_line_and_approve(running_bgd, tmp_path):
+    bgd = running_bgd
+    out = tmp_path / "out.json"
+    script = tmp_path / "test-bgagents.el"
+    script.write_text(SCRIPT % {
+        "out": el(str(out)), "plugin": el(str(PLUGIN)), "wait": WAIT_S,
+        "cmd": el([sys.executable, "-m", "bgls", "--socket", str(bgd.socket)]),
+    })
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(bgd.env, HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg-config"),
+               XDG_STATE_HOME=str(tmp_path / "xdg-state"), XDG_CACHE_HOME=str(tmp_path / "xdg-cache"),
+               XDG_DATA_HOME=str(tmp_path / "xdg-data"))
+    proc = subprocess.run([EMACS, "--batch", "-Q", "-l", str(script)], cwd=str(bgd.work), env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=6 * WAIT_S)
+    assert out.exists(), f"emacs wrote nothing (exit {proc.returncode}): {proc.stderr[-3000:]}"
+    results = json.loads(out.read_text())
+    if results.get("skip"):
+        pytest.skip(results["skip"])
+    assert results.get("error") is None, f"{results['error']}\n{proc.stderr[-3000:]}"
+
+    assert results["idle"] == "bg: idle"
+    assert results["waiting"] == "bg: 1 needs input"
+    assert "bg: 1 needs input" in results["mode_line"]  # as global-mode-string shows it
+    assert "wants to use Bash: ls" in results["prompt"]["message"]
+    assert results["prompt"]["actions"] == ["Approve", "Deny", "Open"]
+    assert results["request_id"]
+
+    session = bgd.rpc("session.get", {"id": results["session"]})
+    assert session["state"] != "needs_input"
+    session = bgd.wait_state(session["id"], "completed", timeout=WAIT_S)
+    assert session["cwd"] == str(bgd.work)
+    transcript = json.dumps(bgd.rpc("session.transcript", {"id": session["id"]})["entries"])
+    assert "allowed Bash" in transcript
