@@ -2,9 +2,9 @@
 session that needs input, and `bgagents-approve` unblocks it.
 
 The Lisp side waits on conditions (the status notifications bgls sends), never for fixed
-times, and writes what it saw to a JSON file that this test then checks against the daemon.
-Emacs is run with -Q, so Debian's elpa-eglot (Emacs 28) is found through the system package
-directories; Emacs 29 and later have eglot built in.
+times, and writes what it saw to a JSON file that the test then checks, also against the
+daemon.  Emacs runs with -Q, so Debian's elpa-eglot (Emacs 28) is activated from the system
+package directories; Emacs 29 and later have eglot built in.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import config_text
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "editors" / "emacs"
 EMACS = shutil.which("emacs")
@@ -27,7 +29,8 @@ pytestmark = pytest.mark.skipif(
 
 WAIT_S = 90  # per condition; the machine may be loaded, nothing here asserts on time
 
-SCRIPT = r""";;; -*- lexical-binding: t; -*-
+# Shared by the scripts: results to a JSON file, eglot found (or a skip), waiting on conditions.
+PRELUDE = r""";;; -*- lexical-binding: t; -*-
 (require 'json)
 (defvar bgt-results nil)
 
@@ -37,7 +40,7 @@ SCRIPT = r""";;; -*- lexical-binding: t; -*-
 (defun bgt-finish (&optional err skip)
   (when err (bgt-put 'error err))
   (when skip (bgt-put 'skip skip))
-  (with-temp-file %(out)s (insert (json-encode bgt-results)))
+  (with-temp-file @OUT@ (insert (json-encode bgt-results)))
   (kill-emacs (if err 1 0)))
 
 ;; -Q leaves out site-lisp, where Debian puts elpa-* packages: activate those from the
@@ -52,18 +55,25 @@ SCRIPT = r""";;; -*- lexical-binding: t; -*-
           package-user-dir (expand-file-name "elpa" user-emacs-directory))
     (package-initialize)))
 (cond ((version< emacs-version "28.1")
-       (bgt-finish nil (format "Emacs %%s is older than 28.1" emacs-version)))
+       (bgt-finish nil (format "Emacs %s is older than 28.1" emacs-version)))
       ((not (locate-library "eglot"))
-       (bgt-finish nil (format "Emacs %%s has no eglot (apt-get install elpa-eglot)" emacs-version))))
+       (bgt-finish nil (format "Emacs %s has no eglot (apt-get install elpa-eglot)" emacs-version))))
+
+(add-to-list 'load-path @PLUGIN@)
+(require 'bgagents)
+(setq eglot-connect-timeout @WAIT@
+      jsonrpc-default-request-timeout @WAIT@)
 
 (defun bgt-wait (what pred)
-  "Wait until PRED holds, reading bgls's output meanwhile; fail after the deadline."
-  (let ((deadline (+ (float-time) %(wait)s)))
+  "Wait until PRED holds, reading process output meanwhile; fail after the deadline."
+  (let ((deadline (+ (float-time) @WAIT@)))
     (while (not (funcall pred))
       (when (> (float-time) deadline)
-        (error "timed out waiting for %%s; mode line: %%S" what (bgagents-mode-line)))
+        (error "timed out waiting for %s; mode line: %S" what (bgagents-mode-line)))
       (accept-process-output nil 0.1))))
+"""
 
+APPROVE = r"""
 (defun bgt-mode-line-text (construct)
   "The text CONSTRUCT puts in a mode line: strings, variables, :eval and lists of them.
 \(`format-mode-line' gives nothing in batch Emacs.)"
@@ -79,11 +89,7 @@ SCRIPT = r""";;; -*- lexical-binding: t; -*-
 
 (condition-case err
     (progn
-      (add-to-list 'load-path %(plugin)s)
-      (require 'bgagents)
-      (setq bgagents-bgls-command %(cmd)s
-            eglot-connect-timeout %(wait)s
-            jsonrpc-default-request-timeout %(wait)s)
+      (setq bgagents-bgls-command @CMD@)
       ;; A person who leaves eglot's prompt unanswered (dismissed) and approves with the
       ;; command instead; the prompt is kept to be checked.
       (cl-defmethod eglot-handle-request :around
@@ -126,6 +132,45 @@ SCRIPT = r""";;; -*- lexical-binding: t; -*-
   (error (bgt-finish (error-message-string err))))
 """
 
+# A peer that writes a notification in the same write as each answer, as bgls may.
+PEER = r"""
+import json, os, sys
+def frame(msg):
+    body = json.dumps(msg).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+while True:
+    length = None
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            sys.exit(0)
+        if not line.strip():
+            break
+        name, _, value = line.decode().partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    msg = json.loads(sys.stdin.buffer.read(length))
+    if "id" in msg:
+        os.write(1, frame({"jsonrpc": "2.0", "id": msg["id"], "result": {"answered": msg["method"]}})
+                 + frame({"jsonrpc": "2.0", "method": "bgagents/status", "params": {"text": "with the answer"}}))
+"""
+
+REQUEST = r"""
+(condition-case err
+    (let* ((seen nil)
+           (conn (make-instance
+                  'jsonrpc-process-connection :name "peer"
+                  :process (make-process :name "peer" :command @CMD@ :connection-type 'pipe
+                                         :coding 'utf-8-emacs-unix :noquery t)
+                  :notification-dispatcher (lambda (_conn method params) (push (list method params) seen))
+                  :request-dispatcher #'ignore)))
+      (bgt-put 'result (bgagents--request conn :ping nil))
+      (bgt-put 'seen_on_return (length seen))
+      (jsonrpc-shutdown conn)
+      (bgt-finish))
+  (error (bgt-finish (error-message-string err))))
+"""
+
 
 def el(value) -> str:
     """An Emacs Lisp literal for a string or a list of strings."""
@@ -134,28 +179,40 @@ def el(value) -> str:
     return "(list " + " ".join(el(v) for v in value) + ")"
 
 
-def test_emacs_mode_line_and_approve(running_bgd, tmp_path):
-    bgd = running_bgd
+def run_emacs(tmp_path: Path, body: str, cmd: list[str], env: dict, cwd: Path) -> dict:
+    """Run PRELUDE + body in batch Emacs; return what it wrote (skipping where it has no eglot)."""
     out = tmp_path / "out.json"
     script = tmp_path / "test-bgagents.el"
-    script.write_text(SCRIPT % {
-        "out": el(str(out)), "plugin": el(str(PLUGIN)), "wait": WAIT_S,
-        "cmd": el([sys.executable, "-m", "bgls", "--socket", str(bgd.socket)]),
-    })
+    text = PRELUDE + body
+    for key, value in (("@OUT@", el(str(out))), ("@PLUGIN@", el(str(PLUGIN))), ("@WAIT@", str(WAIT_S)),
+                       ("@CMD@", el(cmd))):
+        text = text.replace(key, value)
+    script.write_text(text)
     home = tmp_path / "home"
-    home.mkdir()
-    # A user without a bgagents config dir yet: the plugin makes it to visit tasks.toml there.
-    env = dict(bgd.env, HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg-config"),
+    home.mkdir(exist_ok=True)
+    env = dict(env, HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg-config"),
                XDG_STATE_HOME=str(tmp_path / "xdg-state"), XDG_CACHE_HOME=str(tmp_path / "xdg-cache"),
                XDG_DATA_HOME=str(tmp_path / "xdg-data"))
-    del env["BGD_CONFIG_DIR"]
-    proc = subprocess.run([EMACS, "--batch", "-Q", "-l", str(script)], cwd=str(bgd.work), env=env,
+    proc = subprocess.run([EMACS, "--batch", "-Q", "-l", str(script)], cwd=str(cwd), env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=6 * WAIT_S)
     assert out.exists(), f"emacs wrote nothing (exit {proc.returncode}): {proc.stderr[-3000:]}"
     results = json.loads(out.read_text())
     if results.get("skip"):
         pytest.skip(results["skip"])
     assert results.get("error") is None, f"{results['error']}\n{proc.stderr[-3000:]}"
+    return results
+
+
+def test_emacs_mode_line_and_approve(bgd, tmp_path):
+    # Agents stay up after their turn for the whole test, so bgls has nothing to write
+    # after a session's last change: a status that Emacs held back would never show.
+    (bgd.config_dir / "config.toml").write_text(
+        config_text().replace("idle_timeout_s = 30", "idle_timeout_s = 3600"))
+    bgd.start()
+    # A user without a bgagents config dir yet: the plugin makes it to visit tasks.toml there.
+    env = {k: v for k, v in bgd.env.items() if k != "BGD_CONFIG_DIR"}
+    results = run_emacs(tmp_path, APPROVE, [sys.executable, "-m", "bgls", "--socket", str(bgd.socket)],
+                        env, bgd.work)
 
     assert results["connecting"] is True
     assert results["listed"] == ""  # no sessions yet
@@ -171,8 +228,14 @@ def test_emacs_mode_line_and_approve(running_bgd, tmp_path):
     assert results["shut_down"] == ""  # no stale status once bgls is gone
 
     session = bgd.rpc("session.get", {"id": results["session"]})
-    assert session["state"] != "needs_input"
-    session = bgd.wait_state(session["id"], "completed", timeout=WAIT_S)
-    assert session["cwd"] == str(bgd.work)
+    assert session["state"] == "completed" and session["cwd"] == str(bgd.work)
     transcript = json.dumps(bgd.rpc("session.transcript", {"id": session["id"]})["entries"])
     assert "allowed Bash" in transcript
+
+
+def test_emacs_request_handles_what_came_with_the_answer(tmp_path):
+    """A notification in the same read as a command's answer is handled by the time the
+    command returns (jsonrpc-request in Emacs 28 left it unread until the server wrote again)."""
+    results = run_emacs(tmp_path, REQUEST, [sys.executable, "-c", PEER], dict(os.environ), tmp_path)
+    assert results["result"] == {"answered": "ping"}
+    assert results["seen_on_return"] == 1
