@@ -132,6 +132,22 @@ APPROVE = r"""
   (error (bgt-finish (error-message-string err))))
 """
 
+PROMPT = r"""
+(condition-case err
+    (progn
+      (setq bgagents-bgls-command @CMD@)
+      (bgagents-setup)
+      (bgagents-start)
+      (bgt-wait "bgls to connect" (lambda () (eq (plist-get bgagents--status :connected) t)))
+      (bgagents-dispatch "tool Bash {\"command\":\"ls\"}")
+      ;; eglot asks in the minibuffer, which batch Emacs reads from stdin.
+      (bgt-wait "the session to complete" (lambda () (bgagents--sessions "completed")))
+      (bgt-put 'session (plist-get (car (bgagents--sessions "completed")) :id))
+      (eglot-shutdown (bgagents--server))
+      (bgt-finish))
+  (error (bgt-finish (error-message-string err))))
+"""
+
 # A peer that writes a notification in the same write as each answer, as bgls may.
 PEER = r"""
 import json, os, sys
@@ -179,7 +195,7 @@ def el(value) -> str:
     return "(list " + " ".join(el(v) for v in value) + ")"
 
 
-def run_emacs(tmp_path: Path, body: str, cmd: list[str], env: dict, cwd: Path) -> dict:
+def run_emacs(tmp_path: Path, body: str, cmd: list[str], env: dict, cwd: Path, stdin: str = "") -> dict:
     """Run PRELUDE + body in batch Emacs; return what it wrote (skipping where it has no eglot)."""
     out = tmp_path / "out.json"
     script = tmp_path / "test-bgagents.el"
@@ -194,7 +210,7 @@ def run_emacs(tmp_path: Path, body: str, cmd: list[str], env: dict, cwd: Path) -
                XDG_STATE_HOME=str(tmp_path / "xdg-state"), XDG_CACHE_HOME=str(tmp_path / "xdg-cache"),
                XDG_DATA_HOME=str(tmp_path / "xdg-data"))
     proc = subprocess.run([EMACS, "--batch", "-Q", "-l", str(script)], cwd=str(cwd), env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=6 * WAIT_S)
+                          input=stdin, capture_output=True, text=True, timeout=6 * WAIT_S)
     assert out.exists(), f"emacs wrote nothing (exit {proc.returncode}): {proc.stderr[-3000:]}"
     results = json.loads(out.read_text())
     if results.get("skip"):
@@ -229,6 +245,17 @@ def test_emacs_mode_line_and_approve(bgd, tmp_path):
 
     session = bgd.rpc("session.get", {"id": results["session"]})
     assert session["state"] == "completed" and session["cwd"] == str(bgd.work)
+    transcript = json.dumps(bgd.rpc("session.transcript", {"id": session["id"]})["entries"])
+    assert "allowed Bash" in transcript
+
+
+def test_emacs_approve_in_eglots_prompt(running_bgd, tmp_path):
+    """The prompt eglot shows for bgls's window/showMessageRequest approves the session."""
+    bgd = running_bgd
+    results = run_emacs(tmp_path, PROMPT, [sys.executable, "-m", "bgls", "--socket", str(bgd.socket)],
+                        bgd.env, bgd.work, stdin="Approve\n")
+    session = bgd.rpc("session.get", {"id": results["session"]})
+    assert session["state"] == "completed"
     transcript = json.dumps(bgd.rpc("session.transcript", {"id": session["id"]})["entries"])
     assert "allowed Bash" in transcript
 
