@@ -167,8 +167,9 @@ while True:
             length = int(value)
     msg = json.loads(sys.stdin.buffer.read(length))
     if "id" in msg:
-        os.write(1, frame({"jsonrpc": "2.0", "id": msg["id"], "result": {"answered": msg["method"]}})
-                 + frame({"jsonrpc": "2.0", "method": "bgagents/status", "params": {"text": "with the answer"}}))
+        answer = frame({"jsonrpc": "2.0", "id": msg["id"], "result": {"answered": msg["method"]}})
+        note = frame({"jsonrpc": "2.0", "method": "bgagents/status", "params": {"text": "with the answer"}})
+        os.write(1, answer + note)
 """
 
 REQUEST = r"""

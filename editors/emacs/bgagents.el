@@ -176,14 +176,14 @@ came with the answer until bgls next wrote."
         (timeout jsonrpc-default-request-timeout))
     (jsonrpc-async-request server method params
                            :success-fn (lambda (result) (setq answer (list 'result result)))
-                           :error-fn (lambda (error) (setq answer (list 'error error)))
+                           :error-fn (lambda (failure) (setq answer (list 'error failure)))
                            :timeout-fn (lambda () (setq answer (list 'timeout)))
                            :timeout timeout)
     (while (and (null answer) (jsonrpc-running-p server))
       (accept-process-output nil 0.1))
     (pcase answer
       (`(result ,result) result)
-      (`(error ,error) (user-error "bgagents: %s" (or (plist-get error :message) error)))
+      (`(error ,failure) (user-error "bgagents: %s" (or (plist-get failure :message) failure)))
       (`(timeout) (user-error "bgagents: bgls did not answer %s within %s s" method timeout))
       (_ (user-error "bgagents: bgls exited; see the buffer %s"
                      (buffer-name (jsonrpc-stderr-buffer server)))))))
