@@ -223,8 +223,9 @@ def run_emacs(tmp_path: Path, body: str, cmd: list[str], env: dict, cwd: Path, s
 def test_emacs_mode_line_and_approve(bgd, tmp_path):
     # Agents stay up after their turn for the whole test, so bgls has nothing to write
     # after a session's last change: a status that Emacs held back would never show.
-    (bgd.config_dir / "config.toml").write_text(
-        config_text().replace("idle_timeout_s = 30", "idle_timeout_s = 3600"))
+    config = config_text()
+    assert "idle_timeout_s = 30\n" in config
+    (bgd.config_dir / "config.toml").write_text(config.replace("idle_timeout_s = 30\n", "idle_timeout_s = 3600\n"))
     bgd.start()
     # A user without a bgagents config dir yet: the plugin makes it to visit tasks.toml there.
     env = {k: v for k, v in bgd.env.items() if k != "BGD_CONFIG_DIR"}
