@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any
 
 STATE_MARKS = {"working": "●", "needs_input": "?", "sleeping": "◌", "completed": "✓", "failed": "✗", "stopped": "■"}
 
@@ -12,6 +10,8 @@ STATE_MARKS = {"working": "●", "needs_input": "?", "sleeping": "◌", "complet
 def age(iso: str | None, now: datetime | None = None) -> str:
     if not iso:
         return "-"
+    from datetime import datetime, timezone  # here: `bgctl ls --json` needs no datetime
+
     then = datetime.fromisoformat(iso)
     seconds = max(0, int(((now or datetime.now(timezone.utc)) - then).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -154,5 +154,5 @@ def _short_dir(path: str) -> str:
     return path if len(path) <= 30 else "…" + path[-29:]
 
 
-def dumps(value: Any) -> str:
+def dumps(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
