@@ -8,10 +8,11 @@ A new command is a module here plus its words in the table.
 from __future__ import annotations
 
 # In the order `bgctl --help` lists them.
-MODULES = ("daemon", "sessions", "raw", "loops", "tasks", "schedule", "agents")
+MODULES = ("daemon", "doctor", "sessions", "raw", "loops", "tasks", "schedule", "agents")
 
 COMMANDS = {
     "daemon": "daemon",
+    "doctor": "doctor",
     **dict.fromkeys(("dispatch", "ls", "show", "logs", "reply", "approve", "deny", "stop", "rm", "pin", "unpin",
                      "rename", "resume"), "sessions"),
     "events": "raw",
