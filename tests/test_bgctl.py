@@ -39,7 +39,8 @@ def test_ls_json_imports_only_what_it_needs(running_bgd):
     assert rc == "0", out.stderr
     loaded = set(json.loads(loaded))
     for slow in ("argparse", "pathlib", "typing", "datetime", "tempfile", "shutil", "urllib", "gettext", "locale",
-                 "bgctl.render", "bgctl.full_parser", "bgcore.aio_link", "bgcore.schedule", "bgctl.commands.tasks"):
+                 "bgctl.render", "bgctl.full_parser", "bgcore.aio_link", "bgcore.schedule", "bgctl.commands.tasks",
+                 "bgctl.health", "bgctl.commands.doctor", "bgcore.config"):
         assert slow not in loaded, f"{slow} is on the hot path: {sorted(loaded)}"
     assert "bgctl.commands.sessions" in loaded and "socket" in loaded
 
