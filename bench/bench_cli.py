@@ -111,7 +111,7 @@ def _time(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def run(rounds: int = 30) -> dict:
+def run(rounds: int = 50) -> dict:
     t0 = time.perf_counter()
     venv, reused = clean_venv()
     build_s = time.perf_counter() - t0
@@ -174,5 +174,5 @@ def run(rounds: int = 30) -> dict:
 
 
 if __name__ == "__main__":
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     run(rounds)
