@@ -65,6 +65,7 @@ def clean_venv() -> tuple[Path, bool]:
             marker = old / ".installed"
             if old != venv and old.is_dir() and marker.exists() and time.time() - marker.stat().st_mtime > 86400:
                 shutil.rmtree(old, ignore_errors=True)  # an older tree's, unused for a day
+                old.with_name(old.name + ".lock").unlink(missing_ok=True)
         if done.exists():
             done.touch()
             return venv, True
