@@ -1,4 +1,6 @@
-"""The clients' import graph, read from the source (no module is imported): no cycles, nothing of bgd.
+"""The clients' import graph, read from the source (no module is imported): no cycles.
+
+(That they import nothing of bgd is tests/test_client_imports.py.)
 
 Every `import` counts, at module level or inside a function (a lazy import that leads back is still a
 cycle in the design), except those under `if TYPE_CHECKING:`.  Importing `a.b.c` imports packages `a`
@@ -127,12 +129,3 @@ def test_command_modules_do_not_import_bgctl_main():
                        if name.startswith("bgctl.commands") and "bgctl.main" in edges)
     assert offenders == [], offenders
 
-
-def test_clients_import_nothing_of_the_daemon():
-    offenders = []
-    for name, path in _modules().items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            offenders += [f"{name} imports {n}" for n in names if n == "bgd" or n.startswith("bgd.")]
-    assert offenders == [], offenders
