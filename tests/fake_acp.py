@@ -40,7 +40,8 @@ Directives:
 
 Environment:
   FAKE_ACP_LOG           append one JSON line per message received:
-                         {"pid", "method", "params"}
+                         {"pid", "method", "params"}; the client's answers to
+                         the fake's requests as method "(response)"
   FAKE_ACP_STATE_DIR     keep each session's history there, so session/load
                          works in a later process (it replays the history as
                          session/update notifications, as the protocol says)
@@ -150,6 +151,7 @@ class History:
         item = {"role": role, "text": text}
         self.items.append(item)
         if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(item) + "\n")
 
@@ -399,13 +401,18 @@ class FakeAgent(Agent):
             await self.say(session_id, f"mcp error: {exc}")
             return
         text = " ".join(getattr(c, "text", "") for c in result.content)
-        await self.say(session_id, ("mcp error: " if result.isError else "mcp: ") + text)
+        failed = getattr(result, "is_error", getattr(result, "isError", False))
+        await self.say(session_id, ("mcp error: " if failed else "mcp: ") + text)
 
 
 def _log_incoming(event) -> None:
     message = event.message
-    if event.direction.value == "incoming" and "method" in message:
+    if event.direction.value != "incoming":
+        return
+    if "method" in message:
         log(message["method"], message.get("params"))
+    else:  # the client's answer to one of our requests
+        log("(response)", message.get("result", {"error": message.get("error")}))
 
 
 async def main() -> None:

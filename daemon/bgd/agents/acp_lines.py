@@ -178,12 +178,19 @@ class Updates:
     title and status (an update that omits them carries the last known ones);
     plans become `plan` entries; anything else is kept as an `acp` entry.
     `usage_update` reports cost, which is not a transcript entry.
+
+    While a message streams, its beginning is reported (`Said`) as it grows, up
+    to HEAD_CHARS, so the session's last message is live before the entry is
+    written; the whole message is reported once more when it ends.
     """
+
+    HEAD_CHARS = 400
 
     def __init__(self) -> None:
         self._kind: str | None = None
         self._message_id: str | None = None
         self._parts: list[str] = []
+        self._size = 0
         self._tools: dict[str, dict] = {}
 
     def feed(self, params: Any) -> list[Output]:
@@ -197,7 +204,11 @@ class Updates:
             if self._parts and (_CHUNKS[kind] != self._kind or message_id != self._message_id):
                 out = self.flush()
             self._kind, self._message_id = _CHUNKS[kind], message_id
-            self._parts.append(content_text(update.get("content")))
+            text = content_text(update.get("content"))
+            self._parts.append(text)
+            if self._kind == "assistant" and self._size < self.HEAD_CHARS and text.strip():
+                out.append(Said("".join(self._parts)))
+            self._size += len(text)
             return out
         out = self.flush()
         if kind in _TOOL_UPDATES:
@@ -218,7 +229,7 @@ class Updates:
             return []
         text = "".join(self._parts)
         kind, message_id = self._kind, self._message_id
-        self._parts, self._kind, self._message_id = [], None, None
+        self._parts, self._kind, self._message_id, self._size = [], None, None, 0
         data: dict[str, Any] = {"text": text}
         if message_id:
             data["message_id"] = message_id
@@ -356,17 +367,6 @@ def turn_end(result: Any) -> TurnEnd:
         return TurnEnd("stopped", usage=tokens)
     error = STOP_ERRORS.get(reason) if isinstance(reason, str) else None
     return TurnEnd("failed", error or f"the turn ended with stopReason {reason!r}", tokens)
-
-
-def add_usage(total: dict | None, turn: dict | None) -> dict | None:
-    """Token counts summed over turns (the agent reports each turn's)."""
-    if not turn:
-        return total
-    out = dict(total or {})
-    for key, value in turn.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[key] = out.get(key, 0) + value
-    return out
 
 
 # -- helpers --------------------------------------------------------------------------------

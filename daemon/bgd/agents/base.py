@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 BACKENDS = {
     "claude": "bgd.agents.claude",
     "command": "bgd.agents.command",
+    "acp": "bgd.agents.acp",
 }
 
 
@@ -54,6 +55,9 @@ class RunControl(Protocol):
     def stderr_tail(self) -> str: ...                         # the last line the agent wrote on stderr
     def send(self, obj: dict) -> None: ...                    # one JSON line to stdin, in the background
     async def write(self, obj: dict) -> bool: ...             # one JSON line to stdin; False if it is closed
+    def start_soon(self, fn, *args: Any) -> None: ...         # background work of the driver (a handshake)
+    def set_agent_session(self, agent_session_id: str) -> None: ...  # the agent's own id for the conversation
+    def add_usage(self, tokens: dict | None) -> None: ...     # a turn's token counts, summed on the session
 
 
 class Driver:

@@ -265,7 +265,7 @@ class SessionManager:
 
     def _on_exit(self, session: Session, run: Run, code: int) -> None:
         current = self._current(session, run)
-        if session.cost_usd > session.cost_base:
+        if session.cost_usd is not None and session.cost_usd > session.cost_base:
             session.cost_base = session.cost_usd
         if self.sessions.get(session.id) is session:
             session.pid = None
