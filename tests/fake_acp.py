@@ -72,8 +72,9 @@ from acp import (PROTOCOL_VERSION, Agent, InitializeResponse, LoadSessionRespons
                  update_user_message)
 from acp.interfaces import Client
 from acp.schema import (AgentCapabilities, AuthenticateResponse, AuthMethodAgent, Cost, Implementation,
-                        PermissionOption, ResumeSessionResponse, SessionCapabilities,
-                        SessionResumeCapabilities, ToolCallUpdate, Usage, UsageUpdate)
+                        PermissionOption, ResumeSessionResponse, SessionCapabilities, SessionMode,
+                        SessionModeState, SessionResumeCapabilities, SetSessionModeResponse, ToolCallUpdate,
+                        Usage, UsageUpdate)
 
 VERSION = "0.3.0"
 OPTIONS = [
@@ -82,6 +83,12 @@ OPTIONS = [
     PermissionOption(option_id="reject", name="Reject", kind="reject_once"),
     PermissionOption(option_id="never", name="Always reject", kind="reject_always"),
 ]
+
+
+# The modes claude-code-acp offers (Claude Code's permission modes), minus one, so a missing one shows.
+MODES = SessionModeState(current_mode_id="default", available_modes=[
+    SessionMode(id="default", name="Default"), SessionMode(id="acceptEdits", name="Accept edits"),
+    SessionMode(id="plan", name="Plan")])
 
 
 def split_directives(text: str) -> list[str]:
@@ -200,7 +207,12 @@ class FakeAgent(Agent):
             raise RequestError.invalid_params({"cwd": "must be absolute"})
         session_id = "fake-" + uuid.uuid4().hex[:12]
         self._open(session_id, History(session_id), mcp_servers)
-        return NewSessionResponse(session_id=session_id)
+        return NewSessionResponse(session_id=session_id, modes=MODES)
+
+    async def set_session_mode(self, mode_id: str, session_id: str, **kwargs: Any) -> SetSessionModeResponse:
+        if mode_id not in [m.id for m in MODES.available_modes]:
+            raise RequestError.invalid_params({"modeId": f"no mode {mode_id}"})
+        return SetSessionModeResponse()
 
     async def load_session(self, cwd: str, session_id: str, mcp_servers=None, **kwargs: Any):
         if os.environ.get("FAKE_ACP_NO_LOAD"):

@@ -430,3 +430,32 @@ def test_a_desktop_task_runs_with_an_acp_agent(acp_bgd):
     run = bgd.rpc("task.run", {"name": "acp-nightly"})
     s = settle(bgd, run["session_id"])
     assert s["state"] == "completed" and s["last_message"] == "task done" and s["origin"] == "task:acp-nightly"
+
+
+def test_the_permission_mode_is_the_agents_session_mode_of_that_name(acp_bgd):
+    bgd = acp_bgd
+    s = settle(bgd, dispatch(bgd, "say planned", permission_mode="plan")["id"])
+    assert s["state"] == "completed"
+    assert [m["params"] for m in received(bgd) if m["method"] == "session/set_mode"] == [
+        {"sessionId": s["agent_session_id"], "modeId": "plan"}]
+    s = settle(bgd, dispatch(bgd, "say bypassed", permission_mode="bypassPermissions")["id"])
+    assert s["state"] == "completed"
+    note = next(e["data"]["detail"] for e in bgd.ctl_json("logs", s["id"])
+                if e["kind"] == "daemon" and e["data"].get("event") == "permission mode")
+    assert note.startswith("the agent has no mode 'bypassPermissions' (it offers default, acceptEdits, plan)")
+
+
+def test_the_daemon_answers_a_tool_allowed_always_when_a_new_process_asks_again(acp_bgd):
+    bgd = acp_bgd
+    s = dispatch(bgd, 'tool Bash {"command": "ls"}')
+    assert settle(bgd, s["id"])["state"] == "needs_input"
+    assert bgd.ctl("approve", s["id"], "--always").returncode == 0
+    assert settle(bgd, s["id"])["state"] == "completed"
+    bgd.ctl("stop", s["id"])                       # the agent process, and what it remembered, are gone
+    bgd.wait_session(s["id"], lambda x: x["pid"] is None)
+    assert bgd.ctl("resume", s["id"], 'tool Bash {"command": "pwd"}').returncode == 0
+    s = bgd.wait_session(s["id"], lambda x: x["state"] != "working" and x["turns"] >= 2)
+    assert s["state"] == "completed" and s["last_message"] == "allowed Bash"
+    assert answers(bgd)[-1] == {"outcome": {"outcome": "selected", "optionId": "allow"}}
+    controls = [e["data"] for e in bgd.ctl_json("logs", s["id"]) if e["kind"] == "control"]
+    assert controls[-1]["rule"] == "always"

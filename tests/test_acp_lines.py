@@ -55,6 +55,23 @@ def test_prompt_cancel_load_resume_authenticate_validate():
     assert schema.AuthenticateRequest.model_validate(acp.authenticate_params("api-key")).method_id == "api-key"
 
 
+@pytest.mark.parametrize("mode, modes, want", [
+    ("default", None, (None, None)),
+    ("plan", {"currentModeId": "default", "availableModes": [{"id": "default"}, {"id": "plan"}]}, ("plan", None)),
+    ("plan", {"currentModeId": "plan", "availableModes": [{"id": "plan"}]}, (None, None)),
+])
+def test_the_permission_mode_becomes_the_agents_mode_of_that_name(mode, modes, want):
+    assert acp.mode_to_set({"sessionId": "s", "modes": modes} if modes else {"sessionId": "s"}, mode) == want
+    schema.SetSessionModeRequest.model_validate(acp.set_mode_params("s", "plan"))
+
+
+def test_a_permission_mode_the_agent_lacks_is_said():
+    _, note = acp.mode_to_set({"modes": {"currentModeId": "default", "availableModes": [{"id": "default"}]}},
+                              "bypassPermissions")
+    assert note == "the agent has no mode 'bypassPermissions' (it offers default); its mode 'default' applies"
+    assert "offers no session modes" in acp.mode_to_set({"sessionId": "s"}, "plan")[1]
+
+
 # -- initialize answers ----------------------------------------------------------------------
 
 def test_initialize_answer_read_from_what_the_sdk_builds():

@@ -110,7 +110,7 @@ class Driver(BaseDriver):
             else:
                 self._replayed = 0 if how == "session/load" else None
                 try:
-                    await self._authed(how, acp.load_session_params(earlier, cwd, servers))
+                    result = await self._authed(how, acp.load_session_params(earlier, cwd, servers))
                 except acp.AcpError as exc:
                     self._note("fresh ACP session", f"{how} of the earlier conversation failed: {exc}")
                 else:
@@ -119,12 +119,25 @@ class Driver(BaseDriver):
                     if self._replayed:
                         detail += f" ({self._replayed} updates of its history replayed, not recorded again)"
                     self._note("continued", detail)
+                    await self._set_mode(result)
                     return
                 finally:
                     self._replayed = None
         result = await self._authed("session/new", acp.new_session_params(cwd, servers))
         self.acp_session = acp.read_session_id(result, "session/new")
         self.ctl.set_agent_session(self.acp_session)
+        await self._set_mode(result)
+
+    async def _set_mode(self, result: Any) -> None:
+        """The session's permission mode, as the agent's session mode of that name."""
+        mode, note = acp.mode_to_set(result, self.session.permission_mode)
+        if note:
+            self._note("permission mode", note)
+        if mode:
+            try:
+                await self._call("session/set_mode", acp.set_mode_params(self.acp_session, mode))
+            except RpcError as exc:
+                self._note("permission mode", acp.refusal("session/set_mode", exc, self.info, self.agent.name))
 
     async def _authed(self, method: str, params: dict) -> Any:
         """Call `method`; authenticate first when the agent demands it and a method is configured."""

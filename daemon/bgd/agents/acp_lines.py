@@ -58,6 +58,30 @@ def cancel_params(session_id: str) -> dict:
     return {"sessionId": session_id}
 
 
+def set_mode_params(session_id: str, mode_id: str) -> dict:
+    return {"sessionId": session_id, "modeId": mode_id}
+
+
+def mode_to_set(result: Any, permission_mode: str) -> tuple[str | None, str | None]:
+    """The session mode to ask for, so the session's permission mode applies: (mode id or None, a note or None).
+
+    ACP agents name their own modes; bgd asks for the one whose id is the session's permission
+    mode (claude-code-acp's are Claude Code's names) and says so when there is none."""
+    if permission_mode == "default":
+        return None, None
+    modes = result.get("modes") if isinstance(result, dict) and isinstance(result.get("modes"), dict) else None
+    if modes is None:
+        return None, f"the agent offers no session modes, so permission mode {permission_mode!r} does not apply"
+    ids = [m["id"] for m in modes.get("availableModes") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    current = modes.get("currentModeId")
+    if permission_mode == current:
+        return None, None
+    if permission_mode in ids:
+        return permission_mode, None
+    return None, (f"the agent has no mode {permission_mode!r} (it offers {', '.join(ids) or 'none'}); "
+                  f"its mode {current!r} applies")
+
+
 def mcp_servers(mcp_config: str | None) -> list[dict]:
     """ACP's `mcpServers` from a Claude-style MCP config (the JSON `--mcp-config` takes).
 
