@@ -18,6 +18,9 @@ Directives:
                          it fails and "denied TITLE" is said; cancelled: the
                          turn ends with stopReason "cancelled". A title chosen
                          allow_always earlier in the process is not asked again
+  tools T1 T2            two tool calls at once, each asking permission (as an
+                         agent running tools in parallel does); says "allowed T"
+                         or "denied T" for each, in the order the answers came
   plan A | B | C         a plan with those entries (the first in progress)
   sleep SECONDS          work that long; session/cancel ends the turn
   ignore-stop            ignore session/cancel, stdin EOF and SIGTERM/SIGINT/SIGHUP;
@@ -297,6 +300,10 @@ class FakeAgent(Agent):
             await self.update(session_id, update_agent_thought(text_block(arg)))
         elif cmd == "tool":
             return await self.tool(session_id, arg)
+        elif cmd == "tools":
+            results = await asyncio.gather(*(self.tool(session_id, title, quiet=True) for title in arg.split()))
+            for title, allowed in results:
+                await self.say(session_id, f"{'allowed' if allowed else 'denied'} {title}")
         elif cmd == "plan":
             entries = [plan_entry(part.strip(), status="in_progress" if i == 0 else "pending")
                        for i, part in enumerate(arg.split("|"))]
@@ -350,7 +357,7 @@ class FakeAgent(Agent):
             await self.say(session_id, directive)
         return None
 
-    async def tool(self, session_id: str, arg: str) -> str | None:
+    async def tool(self, session_id: str, arg: str, quiet: bool = False):
         title, _, js = arg.partition(" ")
         try:
             raw_input = json.loads(js) if js.strip() else {}
@@ -377,6 +384,8 @@ class FakeAgent(Agent):
             chosen = next(o for o in OPTIONS if o.option_id == outcome.option_id)
             if chosen.kind.startswith("reject"):
                 await self.update(session_id, update_tool_call(call_id, status="failed"))
+                if quiet:
+                    return title, False
                 await self.say(session_id, f"denied {title}")
                 return None
             if chosen.kind == "allow_always":
@@ -385,6 +394,8 @@ class FakeAgent(Agent):
         await self.update(session_id, update_tool_call(
             call_id, status="completed", raw_output={"stdout": f"ran {title}"},
             content=[acp.tool_content(text_block(f"ran {title} with {json.dumps(raw_input)}"))]))
+        if quiet:
+            return title, True
         await self.say(session_id, f"allowed {title}")
         return None
 

@@ -459,3 +459,20 @@ def test_the_daemon_answers_a_tool_allowed_always_when_a_new_process_asks_again(
     assert answers(bgd)[-1] == {"outcome": {"outcome": "selected", "optionId": "allow"}}
     controls = [e["data"] for e in bgd.ctl_json("logs", s["id"]) if e["kind"] == "control"]
     assert controls[-1]["rule"] == "always"
+
+
+def test_permission_requests_asked_at_once_are_put_to_the_person_one_at_a_time(acp_bgd):
+    bgd = acp_bgd
+    s = dispatch(bgd, "tools Lint Test")
+    s = settle(bgd, s["id"])
+    assert s["state"] == "needs_input"
+    first = s["pending"]["tool_name"]
+    assert bgd.ctl("approve", s["id"]).returncode == 0
+    s = bgd.wait_session(s["id"], lambda x: x["state"] != "working" and (x.get("pending") or {}).get("tool_name") != first)
+    second = s["pending"]["tool_name"]
+    assert s["state"] == "needs_input" and {first, second} == {"Lint", "Test"}
+    assert bgd.ctl("deny", s["id"]).returncode == 0
+    s = settle(bgd, s["id"])
+    assert s["state"] == "completed"
+    said = [e["data"]["text"] for e in bgd.ctl_json("logs", s["id"]) if e["kind"] == "assistant"]
+    assert sorted(said) == sorted([f"allowed {first}", f"denied {second}"])

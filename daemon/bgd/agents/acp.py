@@ -42,7 +42,8 @@ class Driver(BaseDriver):
         self.mcp_config: str | None = None
         self._waiting: dict[Any, tuple[trio.Event, list]] = {}
         self._prompt_id: Any = None                 # the session/prompt of the turn in progress
-        self._permissions: dict[str, Any] = {}      # pending request_id -> the agent's request id
+        self._permissions: dict[str, Any] = {}      # open request_id -> the agent's request id
+        self._queued: list[dict] = []               # permission requests waiting for the one asked now
         self._follow_up: list[str] = []             # deny messages, sent as the next prompt
         self._prompts = 0                           # prompts in this turn (with follow-ups)
         self._replayed: int | None = None           # counting updates while session/load replays
@@ -247,7 +248,10 @@ class Driver(BaseDriver):
             if ctl.stopping:
                 self._answer_now(request_id, None)
                 return
-            ctl.ask(acp.permission_pending(request_id, request.params))
+            # A session asks one thing at a time; an agent running tools in parallel may ask several.
+            self._queued.append(acp.permission_pending(request_id, request.params))
+            if len(self._permissions) == 1:
+                ctl.ask(self._queued.pop(0))
             return
         # We declared no file system and no terminal: anything else is not ours to do.
         ctl.record("acp", {"request": request.method, "params": request.params})
@@ -284,6 +288,8 @@ class Driver(BaseDriver):
             # ACP's answer carries no reason: the agent hears it as the next prompt of this turn.
             self._follow_up.append(message or answer)
         await self._answer(pending["request_id"], option)
+        if self._queued:
+            self.ctl.ask(self._queued.pop(0))
 
     def _answer_now(self, request_id: str, option: str | None) -> None:
         wire_id = self._permissions.pop(request_id, None)
@@ -297,6 +303,7 @@ class Driver(BaseDriver):
 
     async def interrupt(self) -> None:
         # The protocol asks the client to answer every open permission request "cancelled".
+        self._queued.clear()
         for request_id in list(self._permissions):
             await self._answer(request_id, None)
         if self.acp_session is not None:
