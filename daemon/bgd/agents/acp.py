@@ -58,7 +58,8 @@ class Driver(BaseDriver):
 
     def launch(self, text: str, mcp_config: str | None) -> Launch:
         self.mcp_config = mcp_config
-        return Launch([*self.agent.command, *self.agent.args])
+        # The daemon owns every timer (SPEC §5.4): Claude Code under claude-code-acp keeps its cron off.
+        return Launch([*self.agent.command, *self.agent.args], env={"CLAUDE_CODE_DISABLE_CRON": "1"})
 
     async def started(self, text: str) -> None:
         # The handshake can take seconds (or never end): not inside the dispatch call.
@@ -81,10 +82,9 @@ class Driver(BaseDriver):
 
     async def _open_and_prompt(self, text: str) -> None:
         try:
-            result = None
-            with trio.move_on_after(self.agent.start_timeout_s):
+            with trio.move_on_after(self.agent.start_timeout_s) as scope:
                 result = await self._call("initialize", acp.initialize_params(__version__))
-            if result is None:
+            if scope.cancelled_caught:
                 self.ctl.fail(f"the agent did not answer initialize within {self.agent.start_timeout_s:g} s; "
                               f"check that [agents.{self.agent.name}] command starts it in ACP mode "
                               f"({' '.join(self.agent.command)})")
