@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http] [--quick]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,webhooks,fire] [--quick]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -29,6 +29,7 @@ import bench_http  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_loops  # noqa: E402
 import bench_rpc  # noqa: E402
+import bench_routines  # noqa: E402
 import bench_rss  # noqa: E402
 import bench_schedule  # noqa: E402
 import bench_tasks  # noqa: E402
@@ -43,6 +44,8 @@ BENCHMARKS = {
     "editor": (bench_editor.run, {}, {"changes": 5}),
     "schedule": (bench_schedule.run, {}, {"count": 3000}),
     "http": (bench_http.run, {}, {"seconds": 2.0, "rounds": 2}),
+    "webhooks": (bench_routines.run_webhooks, {}, {"deliveries": 1000, "routines": 20}),
+    "fire": (bench_routines.run_fire, {}, {"fires": 10, "medium_files": 500, "medium_commits": 5}),
 }
 
 
