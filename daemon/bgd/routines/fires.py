@@ -16,10 +16,9 @@ from typing import Any
 
 import trio
 
-from bgcore.github import event_context, match_delivery, verify_signature
-from bgcore.routines_file import GitHubTrigger
+from bgcore.github import Matcher, event_context, verify_signature
 from bgcore.triggers import Conflict, New, Pending, Replay, body_digest, token_matches
-from bgd import clock
+from bgd import clock, fastjson
 
 log = logging.getLogger("bgd.routines")
 
@@ -179,25 +178,28 @@ class WebhookSecret:
         self.config = config
         self.config_dir = Path(config_dir)
         self._cache: tuple[Any, bytes | None, str | None] | None = None
+        self._path: tuple[str, str] | None = None   # the setting as written, and the file it names
 
     def get(self) -> tuple[bytes | None, str | None]:
-        """(the secret, or None and why not)."""
+        """(the secret, or None and why not). Every delivery asks: one stat while the file is unchanged."""
         name = self.config().routines.webhook_secret_file
         if not name:
             return None, ("no webhook secret is configured; set [github] webhook_secret_file in config.toml to "
                           "the file holding the secret GitHub signs with")
-        path = Path(os.path.expanduser(name))
-        if not path.is_absolute():
-            path = self.config_dir / path
+        if self._path is None or self._path[0] != name:
+            path = Path(os.path.expanduser(name))
+            self._path = (name, str(path if path.is_absolute() else self.config_dir / path))
+        path = self._path[1]
         try:
-            st = path.stat()
-            key = (str(path), st.st_mtime_ns, st.st_size)
+            st = os.stat(path)
+            key = (path, st.st_mtime_ns, st.st_size)
         except OSError as exc:
             return None, f"cannot read the webhook secret file {path}: {exc.strerror or exc}"
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
         try:
-            secret = path.read_bytes().strip()
+            with open(path, "rb") as f:
+                secret = f.read().strip()
             problem = None if secret else f"the webhook secret file {path} is empty"
         except OSError as exc:
             secret, problem = b"", f"cannot read the webhook secret file {path}: {exc.strerror or exc}"
@@ -224,7 +226,7 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
     if not event or not delivery_id:
         raise Refusal(400, "bad_request", "a GitHub delivery needs the X-GitHub-Event and X-GitHub-Delivery headers")
     try:
-        payload = json.loads(body)
+        payload = fastjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Refusal(400, "bad_request", "the delivery is not JSON; set the webhook's content type to "
                                           "application/json") from None
@@ -234,16 +236,17 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
         return 200, {"type": "ping", "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}
     now = service.now().timestamp()
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
-    if not service.dedupe.first_seen(delivery_id, now):
-        record = service.delivery_seen_again(delivery_id, now)
-        return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
-                     "first_seen_at": record.get("received_at_iso") if record else None, "runs": []}
-    results = _match(service, event, action, payload, delivery_id, now)
-    record = {"id": delivery_id, "event": event, "action": action,
-              "repository": (payload.get("repository") or {}).get("full_name")
-              if isinstance(payload.get("repository"), dict) else None,
-              "received_at_iso": clock.iso(service.now()), "results": results, "duplicates": 0}
-    service.record_delivery(record, now)
+    with service.store.transaction():  # the record, its runs and their events: one commit
+        if not service.dedupe.first_seen(delivery_id, now):
+            record = service.delivery_seen_again(delivery_id, now)
+            return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
+                         "first_seen_at": record.get("received_at_iso") if record else None, "runs": []}
+        results = _match(service, event, action, payload, delivery_id, now)
+        record = {"id": delivery_id, "event": event, "action": action,
+                  "repository": (payload.get("repository") or {}).get("full_name")
+                  if isinstance(payload.get("repository"), dict) else None,
+                  "received_at_iso": clock.iso(service.now()), "results": results, "duplicates": 0}
+        service.record_delivery(record, now)
     return 200, {"type": "github_delivery", "delivery": delivery_id, "event": event if action is None else f"{event}.{action}",
                  "duplicate": False, "matched": [r["routine"] for r in results if r["matched"]],
                  "runs": [r["run_id"] for r in results if r.get("run_id")]}
@@ -252,10 +255,8 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
 def _match(service, event: str, action: str | None, payload: dict, delivery_id: str, now: float) -> list[dict]:
     results = []
     detail = {"delivery": delivery_id, "event": event if action is None else f"{event}.{action}"}
-    for routine in service.routines.values():
-        triggers = [t for t in routine.triggers if isinstance(t, GitHubTrigger)]
-        if not triggers:
-            continue
+    matcher = Matcher(event, action, payload)
+    for routine, triggers in service.github_triggers():
         if not routine.enabled:
             results.append({"routine": routine.name, "matched": False, "reason": "the routine is paused"})
             continue
@@ -268,13 +269,14 @@ def _match(service, event: str, action: str | None, payload: dict, delivery_id: 
             if not trigger.enabled:
                 reasons.append(f"trigger {trigger.index + 1} is disabled")
                 continue
-            match = match_delivery(trigger.events, trigger.filters, event, action, payload)
-            if match.matched:
+            why = matcher.why_not(trigger.events, trigger.filters)
+            if why is None:
                 taken = trigger
                 break
-            reasons.append(match.reason if len(triggers) == 1 else f"trigger {trigger.index + 1}: {match.reason}")
+            reasons.append(why if len(triggers) == 1 else f"trigger {trigger.index + 1}: {why}")
         if taken is None:
-            results.append({"routine": routine.name, "matched": False, "reason": "; ".join(reasons)})
+            results.append({"routine": routine.name, "matched": False,
+                            "reason": reasons[0] if len(reasons) == 1 else "; ".join(reasons)})
             continue
         wait = service.caps.take((routine.name, "github"), taken.hourly_cap, now)
         if wait is not None:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import trio
 
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
-from bgcore.routines_file import Routine
+from bgcore.routines_file import GitHubTrigger, Routine
 from bgd import clock
 from bgd.routines import workspace
 from bgd.routines.file import RoutinesFile
@@ -96,6 +96,7 @@ class RoutineService:
         self.schedules = None  # schedules.ScheduleTriggers, made by install (it needs this service)
         self._recovered = False
         self._mounted = False
+        self._github: tuple[Any, list] = (None, [])
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(self._on_session_end)
         sessions.on_permission.append(self._on_permission)
@@ -118,6 +119,15 @@ class RoutineService:
     @property
     def routines(self) -> dict[str, Routine]:
         return self.file.routines
+
+    def github_triggers(self) -> list[tuple[Routine, list[GitHubTrigger]]]:
+        """Each routine with GitHub triggers, and those triggers (what every delivery is matched
+        against; worked out again only when the definitions change)."""
+        routines = self.file.routines
+        if self._github[0] is not routines:
+            pairs = [(r, [t for t in r.triggers if isinstance(t, GitHubTrigger)]) for r in routines.values()]
+            self._github = (routines, [(r, triggers) for r, triggers in pairs if triggers])
+        return self._github[1]
 
     def _recover(self) -> None:
         """After a restart: open runs are over (`daemon_restarted`); the session map, the masks of
