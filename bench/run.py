@@ -44,7 +44,7 @@ BENCHMARKS = {
     "editor": (bench_editor.run, {}, {"changes": 5}),
     "schedule": (bench_schedule.run, {}, {"count": 3000}),
     "http": (bench_http.run, {}, {"seconds": 2.0, "rounds": 2}),
-    "webhooks": (bench_routines.run_webhooks, {}, {"deliveries": 1000, "routines": 20}),
+    "webhooks": (bench_routines.run_webhooks, {}, {"deliveries": 1000, "routines": 20, "rounds": 1}),
     "fire": (bench_routines.run_fire, {}, {"fires": 10, "medium_files": 500, "medium_commits": 5}),
 }
 

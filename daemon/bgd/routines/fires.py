@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
 from bgcore.github import Matcher, event_context, verify_signature
@@ -226,7 +227,14 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
     if not event or not delivery_id:
         raise Refusal(400, "bad_request", "a GitHub delivery needs the X-GitHub-Event and X-GitHub-Delivery headers")
     try:
-        payload = fastjson.loads(body)
+        # orjson at once: the payload is matched and never stored, so fastjson's guard against an integer
+        # past 64 bits (orjson makes it a float) is not needed; whatever orjson refuses, json decides.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    try:
+        if payload is None:
+            payload = fastjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Refusal(400, "bad_request", "the delivery is not JSON; set the webhook's content type to "
                                           "application/json") from None
@@ -253,39 +261,51 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
 
 
 def _match(service, event: str, action: str | None, payload: dict, delivery_id: str, now: float) -> list[dict]:
-    results = []
+    results: list[dict] = []
+    add = results.append
     detail = {"delivery": delivery_id, "event": event if action is None else f"{event}.{action}"}
     matcher = Matcher(event, action, payload)
+    other = None if event in ROUTINE_EVENTS else f"routines take pull_request and release events, not {event}"
     for routine, triggers in service.github_triggers():
         if not routine.enabled:
-            results.append({"routine": routine.name, "matched": False, "reason": "the routine is paused"})
+            add({"routine": routine.name, "matched": False, "reason": "the routine is paused"})
             continue
-        if event not in ROUTINE_EVENTS:
-            results.append({"routine": routine.name, "matched": False,
-                            "reason": f"routines take pull_request and release events, not {event}"})
+        if other is not None:
+            add({"routine": routine.name, "matched": False, "reason": other})
             continue
-        reasons, taken = [], None
-        for trigger in triggers:
-            if not trigger.enabled:
-                reasons.append(f"trigger {trigger.index + 1} is disabled")
+        if len(triggers) == 1 and triggers[0].enabled:  # the usual routine: one GitHub trigger
+            taken = triggers[0]
+            why = matcher.why_not(taken.events, taken.filters)
+            if why is not None:
+                add({"routine": routine.name, "matched": False, "reason": why})
                 continue
-            why = matcher.why_not(trigger.events, trigger.filters)
-            if why is None:
-                taken = trigger
-                break
-            reasons.append(why if len(triggers) == 1 else f"trigger {trigger.index + 1}: {why}")
-        if taken is None:
-            results.append({"routine": routine.name, "matched": False,
-                            "reason": reasons[0] if len(reasons) == 1 else "; ".join(reasons)})
-            continue
+        else:
+            taken = _taken(matcher, routine, triggers, add)
+            if taken is None:
+                continue
         wait = service.caps.take((routine.name, "github"), taken.hourly_cap, now)
         if wait is not None:
             rec = service.skipped(routine.name, "github", "rate_limited", detail=detail,
                                   error=f"over the routine's hourly cap of {taken.hourly_cap} GitHub-started runs")
-            results.append({"routine": routine.name, "matched": True, "reason": "rate_limited", "run_id": rec["id"],
-                            "status": "skipped"})
+            add({"routine": routine.name, "matched": True, "reason": "rate_limited", "run_id": rec["id"],
+                 "status": "skipped"})
             continue
         rec = service.offer(routine, "github", context=event_context(event, payload, delivery_id), detail=detail)
-        results.append({"routine": routine.name, "matched": True, "reason": None, "run_id": rec["id"],
-                        "status": rec["status"]})
+        add({"routine": routine.name, "matched": True, "reason": None, "run_id": rec["id"], "status": rec["status"]})
     return results
+
+
+def _taken(matcher: Matcher, routine, triggers: list, add) -> Any:
+    """The first of a routine's GitHub triggers that takes the delivery; None (and the routine's
+    result recorded with every trigger's reason) when none does."""
+    reasons = []
+    for trigger in triggers:
+        if not trigger.enabled:
+            reasons.append(f"trigger {trigger.index + 1} is disabled")
+            continue
+        why = matcher.why_not(trigger.events, trigger.filters)
+        if why is None:
+            return trigger
+        reasons.append(why if len(triggers) == 1 else f"trigger {trigger.index + 1}: {why}")
+    add({"routine": routine.name, "matched": False, "reason": "; ".join(reasons)})
+    return None

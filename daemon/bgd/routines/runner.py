@@ -97,6 +97,7 @@ class RoutineService:
         self._recovered = False
         self._mounted = False
         self._github: tuple[Any, list] = (None, [])
+        self._saved: dict[str, trio.Event] = {}     # run id -> set at its record's next save (wait_started)
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(self._on_session_end)
         sessions.on_permission.append(self._on_permission)
@@ -253,6 +254,9 @@ class RoutineService:
     def _save(self, rec: dict) -> None:
         self.store.save_routine_run(rec)
         self.bus.publish("routine.run", routine=rec["routine"], run=rec)
+        saved = self._saved.pop(rec["id"], None)
+        if saved is not None:
+            saved.set()
 
     # -- a run ------------------------------------------------------------------------
 
@@ -524,15 +528,19 @@ class RoutineService:
         return [dict(self.records.get(r["id"], r)) for r in self.store.routine_runs(name, limit)]
 
     async def wait_started(self, rec: dict, timeout: float | None = None) -> dict:
-        """Wait until a run has its session, or ends, or waits in the queue: what a fire answers."""
+        """Wait until a run has its session, or ends, or waits in the queue: what a fire answers (woken
+        by the record's next save, so the answer leaves as soon as the session exists)."""
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
             while rec["status"] == "preparing" or (rec["status"] == "queued" and rec.get("reason") is None):
-                await trio.sleep(0.01)
+                await self._saved.setdefault(rec["id"], trio.Event()).wait()
         return dict(rec)
 
     def record_delivery(self, record: dict, at: float) -> None:
         self.store.save_delivery(record["id"], at, record)
-        self.bus.publish("routine.delivery", delivery=record)
+        # The event names the routines it matched; why each of the others did not is in the stored
+        # record (`routine.deliveries`): with a hundred routines that is most of its size, on every delivery.
+        self.bus.publish("routine.delivery", delivery={**record, "results": [r for r in record["results"] if r["matched"]],
+                                                       "routines": len(record["results"])})
 
     def delivery_seen_again(self, delivery_id: str, at: float) -> dict | None:
         record = self.store.delivery(delivery_id)
