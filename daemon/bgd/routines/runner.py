@@ -93,6 +93,7 @@ class RoutineService:
         self.rejected_deliveries = 0              # forged or unsigned deliveries since start (never stored)
         self.nursery: trio.Nursery | None = None
         self._housekeeping_wake = trio.Event()
+        self._next_look: float | None = None   # when the housekeeper looks again by itself; None: it is looking
         self.schedules = None  # schedules.ScheduleTriggers, made by install (it needs this service)
         self._recovered = False
         self._mounted = False
@@ -488,8 +489,10 @@ class RoutineService:
         self.records.pop(run_id, None)
         self.starts.pop(run_id, None)
         if rec.get("workspace"):
-            self.workspaces[run_id] = self.now().timestamp()
-            self._housekeeping_wake.set()
+            ended = self.workspaces[run_id] = self.now().timestamp()
+            due = ended + self.config().routines.keep_workspaces_days * 86400
+            if self._next_look is None or due < self._next_look:
+                self._housekeeping_wake.set()  # due before the housekeeper's next look (or it is looking now)
         if self.nursery is not None:
             self._execute(self.gate.finished(run_id))
 
@@ -558,7 +561,9 @@ class RoutineService:
     async def _housekeeping(self) -> None:
         while True:
             self._housekeeping_wake = trio.Event()
+            self._next_look = None
             wait = await self._prune()
+            self._next_look = self.now().timestamp() + min(wait, HOUSEKEEPING_S)
             with trio.move_on_after(min(wait, HOUSEKEEPING_S)):
                 await self._housekeeping_wake.wait()
 
