@@ -540,10 +540,11 @@ class RoutineService:
 
     def record_delivery(self, record: dict, at: float) -> None:
         self.store.save_delivery(record["id"], at, record)
-        # The event names the routines it matched; why each of the others did not is in the stored
-        # record (`routine.deliveries`): with a hundred routines that is most of its size, on every delivery.
-        self.bus.publish("routine.delivery", delivery={**record, "results": [r for r in record["results"] if r["matched"]],
-                                                       "routines": len(record["results"])})
+        # The event has the results of the routines it matched; why each other one did not is in the
+        # stored record (`routine.deliveries`): with a hundred routines that is most of it, every delivery.
+        matched = [r for r in record["results"] if r["matched"]]
+        self.bus.publish("routine.delivery",
+                         delivery={**record, "results": matched, "routines": len(record["results"])})
 
     def delivery_seen_again(self, delivery_id: str, at: float) -> dict | None:
         record = self.store.delivery(delivery_id)
