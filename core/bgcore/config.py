@@ -50,6 +50,21 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]` (SPEC §14): where the Temporal server is and how runs on workers are watched."""
+
+    temporal: str                    # host:port of the Temporal frontend
+    namespace: str = "default"
+    task_queue: str = "bgagents"
+    heartbeat_s: float = 10.0        # how often a run's activity heartbeats
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """A run whose worker has not heartbeated for this long is lost (three missed heartbeats)."""
+        return self.heartbeat_s * 3
+
+
+@dataclass(frozen=True)
 class Config:
     default_agent: str = "claude"
     permission_mode: str = "default"
@@ -64,6 +79,7 @@ class Config:
     keep_worktrees_days: float = 7.0
     http: HttpConfig = field(default_factory=HttpConfig)
     agents: dict[str, AgentConfig] = field(default_factory=dict)
+    cluster: ClusterConfig | None = None
     warnings: tuple[str, ...] = ()
 
     def agent(self, name: str | None) -> AgentConfig | None:
@@ -87,10 +103,12 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "scheduler": dict,
     "tasks": dict,
     "http": dict,
+    "cluster": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings", bool: "true or false"}
 _AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict}
+_CLUSTER_KEYS = {"temporal": str, "namespace": str, "task_queue": str, "heartbeat_s": (int, float)}
 _HTTP_KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "enabled": bool, "allow_remote": bool, "tls_cert": str, "tls_key": str,
     "max_body_bytes": int, "body_timeout_s": (int, float), "keep_alive_timeout_s": (int, float),
@@ -173,6 +191,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     if not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool) or keep_days < 0:
         raise ConfigError(f"{where('keep_worktrees_days')}: tasks.keep_worktrees_days must be a number of days, 0 or more")
     http = _parse_http(raw.get("http", {}), where, check_type, warnings)
+    cluster = _parse_cluster(raw.get("cluster"), where, check_type, warnings)
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -187,8 +206,36 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         keep_worktrees_days=float(keep_days),
         http=http,
         agents=agents,
+        cluster=cluster,
         warnings=tuple(warnings),
     )
+
+
+def _parse_cluster(spec: dict | None, where, check_type, warnings: list[str]) -> ClusterConfig | None:
+    if spec is None:
+        return None
+    for key, value in spec.items():
+        if key not in _CLUSTER_KEYS:
+            hint = difflib.get_close_matches(key, list(_CLUSTER_KEYS), n=1)
+            warnings.append(f"{where(key)}: unknown key {key!r} in [cluster]"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        check_type(key, value, _CLUSTER_KEYS[key], f"cluster.{key}")
+    temporal = spec.get("temporal")
+    if not temporal:
+        raise ConfigError(f"{where('cluster')}: [cluster] needs temporal = \"host:port\" (the Temporal server, "
+                          "e.g. \"127.0.0.1:7233\")")
+    host, _, port = temporal.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where('temporal')}: cluster.temporal must be host:port, not {temporal!r}")
+    for key in ("namespace", "task_queue"):
+        if key in spec and not spec[key].strip():
+            raise ConfigError(f"{where(key)}: cluster.{key} must not be empty")
+    heartbeat = spec.get("heartbeat_s", 10)
+    if heartbeat <= 0:
+        raise ConfigError(f"{where('heartbeat_s')}: cluster.heartbeat_s must be positive")
+    return ClusterConfig(temporal=temporal, namespace=spec.get("namespace", "default"),
+                         task_queue=spec.get("task_queue", "bgagents"), heartbeat_s=float(heartbeat))
 
 
 def _parse_http(raw: dict, where, check_type, warnings: list[str]) -> HttpConfig:
