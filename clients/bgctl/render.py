@@ -29,13 +29,21 @@ def title(session: dict, width: int = 40) -> str:
 def session_table(sessions: list[dict]) -> str:
     if not sessions:
         return "no sessions"
-    rows = [("ID", "STATE", "NAME", "AGE", "COST", "DIR", "LAST")]
+    rows = [("ID", "STATE", "WHERE", "NAME", "AGE", "COST", "DIR", "LAST")]
     for s in sessions:
         state = s["state"] + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")
-        rows.append((s["id"], f"{STATE_MARKS.get(s['state'], ' ')} {state}", title(s, 30), age(s["created_at"]),
+        rows.append((s["id"], f"{STATE_MARKS.get(s['state'], ' ')} {state}", where_cell(s), title(s, 30),
+                     age(s["created_at"]),
                      f"${s['cost_usd']:.2f}", _short_dir(s["cwd"]), one_line(s.get("error") or s.get("last_message") or "", 50)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:-1])) + "  " + r[-1] for r in rows)
+
+
+def where_cell(s: dict) -> str:
+    """Where a session's process runs: "here", or on the cluster (with its worker once one took it)."""
+    if s.get("where", "local") == "local":
+        return "here"
+    return f"{s['where']}:{s['worker']}" if s.get("worker") else s["where"]
 
 
 def session_detail(s: dict) -> str:
@@ -44,6 +52,7 @@ def session_detail(s: dict) -> str:
                 "updated_at", "pid", "turns", "next_wake_at", "loop_runs"):
         if s.get(key) not in (None, ""):
             lines.append(f"  {key + ':':18}{s[key]}")
+    lines.append(f"  {'runs:':18}{where_cell(s)}")
     lines.append(f"  {'cost:':18}${s['cost_usd']:.4f}")
     lines.append(f"  {'pinned:':18}{'yes' if s.get('pinned') else 'no'}")
     lines.append(f"  {'prompt:':18}{one_line(s.get('prompt') or '', 100)}")

@@ -67,6 +67,24 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
+    # 2 -> 3: cluster runs (SPEC §14): each run's applied record offset, the log segment each
+    # worker's log is read from, and this daemon's owner name.
+    """
+    CREATE TABLE cluster_runs (
+        workflow_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX cluster_runs_by_session ON cluster_runs (session_id);
+    CREATE TABLE cluster_logs (
+        base TEXT PRIMARY KEY,
+        segment INTEGER NOT NULL
+    );
+    CREATE TABLE cluster_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -231,6 +249,41 @@ class Store:
 
     def load_task_states(self) -> dict[str, dict]:
         return {task: loads(data) for task, data in self.db.execute("SELECT task, data FROM task_state")}
+
+    # -- cluster runs (bgd.cluster) -----------------------------------------------
+
+    def save_cluster_run(self, workflow_id: str, session_id: str, data: dict) -> None:
+        text = dumps_text(data)
+        if self.db.execute("UPDATE cluster_runs SET data = ? WHERE workflow_id = ?", (text, workflow_id)).rowcount == 0:
+            self.db.execute("INSERT INTO cluster_runs (workflow_id, session_id, data) VALUES (?, ?, ?)",
+                            (workflow_id, session_id, text))
+
+    def cluster_runs(self, session_id: str) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM cluster_runs WHERE session_id = ?", (session_id,))
+        return [loads(row[0]) for row in rows]
+
+    def cluster_run_count(self, session_id: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM cluster_runs WHERE session_id = ?", (session_id,)).fetchone()[0]
+
+    def delete_cluster_runs(self, session_id: str) -> None:
+        self.db.execute("DELETE FROM cluster_runs WHERE session_id = ?", (session_id,))
+
+    def cluster_log_segment(self, base: str) -> int | None:
+        row = self.db.execute("SELECT segment FROM cluster_logs WHERE base = ?", (base,)).fetchone()
+        return None if row is None else row[0]
+
+    def save_cluster_log(self, base: str, segment: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO cluster_logs (base, segment) VALUES (?, ?)", (base, segment))
+
+    def delete_cluster_log(self, base: str) -> None:
+        self.db.execute("DELETE FROM cluster_logs WHERE base = ?", (base,))
+
+    def cluster_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM cluster_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_cluster_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO cluster_meta (key, value) VALUES (?, ?)", (key, value))
 
     def transaction(self) -> "_Transaction":
         """One commit for the writes inside; inside another transaction it joins that one."""

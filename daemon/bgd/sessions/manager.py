@@ -64,6 +64,11 @@ class SessionManager:
         self.on_permission: list[Callable[[Session, dict], bool]] = []
         self.on_always: list[Callable[[Session, str], None]] = []    # (session, tool name) after approve --always
         self.mcp_config_for: Callable[[Session], str | None] = lambda s: None
+        # Where a session's process may run besides here: name -> placement (bgd.cluster), which
+        # makes the process and driver stand-ins (`process(session, run, launch, agent, text)`).
+        self.placements: dict[str, Any] = {}
+        # (session) -> True when a placement takes the loaded session's live process over.
+        self.on_load: list[Callable[[Session], bool]] = []
 
     # -- loading ----------------------------------------------------------------
 
@@ -73,6 +78,8 @@ class SessionManager:
             session = Session.from_record(record)
             self.sessions[session.id] = session
             self.transcript_len[session.id] = self.store.transcript_length(session.id)
+            if session.where != "local" and any(hook(session) for hook in self.on_load):
+                continue  # its process runs elsewhere and carries on
             if session.state in BUSY or session.pid is not None:
                 was_busy = session.state in BUSY
                 session.pid = None
@@ -105,8 +112,15 @@ class SessionManager:
     async def dispatch(self, prompt: str, cwd: str, *, agent: str | None = None, name: str | None = None,
                        permission_mode: str | None = None, model: str | None = None,
                        origin: str = "dispatch", env: dict | None = None,
-                       always_allow: list[str] | None = None, start: bool = True) -> Session:
+                       always_allow: list[str] | None = None, start: bool = True,
+                       where: str = "local") -> Session:
         config = self.config()
+        if where != "local":
+            placement = self.placements.get(where)
+            if placement is None:
+                raise RpcError(INVALID_PARAMS, f"a session runs \"local\" or on one of: "
+                                               f"{', '.join(sorted(self.placements)) or 'nothing else'}, not {where!r}")
+            placement.check()
         if not isinstance(prompt, str) or not prompt.strip():
             raise RpcError(INVALID_PARAMS, "prompt must be a non-empty string")
         if not isinstance(cwd, str) or not os.path.isabs(cwd):
@@ -125,7 +139,8 @@ class SessionManager:
         session = Session(id=new_id(self.sessions), cwd=os.path.normpath(cwd), agent=agent_cfg.name,
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
-                          always_allow=list(always_allow or []), state="working" if start else "completed")
+                          always_allow=list(always_allow or []), state="working" if start else "completed",
+                          where=where)
         self.sessions[session.id] = session
         self.transcript_len[session.id] = 0
         self.store.save_session(session.id, session.to_record())
@@ -170,6 +185,10 @@ class SessionManager:
                                 f"define it again under [agents.{session.agent}]")
             return
         run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
+        placement = self.placements.get(session.where) if session.where != "local" else None
+        if placement is not None:
+            await self._spawn_placed(session, run, placement, agent_cfg, text)
+            return
         launch = run.driver.launch(text, self.mcp_config_for(session))
         env = dict(os.environ)
         env.update(agent_cfg.env)
@@ -200,6 +219,20 @@ class SessionManager:
         self._changed(session)
         await run.driver.started(text)
 
+    async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, text: str) -> None:
+        """A process that runs elsewhere (SPEC §14): the placement makes its stand-ins and starts it."""
+        try:
+            run.process = placement.process(session, run, run.driver.launch(text, None), agent_cfg, text)
+            await run.process.start(self.nursery)
+        except (RpcError, OSError) as exc:
+            self._fail(session, exc.message if isinstance(exc, RpcError) else str(exc))
+            return
+        self.runs[session.id] = run
+        session.pid = None
+        session.has_history = run.driver.provides_history or session.has_history
+        self._changed(session)
+        await run.driver.started(text)
+
     # -- agent output (through the run's driver) ------------------------------------
 
     def _current(self, session: Session, run: Run) -> bool:
@@ -226,7 +259,10 @@ class SessionManager:
         self._changed(session)
 
     async def _answer_quietly(self, run: Run, pending: dict) -> None:
-        await run.driver.answer(pending, "allow", always=False, message=None, answer=None)
+        try:
+            await run.driver.answer(pending, "allow", always=False, message=None, answer=None)
+        except RpcError as exc:  # a run elsewhere may refuse it (the request is gone there)
+            self.note(run.session, {"event": "answer_refused", "error": exc.message})
 
     def _withdraw(self, session: Session, request_id: str) -> None:
         if session.pending and session.pending.get("request_id") == request_id:
@@ -382,13 +418,16 @@ class SessionManager:
         """Ask every agent to stop (daemon exit); sessions mid-turn fail with a clear reason."""
         self._flush_touched()
         for session_id, run in list(self.runs.items()):
+            if getattr(run.process, "detached", False):
+                continue  # it runs elsewhere and carries on; the next daemon picks it up
             session = self.sessions.get(session_id)
             if session is not None and session.state in BUSY:
                 self._set_failed(session, SHUTDOWN_ERROR)
                 self._changed(session)
             self._stop_run(run)
         for run in list(self.runs.values()):
-            await run.process.exited.wait()
+            if not getattr(run.process, "detached", False):
+                await run.process.exited.wait()
 
     # -- internals ----------------------------------------------------------------
 

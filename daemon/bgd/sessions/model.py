@@ -51,6 +51,8 @@ class Session:
     has_history: bool = False     # the agent knows this conversation: continue with --resume
     loop_runs: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    where: str = "local"          # where its process runs: "local" or "cluster" (SPEC §14)
+    worker: str | None = None     # on the cluster: the worker that runs (or last ran) it
 
     # Bumped whenever any session's state is set (its creation included), so
     # SessionManager.state_counts can keep its tally until something changes.
@@ -63,7 +65,7 @@ class Session:
 
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs")
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "where", "worker")
 
     def to_json(self) -> dict:
         data = {key: getattr(self, key) for key in self.PUBLIC}
