@@ -11,12 +11,20 @@ stderr tail, stdin writes serialized, and a shutdown that closes stdin, then SIG
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
+import sys
 from typing import Any, Callable
 
 from bgd.agents.process import MAX_LINE_BYTES, STDERR_TAIL_BYTES, OversizedLine
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: a worker killed with SIGKILL takes its agent with it (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
 
 class LocalAgent:
@@ -47,7 +55,7 @@ class LocalAgent:
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            limit=1 << 16)
+            limit=1 << 16, preexec_fn=_die_with_parent)
         self._watch = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

