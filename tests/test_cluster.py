@@ -322,3 +322,15 @@ def test_cluster_status_lists_workers_slots_and_runs(owner, cluster):
     text = owner.ctl("cluster", "status")
     assert text.returncode == 0 and running["worker"] in text.stdout
     owner.ctl("stop", session["id"])
+
+
+def test_a_desktop_task_with_where_cluster_runs_on_a_worker(owner, cluster):
+    (owner.config_dir / "tasks.toml").write_text(
+        f'[tasks.nightly]\nprompt = "say from the cluster"\ncwd = "{owner.work}"\nschedule = "manual"\n'
+        'where = "cluster"\n')
+    wait_until(lambda: owner.ctl("task", "show", "nightly").returncode == 0, 10, "the task to load")
+    assert owner.ctl_json("task", "show", "nightly")["where"] == "cluster"
+    run = owner.ctl_json("task", "run", "nightly")
+    session = owner.wait_state(run["session_id"], "completed", timeout=60)
+    assert session["where"] == "cluster" and session["worker"] in cluster["workers"]
+    assert texts(transcript(owner, session["id"])) == ["from the cluster"]

@@ -47,7 +47,9 @@ OVERLAPS = ("skip", "buffer_one", "replace", "allow")
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "description": str, "prompt": str, "prompt_file": str, "cwd": str, "schedule": str, "agent": str,
     "permission_mode": str, "model": str, "worktree": bool, "enabled": bool, "overlap": str, "timezone": str,
+    "where": str,
 }
+WHERES = ("local", "cluster")   # where a task's runs go (SPEC §14)
 _KIND = {str: "a string", bool: "true or false"}
 # One-shot forms that mean something else every time the file is read.
 _RELATIVE_ONCE = ("in", "today", "tomorrow")
@@ -93,6 +95,7 @@ class Task:
     enabled: bool = True
     overlap: str = "skip"
     timezone: str | None = None
+    where: str = "local"
     line: int | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -102,7 +105,8 @@ class Task:
                 "kind": self.schedule.kind, "cron": self.schedule.cron, "human": self.schedule.human,
                 "agent": self.agent, "permission_mode": self.permission_mode, "model": self.model,
                 "worktree": self.worktree, "enabled": self.enabled, "overlap": self.overlap,
-                "timezone": self.timezone or getattr(self.tz, "key", str(self.tz)), "line": self.line}
+                "timezone": self.timezone or getattr(self.tz, "key", str(self.tz)), "where": self.where,
+                "line": self.line}
 
 
 def validate_name(name: str) -> str | None:
@@ -315,13 +319,16 @@ def _read_task(name: str, raw: Any, path: str, pos: _Positions, now: datetime, t
     overlap = raw.get("overlap", "skip")
     if overlap not in OVERLAPS:
         fail(f"overlap of task {name!r} must be one of {', '.join(OVERLAPS)}", "overlap")
+    where = raw.get("where", "local")
+    if where not in WHERES:
+        fail(f"where of task {name!r} must be \"local\" or \"cluster\", not {where!r}", "where")
     if errors:
         return None, errors
     line, _ = pos.header(name)
     return Task(name=name, schedule=schedule, tz=zone, cwd=cwd, prompt=prompt, prompt_file=prompt_file,
                 description=raw.get("description"), agent=agent, permission_mode=mode, model=raw.get("model"),
                 worktree=raw.get("worktree", False), enabled=raw.get("enabled", True), overlap=overlap,
-                timezone=zone_name, line=line, raw=raw), []
+                timezone=zone_name, where=where, line=line, raw=raw), []
 
 
 # ---------------------------------------------------------------- writing
