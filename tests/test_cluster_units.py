@@ -3,6 +3,7 @@ records (batches, parts, exactly-once offsets), and the worker's systemd unit.""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -53,32 +54,38 @@ def test_run_spec_round_trips_and_ignores_unknown_fields():
     assert again == spec
 
 
+def _wire(items: list[bytes]) -> list[list]:
+    """What the owner reads: the items of the signals the worker sent."""
+    payload, count = p.take_batch(list(items), limit=1 << 30)
+    assert count == len(items)
+    return json.loads(payload)["items"]
+
+
 def test_a_long_record_travels_in_parts_and_comes_back_whole():
-    big = {"text": "x" * (p.CHUNK_BYTES * 2 + 17), "n": 1}
+    big = {"text": "x\"é\n" * (p.CHUNK_BYTES // 2) + "end", "n": 1}
     items = p.encode_record("run", 4, "record", ["agent", big])
-    assert len(items) == 3 and all(item[2] == "part" for item in items)
-    assert all(p.item_size(item) < p.BATCH_BYTES for item in items)
+    assert len(items) > 1 and all(len(item) <= p.CHUNK_BYTES + 200 for item in items)
     small = p.encode_record("run", 5, "assistant", "hi")
-    records = list(p.Reassembler().feed(items + small))
+    records = list(p.Reassembler().feed(_wire(items + small)))
     assert [(r.offset, r.op) for r in records] == [(4, "record"), (5, "assistant")]
     assert records[0].arg == ["agent", big]
 
 
 def test_parts_whose_head_was_not_seen_are_dropped():
     items = p.encode_record("run", 4, "record", "y" * (p.CHUNK_BYTES + 1))
-    assert list(p.Reassembler().feed(items[1:])) == []
+    assert list(p.Reassembler().feed(_wire(items[1:]))) == []
 
 
 @given(st.lists(st.text(max_size=300), min_size=1, max_size=60), st.integers(200, 5000))
 def test_batches_keep_every_item_in_order_under_the_limit(texts, limit):
-    pending = [["run", i, "assistant", t] for i, t in enumerate(texts)]
-    expected = list(pending)
+    pending = [item for i, t in enumerate(texts) for item in p.encode_record("run", i, "assistant", t)]
     out = []
     while pending:
-        batch, size = p.take_batch(pending, limit)
-        assert batch and (len(batch) == 1 or size <= limit)
-        out += batch
-    assert out == expected
+        payload, count = p.take_batch(pending, limit)
+        assert count and (count == 1 or len(payload) <= limit + 20)
+        out += json.loads(payload)["items"]
+        del pending[:count]
+    assert out == [["run", i, "assistant", t] for i, t in enumerate(texts)]
 
 
 def test_offsets_accept_each_record_once_in_order():

@@ -86,7 +86,16 @@ class EventBus:
         return event, body
 
     def deliver(self, event: dict, body: bytes) -> None:
-        """Hand a recorded event to the listeners and the subscribers (the second half of `publish`)."""
+        """Hand a recorded event to the listeners and the subscribers (the second half of `publish`).
+
+        Inside a transaction still open (a caller applying several changes in one commit), it
+        waits for that commit, so no subscriber sees an event the store could still lose."""
+        if self.store.db.in_transaction:
+            self.store.after_commit(lambda: self._deliver_now(event, body))
+            return
+        self._deliver_now(event, body)
+
+    def _deliver_now(self, event: dict, body: bytes) -> None:
         for listener in self.listeners:
             listener(event)
         frame = None

@@ -104,6 +104,7 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
         self._checkpointer: sqlite3.Connection | None = None
+        self._after_commit: list = []   # see after_commit
         self._migrate()
 
     # -- schema ---------------------------------------------------------------
@@ -287,12 +288,17 @@ class Store:
 
     def transaction(self) -> "_Transaction":
         """One commit for the writes inside; inside another transaction it joins that one."""
-        return _Transaction(self.db)
+        return _Transaction(self)
+
+    def after_commit(self, fn) -> None:
+        """Call `fn()` once the transaction now open commits (dropped if it rolls back)."""
+        self._after_commit.append(fn)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
         self.outer = False
 
     def __enter__(self) -> None:
@@ -303,4 +309,8 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.outer:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            pending, self.store._after_commit = self.store._after_commit, []
+            if not exc_type:
+                for fn in pending:
+                    fn()
 

@@ -27,6 +27,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+try:  # the daemon's and the worker's fast JSON; the standard library gives the same text otherwise
+    import orjson
+
+    def _dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+except ImportError:  # pragma: no cover
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
 RUN_WORKFLOW = "bgagents.AgentRun"
 STATUS_WORKFLOW = "bgagents.ClusterStatus"
 LOG_WORKFLOW = "bgagents.TranscriptLog"
@@ -38,7 +47,7 @@ BATCH_BYTES = 900_000        # one signal's records, well under Temporal's 2 MB 
 CHUNK_BYTES = 512_000        # a record longer than this travels in parts
 SEGMENT_SIGNALS = 1000       # signals per log segment (each is one history event)
 SEGMENT_BYTES = 16 << 20     # bytes per log segment (Temporal refuses histories over 50 MB)
-FLUSH_S = 0.05               # the shortest time between two signals of one log
+FLUSH_S = 0.01               # the shortest time between two signals of one log
 
 
 def worker_queue(task_queue: str, worker: str) -> str:
@@ -113,33 +122,36 @@ def lost_error(worker: str | None, timeout_s: float) -> str:
 
 # -- records and their batches ------------------------------------------------------------
 
-def encode_record(run: str, offset: int, op: str, arg: Any) -> list[list]:
-    """One record as the list of wire items it travels as (one, or its parts when it is long)."""
-    text = json.dumps(arg, separators=(",", ":"), ensure_ascii=False)
-    if len(text) <= CHUNK_BYTES:
-        return [[run, offset, op, arg]]
-    pieces = [text[i:i + CHUNK_BYTES] for i in range(0, len(text), CHUNK_BYTES)]
-    return [[run, offset, "part", {"op": op, "i": i, "n": len(pieces), "text": piece}]
+def encode_record(run: str, offset: int, op: str, arg: Any) -> list[bytes]:
+    """One record as the JSON of the wire items it travels as (one, or its parts when it is long).
+
+    A wire item is `[run, offset, op, arg]`; a part's op is "part" and its arg
+    `{"op", "i", "n", "text"}`, the record's arg JSON cut in pieces."""
+    encoded = _dumps(arg)
+    if len(encoded) <= CHUNK_BYTES:
+        return [_dumps([run, offset, op]).rstrip(b"]") + b"," + encoded + b"]"]
+    text = encoded.decode()
+    pieces = [text[i:i + CHUNK_BYTES // 4] for i in range(0, len(text), CHUNK_BYTES // 4)]
+    return [_dumps([run, offset, "part", {"op": op, "i": i, "n": len(pieces), "text": piece}])
             for i, piece in enumerate(pieces)]
 
 
-def item_size(item: list) -> int:
-    return len(json.dumps(item, separators=(",", ":"), ensure_ascii=False)) + 1
-
-
-def take_batch(pending: list[list], limit: int = BATCH_BYTES) -> tuple[list[list], int]:
-    """Take the longest head of `pending` under `limit` bytes (at least one item); returns it and its size."""
+def take_batch(pending: list[bytes], limit: int = BATCH_BYTES) -> tuple[bytes, int]:
+    """The longest head of `pending` under `limit` bytes (at least one item): the JSON of the signal
+    that carries it, `{"items": [...]}`, and how many items that is (the caller drops them once sent)."""
     size = 0
     count = 0
     for item in pending:
-        n = item_size(item)
+        n = len(item) + 1
         if count and size + n > limit:
             break
         size += n
         count += 1
-    batch = pending[:count]
-    del pending[:count]
-    return batch, size
+    return b'{"items":[' + b",".join(pending[:count]) + b"]}", count
+
+
+def next_segment_payload(next_id: str) -> bytes:
+    return _dumps({"next": next_id})
 
 
 @dataclass

@@ -375,21 +375,29 @@ class ClusterService:
         follower = self.logs.get(base)
         if follower is not None:
             follower["event_id"] = event_id
-        for record in self.reassembler.feed(items):
-            state = self.runs.get(record.run)
-            if state is None or not state.open:
-                continue
-            try:
-                if not state.offsets.accept(record.offset):
+        # The whole batch in one commit, with each run's applied offset: a daemon killed midway
+        # applies it again from the stored offsets (events are delivered after the commit).
+        touched: dict[str, ClusterRun] = {}
+        exits: list[tuple[ClusterRun, Any]] = []
+        with self.store.transaction():
+            for record in self.reassembler.feed(items):
+                state = self.runs.get(record.run)
+                if state is None or not state.open:
                     continue
-            except p.GapError as exc:
-                log.error("run %s: %s; its transcript may miss lines", record.run, exc)
-                state.offsets.next = record.offset + 1
-            with self.store.transaction():
+                try:
+                    if not state.offsets.accept(record.offset):
+                        continue
+                except p.GapError as exc:
+                    log.error("run %s: %s; its transcript may miss lines", record.run, exc)
+                    state.offsets.next = record.offset + 1
                 self._apply(state, record)
+                touched[state.workflow_id] = state
+                if record.op == "exit":
+                    exits.append((state, record.arg.get("code")))
+            for state in touched.values():
                 self.store.save_cluster_run(state.workflow_id, state.session_id, state.to_record())
-            if record.op == "exit":
-                self._finish(state, record.arg.get("code"), started=record.arg.get("code") is not None)
+        for state, code in exits:
+            self._finish(state, code, started=code is not None)
 
     def _apply(self, state: ClusterRun, record: p.Record) -> None:
         run, op, arg = state.run, record.op, record.arg

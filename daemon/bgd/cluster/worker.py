@@ -32,7 +32,8 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import (CustomSlotSupplier, FixedSizeSlotSupplier, SlotMarkUsedContext, SlotPermit,
                                SlotReleaseContext, SlotReserveContext, Worker, WorkerTuner)
@@ -125,7 +126,7 @@ class LogWriter:
         self.node = node
         self.owner = owner
         self.segment = 0
-        self.pending: list[list] = []
+        self.pending: list[bytes] = []   # wire items, as JSON
         self.appended = 0        # wire items handed in
         self.written = 0         # wire items acknowledged by the server
         self.signals = 0         # signals in the current segment
@@ -161,44 +162,47 @@ class LogWriter:
             await self._wake.wait()
             self._wake.clear()
             while self.pending:
-                batch, size = p.take_batch(self.pending)
+                payload, count = p.take_batch(self.pending)
                 try:
-                    await self._signal({"items": batch})
+                    await self._signal(payload)
                 except Exception as exc:  # the server is away: keep the batch, try again
-                    self.pending[:0] = batch
                     log.warning("transcript log %s: cannot send %d records (%s); retrying", self.current,
-                                len(batch), exc)
+                                count, exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
+                del self.pending[:count]
                 backoff = 0.1
                 self.node.contact()
                 self.signals += 1
-                self.bytes += size
+                self.bytes += len(payload)
                 async with self._written:
-                    self.written += len(batch)
+                    self.written += count
                     self._written.notify_all()
                 if self.signals >= p.SEGMENT_SIGNALS or self.bytes >= p.SEGMENT_BYTES:
                     await self._roll_over()
                 await asyncio.sleep(p.FLUSH_S)
 
-    async def _signal(self, payload: dict) -> None:
+    async def _signal(self, payload: bytes) -> None:
         client = self.node.client
+        arg = RawValue(Payload(metadata={"encoding": b"json/plain"}, data=payload))
         if not self.started:
             await client.start_workflow(
                 p.LOG_WORKFLOW, id=self.current, task_queue=p.log_queue(self.node.task_queue),
-                start_signal=p.LOG_SIGNAL, start_signal_args=[payload],
+                start_signal=p.LOG_SIGNAL, start_signal_args=[arg],
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, execution_timeout=LOG_LIFETIME)
             self.started = True
         else:
-            await client.get_workflow_handle(self.current).signal(p.LOG_SIGNAL, payload)
+            await client.get_workflow_handle(self.current).signal(p.LOG_SIGNAL, arg)
 
     async def _roll_over(self) -> None:
         old = self.current
         nxt = p.log_id(self.owner, self.node.name, self.node.epoch, self.segment + 1)
         while True:
             try:
-                await self.node.client.get_workflow_handle(old).signal(p.LOG_SIGNAL, {"next": nxt})
+                await self.node.client.get_workflow_handle(old).signal(
+                    p.LOG_SIGNAL, RawValue(Payload(metadata={"encoding": b"json/plain"},
+                                                   data=p.next_segment_payload(nxt))))
                 break
             except Exception as exc:
                 log.warning("transcript log %s: cannot close it (%s); retrying", old, exc)
@@ -361,13 +365,16 @@ class WorkerNode:
     async def _run(self, workflow_id: str, spec: p.RunSpec) -> dict:
         live = LiveRun(self, workflow_id, spec)
         self.live[workflow_id] = live
+        beat = asyncio.create_task(self._heartbeat(live))
         try:
             await self.client.get_workflow_handle(workflow_id).signal(
                 p.CLAIM_SIGNAL, {"worker": self.name, "queue": self.queue, "log": live.log.current})
             self.contact()
             log.info("run %s (session %s of %s) claimed", workflow_id, spec.session_id, spec.owner)
             if await live.start():
-                await self._heartbeat_until_exit(live)
+                await live.agent.exited.wait()
+                if live.stopping is not None:
+                    await live.stopping
                 code = live.agent.returncode
                 live.emit("exit", {"code": code, "stderr": live.agent.stderr_last_line()})
             await live.log.flushed()
@@ -388,6 +395,7 @@ class WorkerNode:
                 await asyncio.shield(live.agent.exited.wait())
             raise
         finally:
+            beat.cancel()
             del self.live[workflow_id]
 
     async def _finish_stop(self, live: LiveRun) -> None:
@@ -397,16 +405,11 @@ class WorkerNode:
             live.emit("exit", {"code": live.agent.returncode, "stderr": live.agent.stderr_last_line()})
         await live.log.flushed(timeout=live.spec.heartbeat_s * 3)
 
-    async def _heartbeat_until_exit(self, live: LiveRun) -> None:
-        exited = asyncio.create_task(live.agent.exited.wait())
-        try:
-            while not exited.done():
-                activity.heartbeat({"records": live.offset})
-                await asyncio.wait([exited], timeout=live.spec.heartbeat_s / 2)
-            if live.stopping is not None:
-                await live.stopping
-        finally:
-            exited.cancel()
+    async def _heartbeat(self, live: LiveRun) -> None:
+        """From the claim to the end of the run, whatever it is doing (starting the agent included)."""
+        while True:
+            activity.heartbeat({"records": live.offset})
+            await asyncio.sleep(live.spec.heartbeat_s / 2)
 
     @activity.defn(name=DELIVER_ACTIVITY)
     async def deliver(self, workflow_id: str, message: dict) -> dict:
@@ -462,10 +465,11 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
     # The workflows import only bgd.cluster.protocol (pure): pass bgd through the sandbox rather
     # than re-import it for every workflow run.
     runner = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("bgd"))
+    # No workflow cache: a run's workflow task then never waits on the sticky queue of a worker
+    # that died (that would add a second to noticing it); its history is a few dozen events.
     shared = Worker(client, task_queue=task_queue, workflows=[AgentRun, ClusterStatus], activities=[node.run],
-                    workflow_runner=runner, tuner=tuner, identity=name, max_heartbeat_throttle_interval=throttle,
+                    workflow_runner=runner, tuner=tuner, max_cached_workflows=0, identity=name, max_heartbeat_throttle_interval=throttle,
                     default_heartbeat_throttle_interval=throttle,
-                    sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
                     graceful_shutdown_timeout=timedelta(seconds=1))
     own = Worker(client, task_queue=node.queue, activities=[node.run, node.deliver, node.status],
                  max_concurrent_activities=max(100, slots * 4), identity=name,
