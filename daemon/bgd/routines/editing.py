@@ -17,7 +17,7 @@ from bgcore.routines_file import (CONNECTOR_FIELDS, ENV_FIELDS, FIELDS, ApiTrigg
 from bgcore.schedule import ScheduleError, parse_schedule
 from bgcore.triggers import hash_token, new_token
 from bgd import clock
-from bgd.routines.secrets import EnvFileError, read_env_file, shown
+from bgd.routines.secrets import EnvFileError, Masker, read_env_file, shown
 
 _TOP = tuple(k for k in FIELDS if k not in ("environment", "connectors", "triggers"))
 _CLEARABLE = ("description", "prompt_file", "agent", "model", "timeout", "timezone")
@@ -30,6 +30,7 @@ def routine_json(service, routine: Routine, *, full: bool = False) -> dict:
     data["status"] = "enabled" if routine.enabled else "paused"
     schedules = service.schedules
     for trigger, out in zip(routine.triggers, data["triggers"]):
+        out["toml"] = trigger.to_toml()  # as routines.toml has it (what `routine.edit` takes back)
         if isinstance(trigger, ScheduleTrigger):
             nxt = schedules.next_fire(routine.name, trigger.index) if schedules is not None else None
             out["next_at"] = clock.iso(nxt.astimezone(routine.tz)) if nxt is not None else None
@@ -42,13 +43,18 @@ def routine_json(service, routine: Routine, *, full: bool = False) -> dict:
     data["token"] = {"set": bool(state.get("token_hash")), "created_at": state.get("token_created_at")}
     data["running"] = [r["id"] for r in service.records.values() if r["routine"] == routine.name]
     data["last_run"] = state.get("last_run")
+    env: dict[str, Any] = {}
+    if routine.env_path:
+        try:
+            values = read_env_file(routine.env_path)
+            env = {"values": shown(values), "error": None}
+        except EnvFileError as exc:
+            values, env = {}, {"values": {}, "error": str(exc)}
+        masker = Masker(values.values())
+        if masker:  # a secret written into the prompt is not shown either
+            for key in ("prompt", "description"):
+                data[key] = masker(data[key])
     if full:
-        env: dict[str, Any] = {}
-        if routine.env_path:
-            try:
-                env = {"values": shown(read_env_file(routine.env_path)), "error": None}
-            except EnvFileError as exc:
-                env = {"values": {}, "error": str(exc)}
         data["environment"]["env"] = env or None
     return data
 
