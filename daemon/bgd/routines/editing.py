@@ -176,7 +176,8 @@ def set_enabled(service, name: str, enabled: bool) -> dict:
     if routine.enabled == enabled:
         return routine_json(service, routine)
     text = keeper.read_current()
-    new_text = edit_routine_text(text, name, {"enabled": None if enabled and "enabled" not in routine.raw else enabled})
+    # Resuming removes `enabled = false` (true is the default), so pause then resume leaves the file as it was.
+    new_text = edit_routine_text(text, name, {"enabled": None if enabled else False})
     updated = keeper.check_one(new_text, name)
     keeper.commit_one(new_text, name, updated)
     return routine_json(service, updated)
