@@ -32,20 +32,19 @@ class LineIndex:
 
 
 def section_span(text: str, header_offset: int) -> tuple[int, int]:
-    """[start, end) of the section whose header line starts at `header_offset`: up to the next header,
-    leaving the comments and blank lines just above that header to it."""
+    """[start, end) of the section whose header line starts at `header_offset`: up to the next header
+    (or the end of the file), leaving the comments and blank lines after its last key to what follows."""
     line_end = text.find("\n", header_offset)
     nxt = ANY_HEADER_RE.search(text, line_end + 1) if line_end >= 0 else None
     end = nxt.start() if nxt else len(text)
-    if nxt:
-        while True:
-            prev = text.rfind("\n", header_offset, end - 1)
-            if prev < 0:
-                break
-            line = text[prev + 1:end].strip()
-            if line and not line.startswith("#"):
-                break
-            end = prev + 1
+    while line_end >= 0:
+        prev = text.rfind("\n", header_offset, end - 1)
+        if prev < 0 or prev < line_end:
+            break
+        line = text[prev + 1:end].strip()
+        if line and not line.startswith("#"):
+            break
+        end = prev + 1
     return header_offset, end
 
 

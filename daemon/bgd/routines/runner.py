@@ -561,10 +561,11 @@ class RoutineService:
             if session is not None and session.state in BUSY:
                 continue  # a reply is working in it; the next look deletes it
             path = Path(rec["workspace"]) if rec and rec.get("workspace") else self.runs_dir / run_id
+            removed_at = clock.iso(self.now())
             await trio.to_thread.run_sync(workspace.remove, path)
             self.workspaces.pop(run_id, None)
             if rec is not None:
-                rec["workspace_removed_at"] = clock.iso(self.now())
+                rec["workspace_removed_at"] = removed_at
                 self._save(rec)
         with self.store.transaction():
             gone = self.dedupe.prune(now)
