@@ -200,7 +200,7 @@ async def test_runs_queue_under_the_cap_and_overlap_skips(tmp_path, autojump_clo
         assert [r["status"] for r in runs] == ["running", "running", "queued"] and runs[2]["reason"] == "concurrency_limit"
         again = service.offer(service.routines["c"], "api")
         assert (again["status"], again["reason"]) == ("skipped", "previous_run_active")
-        world.sessions.end(world.sessions.dispatched[0])
+        world.sessions.end(world.sessions.sessions[runs[0]["session_id"]])
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert runs[0]["status"] == "finished" and runs[2]["status"] == "running"
@@ -241,15 +241,15 @@ async def test_a_restart_leaves_open_runs_daemon_restarted(tmp_path, autojump_cl
 async def test_report_outcome_and_auto_answers(tmp_path, autojump_clock):
     world = World(tmp_path, routine("a", api=True))
     answers = []
-    world.sessions.auto_answer = lambda session, request, answer=None: answers.append((request.tool_name, answer))
+    world.sessions.auto_answer = lambda session, pending, answer=None: answers.append((pending["tool_name"], answer))
     async with trio.open_nursery() as nursery:
         await nursery.start(world.service.run)
         rec = world.service.offer(world.service.routines["a"], "api")
         await trio.sleep(1)
         session = world.sessions.dispatched[0]
         for hook in world.sessions.on_permission:
-            assert hook(session, SimpleNamespace(tool_name="Bash", waiting_for="permission"))
-            assert hook(session, SimpleNamespace(tool_name="AskUserQuestion", waiting_for="question"))
+            assert hook(session, {"tool_name": "Bash", "kind": "permission", "request_id": "1"})
+            assert hook(session, {"tool_name": "AskUserQuestion", "kind": "question", "request_id": "2"})
         world.service.report_outcome(session.id, "done", "fixed the flaky test", ["https://x/pr/1"])
         world.sessions.end(session)
         await trio.sleep(1)
