@@ -33,7 +33,7 @@ from bgd.routines import workspace
 from bgd.routines.file import RoutinesFile
 from bgd.routines.secrets import EnvFileError, Masker, read_env_file
 from bgd.sessions.manager import new_id
-from bgd.tasks.scheduler import Queued, RunGate, Skipped, Start, Stop
+from bgcore.scheduler import Queued, RunGate, Skipped, Start, Stop
 
 log = logging.getLogger("bgd.routines")
 

@@ -1,4 +1,4 @@
-"""Schedule triggers of routines (SPEC §8): the desktop tasks' scheduler (bgd.tasks.scheduler), one
+"""Schedule triggers of routines (SPEC §8): the scheduler desktop tasks use (bgcore.scheduler), one
 entry per schedule trigger (`<routine>#<index>`), and the same trio shell around it.
 
 The rules are §7's: at most one catch-up run for the most recent missed time, the older ones
@@ -20,7 +20,7 @@ import trio
 
 from bgcore.routines_file import Routine, ScheduleTrigger, set_trigger_enabled_text, stagger_seconds
 from bgd import clock
-from bgd.tasks.scheduler import Fire, Scheduler, Skip
+from bgcore.scheduler import Fire, Scheduler, Skip
 
 log = logging.getLogger("bgd.routines")
 
