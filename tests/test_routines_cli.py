@@ -143,3 +143,16 @@ def test_run_token_runs_and_json(cli):
                                              "PUSHED"]
     assert bgd.ctl("routine", "deliveries").stdout.strip() == "no GitHub delivery yet"
     assert json.loads(bgd.ctl("--json", "routine", "ls").stdout)["routines"][0]["name"] == "nightly"
+
+
+def test_the_agent_view_marks_a_routine_session_by_its_outcome():
+    from datetime import datetime, timezone
+    from bgctl import agents_model as m
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    base = {"id": "abcd1234", "state": "completed", "cwd": "/state/runs/r1/app", "name": "pr-review",
+            "last_message": "All tests pass", "created_at": now.isoformat(), "cost_usd": 0.0}
+    quiet = m.row_text({**base, "outcome": "unreported"}, now, 100)
+    assert quiet.startswith("? ") and "[unreported] All tests pass" in quiet
+    assert m.row_text({**base, "outcome": "done"}, now, 100).startswith("✓ ")
+    assert m.row_text({**base, "outcome": "failed"}, now, 100).startswith("✗ ")
+    assert m.row_text(base, now, 100).startswith("✓ ")  # not a routine's run

@@ -5,12 +5,10 @@ secrets out of everything it stores, and reports its outcome apart from its stat
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from routine_helpers import git, make_remote, start_routine_daemon, transcript_text, wait_run
 

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, strategies as st
 
+from bgcore.routines_edit import (add_routine_text, edit_routine_text, find_block, has_routine, remove_routine_text,
+                                  set_trigger_enabled_text)
 from bgcore.routines_file import (DEFAULT_HOURLY_CAP, DEFAULT_RATE_LIMIT, ApiTrigger, GitHubTrigger, ScheduleTrigger,
-                                  add_routine_text, edit_routine_text, find_block, has_routine, load_routines,
-                                  parse_duration, read_env_text, remove_routine_text, set_trigger_enabled_text,
-                                  stagger_seconds)
+                                  load_routines, parse_duration, read_env_text, stagger_seconds)
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 UTC = ZoneInfo("UTC")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bgd.routines.fires import Refusal, api_fire, bearer, fire_answer, read_text
-from routine_helpers import make_remote, start_routine_daemon
+from routine_helpers import ROUTINE_CONFIG, listener_url, make_remote, start_routine_daemon
 
 TOML = '''[routines.fixer]
 prompt = "say fixed"
@@ -149,3 +149,25 @@ async def test_a_fire_while_the_daemon_shuts_down_is_503():
     with pytest.raises(Refusal) as info:
         await api_fire(service, "x", "Bearer t", b"", None)
     assert (info.value.status, info.value.type) == (503, "unavailable")
+
+
+@pytest.mark.slow
+def test_a_slow_body_is_cut_off_with_408(bgd, tmp_path):
+    start_routine_daemon(bgd, TOML.format(remote=make_remote(tmp_path)))
+    bgd.stop()
+    bgd.write_config(ROUTINE_CONFIG.replace('listen = "127.0.0.1:0"\n', 'listen = "127.0.0.1:0"\nbody_timeout_s = 0.5\n'))
+    bgd.start()
+    url = listener_url(bgd)
+    token = bgd.ctl_json("routine", "token", "fixer")["token"]
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/routines/fixer/fire HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n\r\n{\"text\"")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
+    assert bgd.rpc("routine.runs", {"name": "fixer"}) == []

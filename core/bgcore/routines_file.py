@@ -38,8 +38,8 @@ One routine is a table with optional sub-tables:
     draft = false
 
 Relative paths (prompt_file, env_file, mcp_config) are relative to the directory of routines.toml;
-nothing is read from a repository's own files. Reading uses tomllib; writing splices the routine's
-own sections, re-rendered by tomlkit, so the rest of the file stays byte for byte as it was.
+nothing is read from a repository's own files. Reading uses tomllib (positions come from
+routines_layout); edits are routines_edit's.
 """
 
 from __future__ import annotations
@@ -57,16 +57,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .branch_guard import DEFAULT_PUSH, pattern_problem
 from .cron import compile_cron
-from .definitions import (ANY_HEADER_RE, LineIndex, decode_error, find_top_key, keys_in, section_span,
-                          with_comments_above)
+from .definitions import decode_error, find_top_key
+from .routines_layout import Positions
 from .github import FIELDS as FILTER_FIELDS
 from .github import Filter, FilterError, compile_filter, parse_event
 from .schedule import Schedule, ScheduleError, parse_schedule
 
 __all__ = ["ApiTrigger", "CONNECTOR_FIELDS", "ENV_FIELDS", "FIELDS", "GitHubTrigger", "NAME_RE", "NETWORKS",
-           "OVERLAPS", "Repo", "Routine", "RoutineFileError", "ScheduleTrigger", "TRIGGER_KEYS", "add_routine_text",
-           "edit_routine_text", "find_block", "has_routine", "load_routines", "parse_duration", "read_env_text",
-           "remove_routine_text", "resolve_path", "set_trigger_enabled_text", "stagger_seconds", "validate_name"]
+           "OVERLAPS", "Repo", "Routine", "RoutineFileError", "ScheduleTrigger", "TRIGGER_KEYS", "clone_name",
+           "load_routines", "parse_duration", "read_env_text", "resolve_path", "stagger_seconds", "validate_name"]
 
 NAME_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 OVERLAPS = ("skip", "buffer_one", "replace", "allow")
@@ -90,8 +89,6 @@ NOT_YET = {"setup": "the setup script", "setup_file": "the setup script"}
 _KIND = {str: "a string", bool: "true or false", list: "a list", dict: "a table", (list, str): "a list of strings",
          (str, int, float): "a duration such as \"4h\" or a number of seconds", (str, list): "a string or a list"}
 _RELATIVE_ONCE = ("in", "today", "tomorrow")
-_NAME = r'(?:"([^"\n]*)"|\'([^\'\n]*)\'|([A-Za-z0-9_-]+))'
-_HEADER_RE = re.compile(rf'^[ \t]*(\[\[?)[ \t]*routines[ \t]*\.[ \t]*{_NAME}[ \t]*((?:\.[^\]\n]*)?)\]', re.M)
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
 _DURATION_UNITS = {**dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
                    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
@@ -290,69 +287,6 @@ def read_env_text(text: str, path: str) -> dict[str, str]:
     return values
 
 
-# ---------------------------------------------------------------- positions
-
-@dataclass
-class _Section:
-    offset: int
-    sub: str            # "" for [routines.NAME], else the rest of the path ("environment", "triggers", ...)
-    array: bool
-
-
-class _Positions:
-    """Where each routine's sections and keys are, found by one scan of the text."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.index = LineIndex(text)
-        self.sections: dict[str, list[_Section]] = {}
-        for m in _HEADER_RE.finditer(text):
-            name = next(g for g in m.group(2, 3, 4) if g is not None)
-            sub = m.group(5).strip().lstrip(".").strip().strip('"')
-            self.sections.setdefault(name, []).append(_Section(m.start(), sub, m.group(1) == "[["))
-
-    def line_col(self, offset: int) -> tuple[int, int]:
-        return self.index.line_col(offset)
-
-    def mains(self, name: str) -> list[_Section]:
-        return [s for s in self.sections.get(name, []) if s.sub == "" and not s.array]
-
-    def header(self, name: str) -> tuple[int | None, int | None]:
-        sections = self.mains(name) or self.sections.get(name, [])
-        if sections:
-            return self.line_col(sections[0].offset)
-        return find_top_key(self.text, name) if name else (None, None)
-
-    def section(self, name: str, sub: str, index: int | None = None) -> _Section | None:
-        found = [s for s in self.sections.get(name, []) if s.sub == sub]
-        if index is not None:
-            found = [s for s in found if s.array]
-            return found[index] if index < len(found) else None
-        return found[0] if found else None
-
-    def key(self, name: str, key: str | None, sub: str = "", index: int | None = None) -> tuple[int | None, int | None]:
-        """The line and column of `key`'s value in the routine's section `sub` (its `index`-th, for
-        triggers), else of that section's header, else of the routine's."""
-        section = self.section(name, sub, index)
-        if section is None and sub:
-            # written inline (`triggers = [...]`, `environment = {...}`): point at that key
-            main = self.section(name, "")
-            if main is not None:
-                start, end = section_span(self.text, main.offset)
-                offset = keys_in(self.text, start, end).get(sub.split(".")[0])
-                if offset is not None:
-                    return self.line_col(offset)
-            return self.header(name)
-        if section is None:
-            return self.header(name)
-        if key is not None:
-            start, end = section_span(self.text, section.offset)
-            offset = keys_in(self.text, start, end).get(key)
-            if offset is not None:
-                return self.line_col(offset)
-        return self.line_col(section.offset)
-
-
 # ---------------------------------------------------------------- reading
 
 def load_routines(text: str, path: str, now: datetime, tz: ZoneInfo, *,
@@ -364,7 +298,7 @@ def load_routines(text: str, path: str, now: datetime, tz: ZoneInfo, *,
     a reload reuse the routines whose table did not change. `base_dir`: where relative paths start
     (default: the file's directory)."""
     base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
-    pos = _Positions(text)
+    pos = Positions(text)
     errors: list[RoutineFileError] = []
     for name in pos.sections:
         mains = pos.mains(name)
@@ -406,7 +340,7 @@ def load_routines(text: str, path: str, now: datetime, tz: ZoneInfo, *,
     return routines, errors
 
 
-def _relined(routine: Routine, line: int | None, pos: _Positions) -> Routine:
+def _relined(routine: Routine, line: int | None, pos: Positions) -> Routine:
     triggers = tuple(replace(t, line=pos.key(routine.name, None, "triggers", t.index)[0]) for t in routine.triggers)
     return replace(routine, line=line, triggers=triggers)
 
@@ -414,7 +348,7 @@ def _relined(routine: Routine, line: int | None, pos: _Positions) -> Routine:
 class _Reader:
     """Reads one routine's table, collecting every error with its position."""
 
-    def __init__(self, name: str, raw: Any, path: str, pos: _Positions, now: datetime, tz: ZoneInfo,
+    def __init__(self, name: str, raw: Any, path: str, pos: Positions, now: datetime, tz: ZoneInfo,
                  isfile: Callable[[str], bool], agents: set[str] | None, base_dir: str):
         self.name, self.raw, self.path, self.pos = name, raw, path, pos
         self.now, self.tz, self.isfile, self.agents, self.base_dir = now, tz, isfile, agents, base_dir
@@ -538,7 +472,7 @@ class _Reader:
                           f"an absolute path (or ~/...), not {url!r}", "repos")
                 continue
             repos.append(Repo(url.strip(), ref.strip() if ref else None))
-        names = [_clone_name(r.url) for r in repos]
+        names = [clone_name(r.url) for r in repos]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             self.fail(f"repos of {what} has two repositories named {dupes[0]!r}; each is cloned into a folder "
@@ -752,331 +686,13 @@ def _looks_like_url(url: str) -> bool:
     return bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url) or re.match(r"[^/@:\s]+@[^/:\s]+:", url))
 
 
-def _clone_name(url: str) -> str:
+def clone_name(url: str) -> str:
     """The folder a repository is cloned into: the last part of its URL or path, without .git."""
     tail = re.split(r"[/:]", url.rstrip("/"))[-1] or "repo"
     return tail[:-4] if tail.endswith(".git") and len(tail) > 4 else tail
-
-
-def clone_name(url: str) -> str:
-    return _clone_name(url)
 
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(f'"{v}"' for v in value) + "]"
     return f'"{value}"'
-
-
-# ---------------------------------------------------------------- writing
-
-_TOP_ORDER = ("description", "prompt", "prompt_file", "repos", "agent", "model", "push", "timeout", "overlap",
-              "enabled", "timezone")
-
-
-def _item(value: Any):
-    """A TOML value for tomlkit: tables inside values (filters, repos) written inline."""
-    import tomlkit
-    if isinstance(value, dict):
-        table = tomlkit.inline_table()
-        for k, v in value.items():
-            table[k] = _item(v)
-        return table
-    if isinstance(value, (list, tuple)):
-        array = tomlkit.array()
-        for v in value:
-            array.append(_item(v))
-        return array
-    return value
-
-
-def _trigger_table(trigger: dict, appended: bool = False):
-    import tomlkit
-    table = tomlkit.table()
-    if appended:  # a blank line above it, as between the others
-        table.trivia.indent = "\n"
-    for key, value in trigger.items():
-        if value is not None:
-            table[key] = _item(value)
-    return table
-
-
-def _render(name: str, fields: dict[str, Any]) -> str:
-    import tomlkit
-    table = tomlkit.table()
-    for key in _TOP_ORDER:
-        if fields.get(key) is not None:
-            table.add(key, _item(fields[key]))
-    for sub in ("environment", "connectors"):
-        values = {k: v for k, v in (fields.get(sub) or {}).items() if v is not None}
-        if values:
-            inner = tomlkit.table()
-            for k, v in values.items():
-                inner.add(k, _item(v))
-            table.add(sub, inner)
-    if fields.get("triggers"):
-        aot = tomlkit.aot()
-        for trigger in fields["triggers"]:
-            aot.append(_trigger_table(trigger))
-        table.add("triggers", aot)
-    routines = tomlkit.table(is_super_table=True)
-    routines.add(name, table)
-    doc = tomlkit.document()
-    doc.add("routines", routines)
-    return tomlkit.dumps(doc)
-
-
-def find_block(text: str, name: str) -> tuple[int, int] | None:
-    """The span of routine `name`'s sections when they stand together (the usual layout), else None."""
-    pos = _Positions(text)
-    sections = pos.sections.get(name)
-    if not sections:
-        return None
-    start = sections[0].offset
-    last = sections[-1].offset
-    mine = {s.offset for s in sections}
-    for m in ANY_HEADER_RE.finditer(text, start, last + 1):
-        if m.start() not in mine:
-            return None  # another table stands among this routine's sections
-    _, end = section_span(text, last)
-    return start, end
-
-
-def has_routine(text: str, name: str) -> bool:
-    if name in _Positions(text).sections:
-        return True
-    try:
-        return name in tomllib.loads(text).get("routines", {})
-    except (tomllib.TOMLDecodeError, AttributeError):
-        return False
-
-
-def add_routine_text(text: str, name: str, fields: dict[str, Any]) -> str:
-    """`text` with a new routine at the end; the rest of the file untouched."""
-    block = _render(name, fields)
-    if not text.strip():
-        return block
-    return text.rstrip("\n") + "\n\n" + block
-
-
-def _edit(text: str, name: str, apply: Callable[[Any], None]) -> str:
-    """Apply `apply` to the routine's table, parsing only its block when it stands together."""
-    import tomlkit
-    span = find_block(text, name)
-    if span is None:
-        doc = tomlkit.parse(text)  # an unusual layout: the slow, general way
-        apply(doc["routines"][name])
-        return tomlkit.dumps(doc)
-    start, end = span
-    doc = tomlkit.parse(text[start:end])
-    apply(doc["routines"][name])
-    block = tomlkit.dumps(doc)
-    if end < len(text) and not block.endswith("\n"):
-        block += "\n"
-    return text[:start] + block + text[end:]
-
-
-def _edit_section(text: str, name: str, sub: str, index: int | None, apply: Callable[[Any], None]) -> str | None:
-    """Apply `apply` to one section of the routine (its main table, a sub-table, or its `index`-th
-    trigger), parsing that section alone so that the comments and blank lines after it stay where
-    they are. None when the section is not written as its own table."""
-    import tomlkit
-    section = _Positions(text).section(name, sub, index)
-    if section is None or (index is None and section.array):
-        return None
-    start, end = section_span(text, section.offset)
-    doc = tomlkit.parse(text[start:end])
-    table = doc["routines"][name]
-    for part in sub.split(".") if sub else ():
-        table = table[part]
-    if index is not None:
-        table = table[0]
-    apply(table)
-    piece = tomlkit.dumps(doc)
-    if end < len(text) and not piece.endswith("\n"):
-        piece += "\n"
-    return text[:start] + piece + text[end:]
-
-
-def edit_routine_text(text: str, name: str, changes: dict[str, Any]) -> str:
-    """Set (or, for None, delete) fields of routine `name`, keeping its comments and layout.
-
-    `changes` has the file's shape: top-level fields, `environment` and `connectors` as tables of
-    changes, `triggers` as the whole new list (triggers that stay are left as written; a trigger that
-    goes takes the comment lines right above it along). Each table is edited in its own section, so
-    what follows it (blank lines, the comment above the next table) stays put."""
-    import tomlkit
-
-    changes = dict(changes)
-    new_triggers = changes.pop("triggers") if "triggers" in changes else _UNCHANGED
-    if new_triggers is not _UNCHANGED:
-        text, new_triggers = _drop_triggers(text, name, list(new_triggers or []))
-    top = {k: v for k, v in changes.items() if k not in ("environment", "connectors")}
-
-    def set_keys(values: dict) -> Callable[[Any], None]:
-        def apply(table) -> None:
-            for key, value in values.items():
-                if value is None:
-                    if key in table:
-                        del table[key]
-                else:
-                    table[key] = _item(value)
-        return apply
-
-    if top:
-        edited = _edit_section(text, name, "", None, set_keys(top))
-        text = edited if edited is not None else _edit(text, name, set_keys(top))
-    for sub in ("environment", "connectors"):
-        if sub not in changes:
-            continue
-        values = changes[sub]
-        section = _Positions(text).section(name, sub)
-        current = _current_table(text, name, sub)
-        remaining = {k: v for k, v in (current or {}).items() if not (values is None or (k in values and values[k] is None))}
-        remaining.update({k: v for k, v in (values or {}).items() if v is not None})
-        if not remaining:
-            if current is not None:
-                text = _remove_sub(text, name, sub, section)
-            continue
-        if section is not None:
-            edited = _edit_section(text, name, sub, None, set_keys(values or {}))
-            if edited is not None:
-                text = edited
-                continue
-
-        def add(table, sub=sub, remaining=remaining) -> None:
-            if sub in table:
-                del table[sub]
-            inner = tomlkit.table()
-            for k, v in remaining.items():
-                inner.add(k, _item(v))
-            table[sub] = inner
-
-        text = _edit(text, name, add)
-    if new_triggers is not _UNCHANGED:
-        text = _edit(text, name, lambda table: _replace_triggers(table, new_triggers))
-    return text
-
-
-def _current_table(text: str, name: str, sub: str) -> dict | None:
-    try:
-        value = tomllib.loads(text)["routines"][name].get(sub)
-    except (tomllib.TOMLDecodeError, KeyError, AttributeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _remove_sub(text: str, name: str, sub: str, section: "_Section | None") -> str:
-    """Remove a sub-table that has nothing left (its section with the comments above it)."""
-    if section is None:
-        return _edit(text, name, lambda table: table.pop(sub, None))
-    start, end = section_span(text, section.offset)
-    start = with_comments_above(text, start)
-    if start > 0 and text[start - 2:start] == "\n\n" and (text[end:end + 1] == "\n" or end == len(text)):
-        start -= 1
-    return text[:start] + text[end:]
-
-
-_UNCHANGED = object()
-
-
-def _drop_triggers(text: str, name: str, new: list[dict]) -> tuple[str, Any]:
-    """Cut the trigger sections that `new` no longer has out of the text (with their comments); return
-    the text and what is left to do: the triggers to add, or the whole list when the layout is unusual."""
-    span = find_block(text, name)
-    if span is None:
-        return text, new
-    start, end = span
-    block = text[start:end]
-    try:
-        old = tomllib.loads(block)["routines"][name].get("triggers", [])
-    except (tomllib.TOMLDecodeError, KeyError, AttributeError):
-        return text, new
-    pos = _Positions(block)
-    arrays = [s for s in pos.sections.get(name, []) if s.sub == "triggers" and s.array]
-    if len(arrays) != len(old):  # written inline (`triggers = [...]`): rewrite the list
-        return text, new
-    remaining = list(new)
-    drop = []
-    for i, trigger in enumerate(old):
-        if trigger in remaining:
-            remaining.remove(trigger)
-        else:
-            drop.append(i)
-    sections = pos.sections[name]
-    for i in reversed(drop):
-        section = arrays[i]
-        k = sections.index(section)
-        cut_start = with_comments_above(block, section.offset)
-        last = section
-        for later in sections[k + 1:]:  # sub-tables of this trigger ([routines.x.triggers.title])
-            if later.sub.startswith("triggers.") and not later.array:
-                last = later
-            else:
-                break
-        _, cut_end = section_span(block, last.offset)
-        if cut_start > 0 and block[cut_start - 2:cut_start] == "\n\n" and (
-                block[cut_end:cut_end + 1] == "\n" or cut_end == len(block)):
-            cut_start -= 1
-        block = block[:cut_start] + block[cut_end:]
-    return text[:start] + block + text[end:], _Append(remaining)
-
-
-@dataclass
-class _Append:
-    triggers: list[dict]
-
-
-def _replace_triggers(table, new: "list[dict] | _Append") -> None:
-    import tomlkit
-    if isinstance(new, _Append):
-        if not new.triggers:
-            return
-        old = table.get("triggers")
-        if old is None:
-            aot = tomlkit.aot()
-            for trigger in new.triggers:
-                aot.append(_trigger_table(trigger))
-            table["triggers"] = aot
-        else:
-            for trigger in new.triggers:
-                old.append(_trigger_table(trigger, appended=len(old) > 0))
-        return
-    if "triggers" in table:
-        del table["triggers"]
-    if new:
-        aot = tomlkit.aot()
-        for trigger in new:
-            aot.append(_trigger_table(trigger))
-        table["triggers"] = aot
-
-
-def set_trigger_enabled_text(text: str, name: str, index: int, enabled: bool) -> str:
-    """Write `enabled = false` (or remove it, for true) in the routine's `index`-th trigger."""
-    def apply(trigger) -> None:
-        if enabled:
-            if "enabled" in trigger:
-                del trigger["enabled"]
-        else:
-            trigger["enabled"] = False
-
-    edited = _edit_section(text, name, "triggers", index, apply)
-    if edited is not None:
-        return edited
-    return _edit(text, name, lambda table: apply(table["triggers"][index]))
-
-
-def remove_routine_text(text: str, name: str) -> str:
-    import tomlkit
-    span = find_block(text, name)
-    if span is None:
-        doc = tomlkit.parse(text)
-        del doc["routines"][name]
-        return tomlkit.dumps(doc)
-    start, end = span
-    start = with_comments_above(text, start)
-    rest = text[end:]
-    head = text[:start]
-    if head.endswith("\n\n") and (rest.startswith("\n") or not rest):
-        head = head[:-1]
-    return head + rest

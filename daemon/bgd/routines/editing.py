@@ -11,9 +11,8 @@ import shlex
 from typing import Any
 
 from bgcore.jsonrpc import BAD_SCHEDULE, CONFLICT, INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
-from bgcore.routines_file import (CONNECTOR_FIELDS, ENV_FIELDS, FIELDS, ApiTrigger, Routine, ScheduleTrigger,
-                                  add_routine_text, edit_routine_text, has_routine, remove_routine_text,
-                                  validate_name)
+from bgcore.routines_edit import add_routine_text, edit_routine_text, has_routine, remove_routine_text
+from bgcore.routines_file import CONNECTOR_FIELDS, ENV_FIELDS, FIELDS, ApiTrigger, Routine, ScheduleTrigger, validate_name
 from bgcore.schedule import ScheduleError, parse_schedule
 from bgcore.triggers import hash_token, new_token
 from bgd import clock

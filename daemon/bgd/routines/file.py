@@ -19,7 +19,8 @@ from typing import Callable
 import trio
 
 from bgcore.jsonrpc import INVALID_PARAMS, NOT_FOUND, ROUTINES_FILE_ERROR, RpcError
-from bgcore.routines_file import Routine, RoutineFileError, find_block, load_routines
+from bgcore.routines_edit import find_block
+from bgcore.routines_file import Routine, RoutineFileError, load_routines
 
 log = logging.getLogger("bgd.routines")
 

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 
 import trio
 
-from bgcore.routines_file import Routine, ScheduleTrigger, set_trigger_enabled_text, stagger_seconds
+from bgcore.routines_edit import set_trigger_enabled_text
+from bgcore.routines_file import Routine, ScheduleTrigger, stagger_seconds
 from bgd import clock
 from bgcore.scheduler import Fire, Scheduler, Skip
 
