@@ -70,6 +70,12 @@ def test_tokens(api):
     assert post(client, "fixer", new).status_code == 200
     state = bgd.rpc("routine.get", {"name": "fixer"})["token"]
     assert state["set"] and new not in json.dumps(bgd.rpc("routine.get", {"name": "fixer"}))
+    # Removed and added again under the same name: the old token does not fire the new routine.
+    spec = bgd.rpc("routine.get", {"name": "fixer"})
+    bgd.rpc("routine.remove", {"name": "fixer"})
+    bgd.rpc("routine.add", {"name": "fixer", "prompt": spec["prompt"], "repos": [spec["repos"][0]["url"]],
+                            "triggers": [{"api": True}]})
+    assert error(post(client, "fixer", new)) == (401, "unauthorized")
 
 
 def test_unknown_paused_and_bad_bodies(api):

@@ -75,11 +75,15 @@ MIGRATIONS: list[str] = [
         routine TEXT NOT NULL,
         created_at TEXT NOT NULL,
         status TEXT NOT NULL,
+        session_id TEXT,
+        workspace_live INTEGER NOT NULL DEFAULT 0,
         data TEXT NOT NULL
     );
     CREATE INDEX routine_runs_by_routine ON routine_runs (routine, created_at);
     CREATE INDEX routine_runs_by_time ON routine_runs (created_at);
     CREATE INDEX routine_runs_by_status ON routine_runs (status);
+    CREATE INDEX routine_runs_by_session ON routine_runs (session_id);
+    CREATE INDEX routine_runs_with_workspace ON routine_runs (workspace_live);
     CREATE TABLE routine_state (
         routine TEXT PRIMARY KEY,
         data TEXT NOT NULL
@@ -267,12 +271,15 @@ class Store:
     # -- routines ---------------------------------------------------------------
 
     def save_routine_run(self, data: dict) -> None:
-        """Insert or update a run record (its `id`, `routine`, `created_at` and `status` are columns too)."""
+        """Insert or update a run record (its id, routine, creation time, status, session and whether its
+        workspace still exists are columns too, for the queries below)."""
         text = dumps_text(data)
-        if self.db.execute("UPDATE routine_runs SET status = ?, data = ? WHERE id = ?",
-                           (data["status"], text, data["id"])).rowcount == 0:
-            self.db.execute("INSERT INTO routine_runs (id, routine, created_at, status, data) VALUES (?, ?, ?, ?, ?)",
-                            (data["id"], data["routine"], data["created_at"], data["status"], text))
+        live = 1 if data.get("workspace") and not data.get("workspace_removed_at") else 0
+        if self.db.execute("UPDATE routine_runs SET status = ?, session_id = ?, workspace_live = ?, data = ? "
+                           "WHERE id = ?", (data["status"], data.get("session_id"), live, text, data["id"])).rowcount == 0:
+            self.db.execute("INSERT INTO routine_runs (id, routine, created_at, status, session_id, workspace_live, data) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (data["id"], data["routine"], data["created_at"],
+                                                             data["status"], data.get("session_id"), live, text))
 
     def routine_runs(self, routine: str | None = None, limit: int = 1000) -> list[dict]:
         """Run records, newest first (of one routine, or of all)."""
@@ -290,6 +297,14 @@ class Store:
                                statuses)
         return [loads(row[0]) for row in rows]
 
+    def routine_run_sessions(self) -> list[tuple[str, str]]:
+        """(session id, run id) of every run that had a session."""
+        return list(self.db.execute("SELECT session_id, id FROM routine_runs WHERE session_id IS NOT NULL"))
+
+    def routine_runs_with_workspace(self) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM routine_runs WHERE workspace_live = 1 ORDER BY created_at")
+        return [loads(row[0]) for row in rows]
+
     def routine_runs_since(self, created_at: str) -> list[dict]:
         rows = self.db.execute("SELECT data FROM routine_runs WHERE created_at >= ? ORDER BY created_at, rowid",
                                (created_at,))
@@ -298,6 +313,9 @@ class Store:
     def routine_run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT data FROM routine_runs WHERE id = ?", (run_id,)).fetchone()
         return loads(row[0]) if row else None
+
+    def delete_routine_state(self, routine: str) -> None:
+        self.db.execute("DELETE FROM routine_state WHERE routine = ?", (routine,))
 
     def save_routine_state(self, routine: str, data: dict) -> None:
         self.db.execute("INSERT OR REPLACE INTO routine_state (routine, data) VALUES (?, ?)",

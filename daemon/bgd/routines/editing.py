@@ -166,6 +166,10 @@ def remove(service, name: str) -> dict:
     if not has_routine(text, name):
         raise RpcError(NOT_FOUND, f"routine {name!r} is not in routines.toml any more")
     keeper.commit_one(remove_routine_text(text, name), name, None)
+    # Its token and schedule bookkeeping go with it: a routine added again under this name starts afresh
+    # (an old token does not fire it).
+    service.states.pop(name, None)
+    service.store.delete_routine_state(name)
     return {"name": name, "removed": True}
 
 

@@ -130,13 +130,12 @@ class RoutineService:
                 rec.update(status="daemon_restarted", ended_at=clock.iso(now),
                            error=RESTARTED.format(status=rec["status"], session=rec.get("session_id") or "ID"))
                 self.store.save_routine_run(rec)
-        hour_ago = clock.iso(datetime.fromtimestamp(ts - 3600, timezone.utc))
-        for rec in self.store.routine_runs(None, limit=1_000_000):
-            if rec.get("session_id"):
-                self.session_runs[rec["session_id"]] = rec["id"]
-            if rec.get("workspace") and not rec.get("workspace_removed_at") and rec.get("ended_at"):
+        self.session_runs.update(self.store.routine_run_sessions())
+        for rec in self.store.routine_runs_with_workspace():
+            if rec.get("ended_at"):
                 self.workspaces[rec["id"]] = clock.parse_iso(rec["ended_at"]).timestamp()
-            if rec["created_at"] >= hour_ago and rec["status"] != "skipped" and rec["trigger"] in ("api", "github"):
+        for rec in self.store.routine_runs_since(clock.iso(datetime.fromtimestamp(ts - 3600, timezone.utc))):
+            if rec["status"] != "skipped" and rec["trigger"] in ("api", "github"):
                 self.caps.record((rec["routine"], rec["trigger"]), clock.parse_iso(rec["created_at"]).timestamp())
         for delivery_id, at in self.store.delivery_ids_since(ts - self.dedupe.window_s):
             self.dedupe.load(delivery_id, at)
