@@ -580,7 +580,9 @@ class _SetupError(Exception):
 
 
 def _wants_http(routines: dict[str, Routine]) -> bool:
-    return any(r.enabled and (r.trigger("api") or r.trigger("github")) for r in routines.values())
+    # A paused routine (or a disabled trigger) still wants it: a fire then gets its clear 400 or 404, not
+    # a refused connection.
+    return any(t.kind in ("api", "github") for r in routines.values() for t in r.triggers)
 
 
 def _duration(seconds: float) -> str:
