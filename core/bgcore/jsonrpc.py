@@ -14,7 +14,12 @@ sent something unusable and carries the JSON-RPC error to answer with;
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Union
+
+# Annotations only (they are strings here): importing typing would cost bgctl ~2 ms of start-up.
+# Type checkers read this block as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Union
 
 MAX_FRAME_BYTES = 1 << 20  # 1 MiB
 
@@ -37,6 +42,7 @@ CONFLICT = -32006
 PERMISSION_DENIED = -32007
 TASKS_FILE_ERROR = -32008
 SHUTTING_DOWN = -32009
+ROUTINES_FILE_ERROR = -32010
 
 ERROR_NAMES: dict[int, str] = {
     PARSE_ERROR: "parse error",
@@ -54,6 +60,7 @@ ERROR_NAMES: dict[int, str] = {
     PERMISSION_DENIED: "permission denied",
     TASKS_FILE_ERROR: "tasks file error",
     SHUTTING_DOWN: "shutting down",
+    ROUTINES_FILE_ERROR: "routines file error",
 }
 
 NEED_DATA = object()
@@ -132,7 +139,8 @@ class Response(_Value):
         self.id, self.result, self.error = id, result, error
 
 
-Message = Union[Request, Notification, Response]
+if TYPE_CHECKING:
+    Message = Union[Request, Notification, Response]
 
 
 class Batch(_Value):
@@ -148,7 +156,8 @@ class Batch(_Value):
         self.items = items if items is not None else []
 
 
-Frame = Union[Message, Batch]
+if TYPE_CHECKING:
+    Frame = Union[Message, Batch]
 
 
 def parse_message(obj: Any) -> Message:

@@ -9,7 +9,7 @@ def register(sub, add_common) -> None:
     p = sub.add_parser("cluster", help="the cluster of workers ([cluster] in config.toml)",
                        description="bgctl cluster status")
     add_common(p)
-    verbs = p.add_subparsers(dest="verb", metavar="VERB", parser_class=type(p))
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
     p.set_defaults(handler=status)
     s = verbs.add_parser("status", help="the server, each worker with its free slots, and the runs on it")
     add_common(s)

@@ -69,6 +69,14 @@ class SessionManager:
         self.placements: dict[str, Any] = {}
         # (session) -> True when a placement takes the loaded session's live process over.
         self.on_load: list[Callable[[Session], bool]] = []
+        # More environment and agent arguments at each start of a session's agent (routines: their
+        # run's variables and env_file, kept in memory only; args_for also gets the backend's name,
+        # since arguments are a backend's own), and what hides secrets in everything a session
+        # keeps (its transcript, last message, error): session id -> mask(value). A masked session's
+        # requests are answered by a hook (routines), so none waits in `pending` unmasked.
+        self.env_for: list[Callable[[Session], dict[str, str]]] = []
+        self.args_for: list[Callable[[Session, str], list[str]]] = []
+        self.masks: dict[str, Callable[[Any], Any]] = {}
 
     # -- loading ----------------------------------------------------------------
 
@@ -113,7 +121,8 @@ class SessionManager:
                        permission_mode: str | None = None, model: str | None = None,
                        origin: str = "dispatch", env: dict | None = None,
                        always_allow: list[str] | None = None, start: bool = True,
-                       where: str = "local") -> Session:
+                       where: str = "local",
+                       prepare: Callable[[Session], None] | None = None) -> Session:
         config = self.config()
         if where != "local":
             placement = self.placements.get(where)
@@ -141,6 +150,8 @@ class SessionManager:
                           model=model or config.model, origin=origin, env=dict(env or {}),
                           always_allow=list(always_allow or []), state="working" if start else "completed",
                           where=where)
+        if prepare is not None:  # e.g. a routine's run learns its session (and its mask) before it starts
+            prepare(session)
         self.sessions[session.id] = session
         self.transcript_len[session.id] = 0
         self.store.save_session(session.id, session.to_record())
@@ -185,15 +196,23 @@ class SessionManager:
                                 f"define it again under [agents.{session.agent}]")
             return
         run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
+        # A process placed elsewhere (the cluster) cannot reach the daemon's MCP server.
         placement = self.placements.get(session.where) if session.where != "local" else None
+        launch = run.driver.launch(text, self.mcp_config_for(session) if placement is None else None)
+        extra: dict[str, str] = {}
+        for hook in self.env_for:
+            extra.update(hook(session))
+        for hook in self.args_for:
+            launch.argv += hook(session, agent_cfg.backend)
         if placement is not None:
-            await self._spawn_placed(session, run, placement, agent_cfg, text)
+            launch.env = {**launch.env, **extra}
+            await self._spawn_placed(session, run, placement, agent_cfg, launch, text)
             return
-        launch = run.driver.launch(text, self.mcp_config_for(session))
         env = dict(os.environ)
         env.update(agent_cfg.env)
         env.update(session.env)
         env.update(launch.env)
+        env.update(extra)
         env["BGD_SESSION_ID"] = session.id
         binary = launch.argv[0]
         if shutil.which(binary, path=env.get("PATH")) is None:
@@ -219,10 +238,10 @@ class SessionManager:
         self._changed(session)
         await run.driver.started(text)
 
-    async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, text: str) -> None:
+    async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, launch, text: str) -> None:
         """A process that runs elsewhere (SPEC §14): the placement makes its stand-ins and starts it."""
         try:
-            run.process = placement.process(session, run, run.driver.launch(text, None), agent_cfg, text)
+            run.process = placement.process(session, run, launch, agent_cfg, text)
             await run.process.start(self.nursery)
         except (RpcError, OSError) as exc:
             self._fail(session, exc.message if isinstance(exc, RpcError) else str(exc))
@@ -258,11 +277,21 @@ class SessionManager:
         session.waiting_for = pending.get("kind", "permission")
         self._changed(session)
 
-    async def _answer_quietly(self, run: Run, pending: dict) -> None:
+    async def _answer_quietly(self, run: Run, pending: dict, answer: str | None = None) -> None:
         try:
-            await run.driver.answer(pending, "allow", always=False, message=None, answer=None)
+            await run.driver.answer(pending, "allow", always=False, message=None, answer=answer)
         except RpcError as exc:  # a run elsewhere may refuse it (the request is gone there)
             self.note(run.session, {"event": "answer_refused", "error": exc.message})
+
+    def auto_answer(self, session: Session, pending: dict, *, answer: str | None = None, why: str = "auto") -> None:
+        """Allow a request at once with nobody asked (an autonomous run); `answer` answers a
+        question. For an `on_permission` hook, which then returns True."""
+        run = self.runs.get(session.id)
+        if run is None:
+            return
+        self.nursery.start_soon(self._answer_quietly, run, pending, answer)
+        self._record(session, "control", {"decision": "allow", "tool_name": pending["tool_name"],
+                                          "request_id": pending["request_id"], "rule": why, "answer": answer})
 
     def _withdraw(self, session: Session, request_id: str) -> None:
         if session.pending and session.pending.get("request_id") == request_id:
@@ -280,6 +309,9 @@ class SessionManager:
             session.turns += turns
         session.pending = None
         session.waiting_for = None
+        mask = self.masks.get(session.id)
+        if mask is not None:
+            text, error = mask(text), mask(error)
         if text:
             session.last_message = one_line(text)
         if run.stopping:
@@ -437,6 +469,9 @@ class SessionManager:
             self._stop_run(run)
 
     def _set_failed(self, session: Session, error: str) -> None:
+        mask = self.masks.get(session.id)
+        if mask is not None:
+            error = mask(error)
         session.state = "failed"
         session.error = error
         session.waiting_for = None
@@ -471,6 +506,9 @@ class SessionManager:
         return self._counts.copy()
 
     def _record(self, session: Session, kind: str, data: Any) -> None:
+        mask = self.masks.get(session.id)
+        if mask is not None:
+            data = mask(data)
         n = self.transcript_len.get(session.id, 0)
         self.transcript_len[session.id] = n + 1
         ts = clock.now_iso()

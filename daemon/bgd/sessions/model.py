@@ -53,6 +53,7 @@ class Session:
     env: dict[str, str] = field(default_factory=dict)
     where: str = "local"          # where its process runs: "local" or "cluster" (SPEC §14)
     worker: str | None = None     # on the cluster: the worker that runs (or last ran) it
+    outcome: str | None = None    # a routine run's outcome (SPEC §8); None for other sessions
 
     # Bumped whenever any session's state is set (its creation included), so
     # SessionManager.state_counts can keep its tally until something changes.
@@ -65,7 +66,7 @@ class Session:
 
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "where", "worker")
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "outcome", "where", "worker")
 
     def to_json(self) -> dict:
         data = {key: getattr(self, key) for key in self.PUBLIC}
