@@ -334,3 +334,41 @@ def test_a_desktop_task_with_where_cluster_runs_on_a_worker(owner, cluster):
     session = owner.wait_state(run["session_id"], "completed", timeout=60)
     assert session["where"] == "cluster" and session["worker"] in cluster["workers"]
     assert texts(transcript(owner, session["id"])) == ["from the cluster"]
+
+
+def test_the_same_github_delivery_fired_at_two_daemons_makes_one_run(bgd, cluster, tmp_path):
+    import tempfile
+
+    import httpx
+
+    from conftest import Bgd
+    from routine_helpers import deliver, make_remote, start_routine_daemon, wait_run
+    remote = make_remote(tmp_path)
+    toml = (f'[routines.review]\nprompt = "say reviewed"\nrepos = ["{remote}"]\nwhere = "cluster"\n'
+            '[[routines.review.triggers]]\ngithub = ["pull_request.opened"]\n')
+    extra = (f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n'
+             f'heartbeat_s = {HEARTBEAT_S}\n')
+    sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
+    second = Bgd(tmp_path / "second", sock_dir)
+    try:
+        urls = [start_routine_daemon(owner, toml, extra) for owner in (bgd, second)]
+        payload = {"action": "opened", "number": 7, "pull_request": {"number": 7, "title": "Fix the login"},
+                   "repository": {"full_name": "octo/app"}}
+        with httpx.Client(timeout=30) as client:
+            answers = [deliver(client, url, "pull_request", payload, delivery="delivery-72d3").json() for url in urls]
+        assert all(not a["duplicate"] for a in answers)   # each daemon saw it once
+        sessions = []
+        for owner in (bgd, second):
+            (run,) = owner.rpc("routine.runs", {"name": "review"})
+            run = wait_run(owner, run["id"], lambda r: r.get("session_id"), timeout=30)
+            sessions.append(owner.wait_state(run["session_id"], "completed", "failed", timeout=60))
+        ran = [s for s in sessions if s["state"] == "completed"]
+        refused = [s for s in sessions if s["state"] == "failed"]
+        assert len(ran) == 1 and len(refused) == 1, sessions
+        assert ran[0]["where"] == "cluster" and ran[0]["worker"] in cluster["workers"]
+        assert "started on the cluster before" in refused[0]["error"]
+        owner = bgd if sessions[0]["state"] == "completed" else second
+        assert texts(transcript(owner, ran[0]["id"]))[0].startswith("reviewed")
+    finally:
+        second.stop_any()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -41,7 +41,7 @@ def test_ids_and_queues():
     assert p.worker_queue("bgagents", "w1") == "bgagents@w1"
     assert p.log_queue("bgagents") == "bgagents.logs"
     assert p.session_run_id("me-1a2b3c", "k3v9q0ab", 2) == "bgagents/me-1a2b3c/k3v9q0ab/2"
-    assert p.routine_run_id("triage", "github/72d3162e-cc78-11e3") == "bgagents/routine/triage/github/72d3162e-cc78-11e3"
+    assert p.keyed_run_id("routine/triage/github/72d3162e-cc78") == "bgagents/routine/triage/github/72d3162e-cc78"
     log = p.log_id("me", "w1", "ab12", 7)
     assert p.log_base(log) == ("bgagents-log/me/w1/ab12", 7)
     assert p.valid_name("gpu-box.2_a") and not p.valid_name("a/b") and not p.valid_name("")

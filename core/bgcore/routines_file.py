@@ -73,8 +73,9 @@ NETWORKS = ("none", "trusted", "full")
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "description": str, "prompt": str, "prompt_file": str, "repos": list, "agent": str, "model": str,
     "push": (list, str), "timeout": (str, int, float), "overlap": str, "enabled": bool, "timezone": str,
-    "environment": dict, "connectors": dict, "triggers": list,
+    "environment": dict, "connectors": dict, "triggers": list, "where": str,
 }
+WHERES = ("local", "cluster")   # where a routine's runs go (SPEC §14)
 ENV_FIELDS: dict[str, type | tuple[type, ...]] = {"env_file": str, "setup": str, "setup_file": str,
                                                   "network": (str, list)}
 CONNECTOR_FIELDS: dict[str, type | tuple[type, ...]] = {"mcp_config": str}
@@ -210,6 +211,7 @@ class Routine:
     mcp_config: str | None = None
     mcp_path: str | None = None
     triggers: tuple[Trigger, ...] = ()
+    where: str = "local"
     line: int | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -225,7 +227,7 @@ class Routine:
                 "environment": {"env_file": self.env_file, "network": list(self.network)
                                 if isinstance(self.network, tuple) else self.network},
                 "connectors": {"mcp_config": self.mcp_config},
-                "triggers": [t.to_json() for t in self.triggers], "line": self.line}
+                "triggers": [t.to_json() for t in self.triggers], "where": self.where, "line": self.line}
 
 
 def validate_name(name: Any) -> str | None:
@@ -428,6 +430,9 @@ class _Reader:
         env_file, env_path, network = self._environment(raw.get("environment"), what)
         mcp_config, mcp_path = self._connectors(raw.get("connectors"), what)
         triggers = self._triggers(raw.get("triggers", []), what, zone)
+        where = raw.get("where", "local")
+        if where not in WHERES:
+            self.fail(f"where of {what} must be \"local\" or \"cluster\", not {where!r}", "where")
         if self.errors:
             return None, self.errors
         line, _ = self.pos.header(name)
@@ -436,7 +441,7 @@ class _Reader:
             description=raw.get("description"), agent=agent, model=raw.get("model"), push=tuple(push),
             timeout=timeout, timeout_s=timeout_s, overlap=overlap, enabled=raw.get("enabled", True),
             timezone=zone_name, env_file=env_file, env_path=env_path, network=network, mcp_config=mcp_config,
-            mcp_path=mcp_path, triggers=triggers, line=line, raw=raw), []
+            mcp_path=mcp_path, triggers=triggers, where=where, line=line, raw=raw), []
 
     def _repos(self, value: Any, what: str) -> tuple[Repo, ...]:
         if value is None:

@@ -5,8 +5,8 @@ own queue, `<task_queue>@<name>`, where everything that must reach a run it clai
 turns, stop, and a session's later processes, whose conversation lives on that machine).
 
 Workflow ids come from the run, so a second start of the same run is refused by Temporal itself:
-a session's n-th agent process is `bgagents/<owner>/<session>/<n>`; a routine run fired by a GitHub
-delivery is `bgagents/routine/<routine>/github/<delivery id>`.
+a session's n-th agent process is `bgagents/<owner>/<session>/<n>`; the first process of a routine run
+fired by a GitHub delivery is `bgagents/routine/<routine>/github/<delivery id>` (`keyed_run_id`).
 
 The transcript log.  A run's records (what its agent driver reports: transcript entries, state
 changes, the exit) are numbered from 0 per run and shipped in batches, as signals, to a log workflow
@@ -62,9 +62,10 @@ def session_run_id(owner: str, session_id: str, n: int) -> str:
     return f"bgagents/{owner}/{session_id}/{n}"
 
 
-def routine_run_id(routine: str, fire: str) -> str:
-    """A routine run's workflow id; `fire` is "github/<delivery id>", "http/<id>" or "schedule/<time>"."""
-    return f"bgagents/routine/{routine}/{fire}"
+def keyed_run_id(run_key: str) -> str:
+    """The workflow id of a run named by its fire: a routine's is `routine/<name>/github/<delivery id>`
+    (or `routine/<name>/<trigger>/<run id>`), so the same delivery makes one run whoever fires it."""
+    return f"bgagents/{run_key}"
 
 
 def log_id(owner: str, worker: str, epoch: str, segment: int) -> str:

@@ -207,7 +207,11 @@ class ClusterService:
         if config is None:
             raise RpcError(INVALID_PARAMS, NOT_CONFIGURED)
         n = self.store.cluster_run_count(session.id)
-        state = ClusterRun(p.session_run_id(self.owner, session.id, n), session.id, n, run=run)
+        # A routine's fire names its first process (from a GitHub delivery's id: one run per delivery);
+        # any later process of the session is the session's own.
+        workflow_id = (p.keyed_run_id(session.run_key) if n == 0 and session.run_key
+                       else p.session_run_id(self.owner, session.id, n))
+        state = ClusterRun(workflow_id, session.id, n, run=run)
         env = dict(agent_cfg.env)
         env.update(session.env)
         env.update(launch.env)
@@ -245,6 +249,10 @@ class ClusterService:
         except LinkError as exc:
             raise ClusterStartError(str(exc)) from None
         except Exception as exc:
+            from temporalio.exceptions import WorkflowAlreadyStartedError
+            if isinstance(exc, WorkflowAlreadyStartedError):
+                raise ClusterStartError(f"this run was started on the cluster before (workflow {state.workflow_id}, "
+                                        "e.g. the same GitHub delivery fired twice); it is not started again") from None
             raise ClusterStartError(f"the Temporal server refused the run: {_short(exc)}") from None
         self.runs[state.workflow_id] = state
         self.store.save_cluster_run(state.workflow_id, state.session_id, state.to_record())

@@ -293,9 +293,13 @@ class RoutineService:
             self._save(rec)
 
         try:
+            # On the cluster the run's workflow id comes from the fire (a GitHub delivery's id), so a
+            # second fire of the same delivery, from any daemon, cannot start a second run.
+            fire = f"github/{rec['delivery']}" if rec.get("delivery") else f"{rec['trigger']}/{run_id}"
             session = await self.sessions.dispatch(
                 prompt, str(clones[0].path), agent=routine.agent, name=routine.name, model=routine.model,
-                permission_mode="default", origin=f"routine:{routine.name}", prepare=prepare)
+                permission_mode="default", origin=f"routine:{routine.name}", prepare=prepare,
+                where=routine.where, run_key=f"routine/{routine.name}/{fire}")
         except RpcError as exc:
             self._end(rec, "agent_failed", error=exc.message)
             return

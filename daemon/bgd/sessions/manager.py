@@ -121,7 +121,7 @@ class SessionManager:
                        permission_mode: str | None = None, model: str | None = None,
                        origin: str = "dispatch", env: dict | None = None,
                        always_allow: list[str] | None = None, start: bool = True,
-                       where: str = "local",
+                       where: str = "local", run_key: str | None = None,
                        prepare: Callable[[Session], None] | None = None) -> Session:
         config = self.config()
         if where != "local":
@@ -149,7 +149,7 @@ class SessionManager:
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
                           always_allow=list(always_allow or []), state="working" if start else "completed",
-                          where=where)
+                          where=where, run_key=run_key)
         if prepare is not None:  # e.g. a routine's run learns its session (and its mask) before it starts
             prepare(session)
         self.sessions[session.id] = session

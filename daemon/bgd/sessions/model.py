@@ -53,6 +53,7 @@ class Session:
     env: dict[str, str] = field(default_factory=dict)
     where: str = "local"          # where its process runs: "local" or "cluster" (SPEC §14)
     worker: str | None = None     # on the cluster: the worker that runs (or last ran) it
+    run_key: str | None = None    # what its first process is a run of (a routine's fire), for placements
     outcome: str | None = None    # a routine run's outcome (SPEC §8); None for other sessions
 
     # Bumped whenever any session's state is set (its creation included), so
