@@ -244,6 +244,19 @@ def test_a_reply_is_a_new_turn_on_the_same_worker(owner):
     assert texts(transcript(owner, session["id"]))[-1] == "two"
 
 
+def test_a_later_process_of_the_conversation_goes_to_the_same_worker(owner):
+    session = dispatch(owner, "say one")
+    done = owner.wait_state(session["id"], "completed", timeout=60)
+    owner.ctl("stop", session["id"])
+    wait_until(lambda: run_closed(owner, session["id"]), 20, "the first process to end")
+    result = owner.ctl("resume", session["id"], "say two")
+    assert result.returncode == 0, result.stderr
+    again = owner.wait_state(session["id"], "completed", "failed", timeout=60)
+    assert again["state"] == "completed", again
+    assert again["worker"] == done["worker"]
+    assert texts(transcript(owner, session["id"]))[-1] == "two"
+
+
 def test_stop_reaches_the_agent_and_leaves_no_process(owner):
     session = dispatch(owner, "say started; sleep 120")
     owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
@@ -274,6 +287,10 @@ def test_killed_worker_fails_its_session_only(owner, cluster):
         wait_until(lambda: not any(pid_alive(pid) for pid in agents), 5, "the killed worker's agent to die")
         for other in others:
             assert owner.rpc("session.get", {"id": other["id"]})["state"] == "working"
+        # Its conversation lives on that worker: while it is away, a reply says so.
+        owner.ctl("reply", victim["id"], "say again")
+        refused = owner.wait_state(victim["id"], "failed", timeout=TIMEOUT_S + 10)
+        assert "not connected" in refused["error"] and victim["worker"] in refused["error"]
     finally:
         worker.start()
         worker.wait_ready()

@@ -185,6 +185,7 @@ class WorkerControl:
         self.agent: LocalAgent | None = None
         self._emit = emit
         self._on_fail: Callable[[], None] = lambda: None
+        self._on_idle: Callable[[], None] = lambda: None
         self._background: set[asyncio.Task] = set()
 
     def record(self, kind: str, data: Any) -> None:
@@ -208,6 +209,7 @@ class WorkerControl:
         self.in_turn = False
         self.open_requests.clear()
         self._emit("turn_done", {"error": error, "cost_usd": cost_usd, "turns": turns, "text": text})
+        self._on_idle()
 
     def fail(self, error: str, *, stop: bool = True) -> None:
         self._emit("fail", {"error": error, "stop": stop})

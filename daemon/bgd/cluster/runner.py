@@ -439,6 +439,12 @@ class ClusterService:
         state.outcome = outcome
         self.store.save_cluster_run(state.workflow_id, state.session_id, state.to_record())
         kind = outcome.get("outcome")
+        run = state.run
+        if kind == p.STOPPED and run is not None and self._current(state) and not run.stopping:
+            # Not a stop of ours: the worker was shut down, or someone cancelled the workflow.
+            kind = p.LOST
+            outcome = dict(outcome, error=f"the run was stopped on the cluster (worker {outcome.get('worker')!r} "
+                                          "shut down, or its workflow was cancelled); reply to start it again")
         if kind in (p.EXITED, p.STOPPED) and outcome.get("records") is not None:
             if state.offsets.next >= outcome["records"]:
                 self._finish(state, None, started=False)

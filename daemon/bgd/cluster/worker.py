@@ -57,24 +57,41 @@ HEARTBEAT_THROTTLE = timedelta(seconds=1)
 class AgentSlots:
     """How many agents may run at once on this worker; shared by both Temporal workers.
 
-    `release` may be called from the SDK's own thread, hence the lock and call_soon_threadsafe."""
+    The shared queue's poller reserves a slot before it asks for work (`reserve`); the slot counts as
+    running once a run arrives on it (`use`).  A later process of a conversation held here arrives on
+    the worker's own queue and needs only a free running slot (`take`), so an idle poller's
+    reservation never keeps it waiting; in a race with that poller the worker may run one agent more
+    than its slots for as long as the two overlap.  The SDK calls `release` from its own thread,
+    hence the lock and call_soon_threadsafe."""
 
     def __init__(self, slots: int):
         self.slots = slots
-        self.used = 0
+        self.running = 0
+        self.reserved = 0
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def try_take(self) -> bool:
+    @property
+    def used(self) -> int:
+        return self.running
+
+    def try_reserve(self) -> bool:
         with self._lock:
-            if self.used < self.slots:
-                self.used += 1
+            if self.running + self.reserved < self.slots:
+                self.reserved += 1
                 return True
             return False
 
-    async def take(self) -> None:
-        while not self.try_take():
+    def try_take(self) -> bool:
+        with self._lock:
+            if self.running < self.slots:
+                self.running += 1
+                return True
+            return False
+
+    async def _wait_for(self, attempt) -> None:
+        while not attempt():
             future = asyncio.get_running_loop().create_future()
             with self._lock:
                 self._waiters.append(future)
@@ -85,13 +102,30 @@ class AgentSlots:
                     if future in self._waiters:
                         self._waiters.remove(future)
 
-    def give_back(self) -> None:
+    async def reserve(self) -> None:
+        await self._wait_for(self.try_reserve)
+
+    async def take(self) -> None:
+        await self._wait_for(self.try_take)
+
+    def use(self) -> None:
         with self._lock:
-            self.used -= 1
+            self.reserved -= 1
+            self.running += 1
+
+    def release(self, *, used: bool) -> None:
+        with self._lock:
+            if used:
+                self.running -= 1
+            else:
+                self.reserved -= 1
             waiters, self._waiters = self._waiters, []
         for future in waiters:
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(_resolve, future)
+
+    def give_back(self) -> None:
+        self.release(used=True)
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -106,17 +140,26 @@ class _SlotSupplier(CustomSlotSupplier):
         self.slots = slots
 
     async def reserve_slot(self, ctx: SlotReserveContext) -> SlotPermit:
-        await self.slots.take()
-        return SlotPermit()
+        await self.slots.reserve()
+        return _Permit()
 
     def try_reserve_slot(self, ctx: SlotReserveContext) -> SlotPermit | None:
-        return SlotPermit() if self.slots.try_take() else None
+        return _Permit() if self.slots.try_reserve() else None
 
     def mark_slot_used(self, ctx: SlotMarkUsedContext) -> None:
-        pass
+        if isinstance(ctx.permit, _Permit) and not ctx.permit.used:
+            ctx.permit.used = True
+            self.slots.use()
 
     def release_slot(self, ctx: SlotReleaseContext) -> None:
-        self.slots.give_back()
+        used = isinstance(ctx.permit, _Permit) and ctx.permit.used
+        self.slots.release(used=used)
+
+
+class _Permit(SlotPermit):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = False
 
 
 class LogWriter:
@@ -232,11 +275,13 @@ class LiveRun:
                                         tuple(agent.get("args", ())), dict(agent.get("env", {})))
         self.ctl = WorkerControl(self.session, self.emit)
         self.ctl._on_fail = self.stop_soon
+        self.ctl._on_idle = self._idle_soon
         self.driver = driver_class(spec.backend)(self.agent_config, self.session, self.ctl)
         self.agent: LocalAgent | None = None
         self.stopping: asyncio.Task | None = None
         self.started_at = time.time()
         self.idle_generation = 0
+        self._timers: set[asyncio.Task] = set()
 
     def emit(self, op: str, arg: Any) -> None:
         self.log.append(self.workflow_id, self.offset, op, arg)
@@ -272,6 +317,19 @@ class LiveRun:
 
     def _line(self, line: bytes) -> None:
         self.driver.line(line)
+
+    def _idle_soon(self) -> None:
+        """A turn ended: with no new turn within idle_timeout_s, close the agent's stdin so it exits
+        (the owner asks for the same; this holds while the owner is away too)."""
+        if self.driver.keeps_process:
+            task = asyncio.get_running_loop().create_task(self._close_when_idle(self.idle_generation))
+            self._timers.add(task)
+            task.add_done_callback(self._timers.discard)
+
+    async def _close_when_idle(self, generation: int) -> None:
+        await asyncio.sleep(self.spec.idle_timeout_s)
+        if self.agent is not None and not self.ctl.in_turn and self.idle_generation == generation:
+            await self.agent.close_stdin()
 
     async def deliver(self, message: dict) -> dict:
         op = message.get("op")
@@ -468,7 +526,8 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
     # No workflow cache: a run's workflow task then never waits on the sticky queue of a worker
     # that died (that would add a second to noticing it); its history is a few dozen events.
     shared = Worker(client, task_queue=task_queue, workflows=[AgentRun, ClusterStatus], activities=[node.run],
-                    workflow_runner=runner, tuner=tuner, max_cached_workflows=0, identity=name, max_heartbeat_throttle_interval=throttle,
+                    workflow_runner=runner, tuner=tuner, max_cached_workflows=0,
+                    max_concurrent_activity_task_polls=1, identity=name, max_heartbeat_throttle_interval=throttle,
                     default_heartbeat_throttle_interval=throttle,
                     graceful_shutdown_timeout=timedelta(seconds=1))
     own = Worker(client, task_queue=node.queue, activities=[node.run, node.deliver, node.status],
