@@ -173,15 +173,18 @@ def agent_pids(session_id: str) -> list[int]:
     return found
 
 
-def run_closed(bgd, session_id: str) -> bool:
-    """The owner has closed the session's cluster run (the remote process is gone)."""
-    rows = bgd.state_dir / "bgd.sqlite3"
+def _cluster_runs(bgd, session_id: str) -> list[dict]:
     import sqlite3
-    db = sqlite3.connect(str(rows))
+    db = sqlite3.connect(str(bgd.state_dir / "bgd.sqlite3"))
     try:
-        data = [json.loads(r[0]) for r in db.execute("SELECT data FROM cluster_runs WHERE session_id = ?", (session_id,))]
+        return [json.loads(r[0]) for r in db.execute("SELECT data FROM cluster_runs WHERE session_id = ?", (session_id,))]
     finally:
         db.close()
+
+
+def run_closed(bgd, session_id: str) -> bool:
+    """The owner has closed the session's cluster run (the remote process is gone)."""
+    data = _cluster_runs(bgd, session_id)
     return bool(data) and not any(r["open"] for r in data)
 
 
@@ -219,11 +222,36 @@ def test_transcript_arrives_live_in_order_without_gaps(owner, cluster):
     assert f"cluster:{final['worker']}" in listing.stdout
 
 
-def test_permission_round_trip_and_stale_answer(owner):
+def _update(cluster, owner, session_id: str, message: dict) -> str:
+    """Send the run's workflow an update straight through Temporal; the error it gives, or ''."""
+    import asyncio
+
+    from temporalio.client import Client
+
+    (record,) = [r for r in _cluster_runs(owner, session_id) if r["open"]]
+
+    async def send() -> str:
+        client = await Client.connect(cluster["server"].address)
+        try:
+            await client.get_workflow_handle(record["workflow_id"]).execute_update("deliver", message)
+        except Exception as exc:
+            cause = exc
+            while getattr(cause, "cause", None) is not None:
+                cause = cause.cause
+            return str(getattr(cause, "message", cause))
+        return ""
+
+    return asyncio.run(send())
+
+
+def test_permission_round_trip_and_stale_answer(owner, cluster):
     session = dispatch(owner, 'tool Bash {"command": "echo hi"}; say after')
     waiting = owner.wait_state(session["id"], "needs_input", timeout=60)
     assert waiting["pending"]["tool_name"] == "Bash"
     request_id = waiting["pending"]["request_id"]
+    # An answer to a request the agent does not have open is refused by the worker, with the reason.
+    assert "already answered or withdrawn" in _update(cluster, owner, session["id"], {
+        "op": "answer", "pending": dict(waiting["pending"], request_id="not-that-one"), "decision": "allow"})
     result = owner.ctl("approve", session["id"])
     assert result.returncode == 0, result.stderr
     owner.wait_state(session["id"], "completed", timeout=30)
@@ -389,3 +417,89 @@ def test_the_same_github_delivery_fired_at_two_daemons_makes_one_run(bgd, cluste
     finally:
         second.stop_any()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+class Proxy:
+    """A TCP proxy on loopback that can cut a worker off from the Temporal server."""
+
+    def __init__(self, target: str):
+        import threading
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.cut_off = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+        while not self.cut_off:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.cut_off = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accepting thread (Linux)
+        except OSError:
+            pass
+        self.listener.close()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+def test_a_worker_cut_off_from_the_server_kills_its_agent_and_the_session_fails(bgd, cluster, tmp_path):
+    proxy = Proxy(cluster["server"].address)
+    queue = cluster["queue"] + "-cut"
+    worker = WorkerProc(TemporalServer.__new__(TemporalServer), "w4", queue, tmp_path)
+    worker.server.address = proxy.address
+    helper = WorkerProc(cluster["server"], "w5", queue, tmp_path)
+    worker.start()
+    try:
+        worker.wait_ready()
+        bgd.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{queue}"\n'
+                         f'heartbeat_s = {HEARTBEAT_S}\n')
+        bgd.start()
+        session = dispatch(bgd, "say started; sleep 120")
+        bgd.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
+        agents = agent_pids(session["id"])
+        assert agents
+        # Another worker on the queue, not cut off, runs the workflow task that fails the run.
+        helper.start()
+        helper.wait_ready()
+        proxy.cut()
+        failed = bgd.wait_state(session["id"], "failed", timeout=TIMEOUT_S + 10)
+        assert "'w4'" in failed["error"] and "cut off" in failed["error"]
+        # The worker, alive but unable to reach the server, ended its agent itself.
+        wait_until(lambda: not any(pid_alive(pid) for pid in agents), TIMEOUT_S + 5, "the cut-off worker to kill its agent")
+        assert worker.proc.poll() is None
+        assert "killing its agent" in worker.log.read_text()
+    finally:
+        worker.stop(signal.SIGKILL)
+        helper.stop()

@@ -494,8 +494,9 @@ class WorkerNode:
         while True:
             await asyncio.sleep(CONTACT_S)
             try:
-                await self.client.workflow_service.get_system_info(
-                    _system_info_request(), timeout=timedelta(seconds=CONTACT_S))
+                # wait_for as well: while the server refuses connections the client may retry inside.
+                await asyncio.wait_for(self.client.workflow_service.get_system_info(
+                    _system_info_request(), timeout=timedelta(seconds=CONTACT_S)), CONTACT_S * 2)
                 self.contact()
             except Exception as exc:
                 silent = time.monotonic() - self.last_contact
