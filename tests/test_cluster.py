@@ -503,3 +503,10 @@ def test_a_worker_cut_off_from_the_server_kills_its_agent_and_the_session_fails(
     finally:
         worker.stop(signal.SIGKILL)
         helper.stop()
+
+
+def test_a_line_longer_than_a_signal_arrives_whole(owner):
+    session = dispatch(owner, "bigline 1.5; say after")
+    owner.wait_state(session["id"], "completed", timeout=60)
+    said = texts(transcript(owner, session["id"]))
+    assert said[0] == "x" * int(1.5 * 1024 * 1024) and said[1] == "after"

@@ -114,7 +114,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX cluster_runs_by_session ON cluster_runs (session_id);
     CREATE TABLE cluster_logs (
         base TEXT PRIMARY KEY,
-        segment INTEGER NOT NULL
+        segment INTEGER NOT NULL,
+        event_id INTEGER NOT NULL
     );
     CREATE TABLE cluster_meta (
         key TEXT PRIMARY KEY,
@@ -305,15 +306,14 @@ class Store:
     def delete_cluster_runs(self, session_id: str) -> None:
         self.db.execute("DELETE FROM cluster_runs WHERE session_id = ?", (session_id,))
 
-    def cluster_log_segment(self, base: str) -> int | None:
-        row = self.db.execute("SELECT segment FROM cluster_logs WHERE base = ?", (base,)).fetchone()
-        return None if row is None else row[0]
+    def cluster_log_position(self, base: str) -> tuple[int, int] | None:
+        """Where the owner has read a worker's log to: (segment, last history event applied)."""
+        row = self.db.execute("SELECT segment, event_id FROM cluster_logs WHERE base = ?", (base,)).fetchone()
+        return None if row is None else (row[0], row[1])
 
-    def save_cluster_log(self, base: str, segment: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO cluster_logs (base, segment) VALUES (?, ?)", (base, segment))
-
-    def delete_cluster_log(self, base: str) -> None:
-        self.db.execute("DELETE FROM cluster_logs WHERE base = ?", (base,))
+    def save_cluster_log(self, base: str, segment: int, event_id: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO cluster_logs (base, segment, event_id) VALUES (?, ?, ?)",
+                        (base, segment, event_id))
 
     def cluster_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM cluster_meta WHERE key = ?", (key,)).fetchone()

@@ -169,6 +169,11 @@ class Reassembler:
     def __init__(self) -> None:
         self._parts: dict[tuple[str, int], list[str]] = {}
 
+    @property
+    def midway(self) -> bool:
+        """A record's first parts are in, its last not yet."""
+        return bool(self._parts)
+
     def feed(self, items: list[list]) -> Iterator[Record]:
         for run, offset, op, arg in items:
             if op != "part":

@@ -154,7 +154,6 @@ class ClusterService:
         self.link: TemporalLink | None = None
         self.runs: dict[str, ClusterRun] = {}        # open runs by workflow id
         self.logs: dict[str, dict] = {}              # log base -> {"segment", "future", "event_id"}
-        self.reassembler = p.Reassembler()
         self.owner = self._owner()
         self.nursery: trio.Nursery | None = None
 
@@ -316,17 +315,21 @@ class ClusterService:
         follower = self.logs.get(base)
         if follower is not None:
             return
-        stored = self.store.cluster_log_segment(base)
-        follower = {"segment": max(segment, stored or 0), "event_id": 0}
+        # From where it was read to before (by this run of the daemon or one before it), else from
+        # the segment the claim names: never a segment's records twice.
+        stored = self.store.cluster_log_position(base)
+        start, after = (stored if stored is not None and stored[0] >= segment else (segment, 0))
+        follower = {"segment": start, "event_id": after, "parts": p.Reassembler()}
         self.logs[base] = follower
         link = self._link()
-        follower["future"] = link.spawn(self._read_log(link, base, follower["segment"]))
+        follower["future"] = link.spawn(self._read_log(link, base, start, after))
 
-    async def _read_log(self, link: TemporalLink, base: str, segment: int) -> None:
-        """(asyncio) One log's segments, in order, from `segment`; records go to trio in batches."""
+    async def _read_log(self, link: TemporalLink, base: str, segment: int, after: int) -> None:
+        """(asyncio) One log's segments, in order, from event `after` of `segment`; records go to trio
+        in batches."""
         from temporalio.service import RPCError, RPCStatusCode
         import asyncio
-        last_event = 0
+        last_event = after
         while not link.closed:
             segment_id = f"{base}/{segment}"
             following = None
@@ -372,7 +375,7 @@ class ClusterService:
         if follower is not None:
             follower["segment"] = segment
             follower["event_id"] = 0
-            self.store.save_cluster_log(base, segment)
+            self.store.save_cluster_log(base, segment, 0)
 
     def _on_log_end(self, base: str, segment: int) -> None:
         follower = self.logs.get(base)
@@ -381,14 +384,15 @@ class ClusterService:
 
     def _on_items(self, base: str, segment: int, event_id: int, items: list) -> None:
         follower = self.logs.get(base)
-        if follower is not None:
-            follower["event_id"] = event_id
+        if follower is None or follower["segment"] != segment:
+            return
+        follower["event_id"] = event_id
         # The whole batch in one commit, with each run's applied offset: a daemon killed midway
         # applies it again from the stored offsets (events are delivered after the commit).
         touched: dict[str, ClusterRun] = {}
         exits: list[tuple[ClusterRun, Any]] = []
         with self.store.transaction():
-            for record in self.reassembler.feed(items):
+            for record in follower["parts"].feed(items):
                 state = self.runs.get(record.run)
                 if state is None or not state.open:
                     continue
@@ -404,6 +408,8 @@ class ClusterService:
                     exits.append((state, record.arg.get("code")))
             for state in touched.values():
                 self.store.save_cluster_run(state.workflow_id, state.session_id, state.to_record())
+            if not follower["parts"].midway:  # else a restart must read this record's first parts again
+                self.store.save_cluster_log(base, segment, event_id)
         for state, code in exits:
             self._finish(state, code, started=code is not None)
 
@@ -522,8 +528,7 @@ class ClusterService:
             return
         follower = self.logs.pop(base, None)
         if follower is not None and follower.get("future") is not None:
-            follower["future"].cancel()
-        self.store.delete_cluster_log(base)
+            follower["future"].cancel()   # its position stays stored: a later run there resumes from it
 
     def _current(self, state: ClusterRun) -> bool:
         run = state.run
