@@ -143,14 +143,15 @@ def _ready(daemon: Daemon, count: int, on: str) -> list[str]:
     return ids
 
 
-def run(sessions: int = 60, workers: int = 3, lines: int = 50, interval_ms: int = 100, victims: int = 5) -> dict:
+def run(sessions: int = 60, workers: int = 3, lines: int = 50, interval_ms: int = 100, victims: int = 5,
+        heartbeat_s: float = HEARTBEAT_S) -> dict:
     base = Path(os.environ.get("TMPDIR", "/tmp")) / f"bgbench-cluster-{uuid.uuid4().hex[:6]}"
     base.mkdir()
     cluster = Cluster(base, workers, slots=sessions // workers + victims + 2)
     try:
         cluster.start()
         extra = (f'[cluster]\ntemporal = "{cluster.address}"\ntask_queue = "{cluster.queue}"\n'
-                 f"heartbeat_s = {HEARTBEAT_S}\n")
+                 f"heartbeat_s = {heartbeat_s}\n")
         with Daemon("cluster", idle_timeout_s=600, extra_config=extra) as daemon:
             daemon.start()
             local_ids = _ready(daemon, sessions, "local")
@@ -174,7 +175,7 @@ def run(sessions: int = 60, workers: int = 3, lines: int = 50, interval_ms: int 
                 killed = time.monotonic()
                 cluster.procs[victim].kill()
                 failed_after: dict[str, float] = {}
-                deadline = time.monotonic() + HEARTBEAT_S * 3 + 30
+                deadline = time.monotonic() + heartbeat_s * 3 + 30
                 notes = watcher.client.notifications_iter()
                 while len(failed_after) < len(doomed) and time.monotonic() < deadline:
                     note = next(notes)
@@ -192,7 +193,7 @@ def run(sessions: int = 60, workers: int = 3, lines: int = 50, interval_ms: int 
     ratio = remote_per_line / local_per_line if local_per_line else float("inf")
     p50, p90, p99 = (percentile(latencies, p) for p in (50, 90, 99))
     worst_fail = max(failed_after.values()) if failed_after else float("inf")
-    limit = HEARTBEAT_S * 3 + 1
+    limit = heartbeat_s * 3 + 1
     ok_latency, ok_cpu = p99 <= TARGET_P99_MS, ratio <= TARGET_CPU_RATIO
     ok_fail = len(failed_after) == len(doomed) and worst_fail <= limit
     print(f"  {sessions} cluster sessions over {workers} workers x {lines} lines every {interval_ms} ms")

@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_cli  # noqa: E402
+import bench_cluster  # noqa: E402
 import bench_editor  # noqa: E402
 import bench_http  # noqa: E402
 import bench_latency  # noqa: E402
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "editor": (bench_editor.run, {}, {"changes": 5}),
     "schedule": (bench_schedule.run, {}, {"count": 3000}),
     "http": (bench_http.run, {}, {"seconds": 2.0, "rounds": 2}),
+    "cluster": (bench_cluster.run, {}, {"sessions": 12, "lines": 20, "victims": 2}),
 }
 
 

@@ -322,11 +322,11 @@ class ClusterService:
         follower = {"segment": start, "event_id": after, "parts": p.Reassembler()}
         self.logs[base] = follower
         link = self._link()
-        follower["future"] = link.spawn(self._read_log(link, base, start, after))
+        follower["future"] = link.spawn(self._read_log(link, base, start, after, follower))
 
-    async def _read_log(self, link: TemporalLink, base: str, segment: int, after: int) -> None:
+    async def _read_log(self, link: TemporalLink, base: str, segment: int, after: int, follower: dict) -> None:
         """(asyncio) One log's segments, in order, from event `after` of `segment`; records go to trio
-        in batches."""
+        in batches.  `follower["seen"]` (written here, read in trio) is the last event read of any kind."""
         from temporalio.service import RPCError, RPCStatusCode
         import asyncio
         last_event = after
@@ -340,6 +340,7 @@ class ClusterService:
                     if event.event_id <= last_event:
                         continue
                     last_event = event.event_id
+                    follower["seen"] = (segment, last_event)
                     if not event.HasField("workflow_execution_signaled_event_attributes"):
                         continue
                     attrs = event.workflow_execution_signaled_event_attributes
@@ -489,9 +490,11 @@ class ClusterService:
             return
         link = self.link
 
+        segment = follower["segment"]
+
         async def length() -> int:
             client = await link.connected()
-            description = await client.get_workflow_handle(f"{base}/{follower['segment']}").describe()
+            description = await client.get_workflow_handle(f"{base}/{segment}").describe()
             return description.raw_description.workflow_execution_info.history_length
 
         with trio.move_on_after(LOST_DRAIN_S):
@@ -499,8 +502,9 @@ class ClusterService:
                 target = await link.call(length)
             except Exception:
                 return
-            while follower.get("event_id", 0) < target and not follower.get("ended") and state.open:
-                await trio.sleep(0.05)
+            while follower.get("seen", (segment, 0)) < (segment, target) and not follower.get("ended"):
+                await trio.sleep(0.02)
+            await trio.sleep(0.02)  # what was read is handed to trio in order; let it be applied
 
     def _finish(self, state: ClusterRun, code: int | None, *, started: bool) -> None:
         """The run is over: the session runner hears its process exit."""
