@@ -357,7 +357,9 @@ def test_temporal_server_restart_and_the_run_carries_on(bgd, cluster):
 def test_cluster_status_lists_workers_slots_and_runs(owner, cluster):
     session = dispatch(owner, "say started; sleep 60")
     running = owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
-    status = owner.ctl_json("cluster", "status")
+    # Workers poll again within seconds of a server restart (an earlier test): wait for all three.
+    status = wait_until(lambda: (lambda st: st if len(st["workers"]) == 3 else None)(
+        owner.ctl_json("cluster", "status")), 30, "three workers in the status")
     assert status["reachable"] and status["temporal"] == cluster["server"].address
     names = {w["name"]: w for w in status["workers"]}
     assert set(names) == set(cluster["workers"])

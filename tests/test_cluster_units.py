@@ -115,3 +115,22 @@ def test_worker_unit_passes_systemd_analyze_verify(tmp_path):
         pytest.skip(f"systemd-analyze verify cannot run here: {output[:200]}")
     assert result.returncode == 0, output
     assert not [line for line in output.splitlines() if "bgd-worker" in line], output
+
+
+def test_ls_and_the_agent_view_say_where_a_session_runs():
+    from datetime import datetime, timezone
+
+    from bgctl import agents_model
+    from bgctl.render import session_table, where_cell
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    base = {"id": "k3v9q0ab", "name": None, "cwd": "/src/app", "agent": "claude", "state": "working",
+            "waiting_for": None, "error": None, "created_at": "2026-12-01T00:00:00+00:00",
+            "updated_at": "2026-12-01T00:00:00+00:00", "cost_usd": 0.0, "last_message": "hi", "prompt": "hi",
+            "pinned": False, "origin": "dispatch"}
+    local = dict(base, where="local", worker=None)
+    waiting = dict(base, where="cluster", worker=None)
+    placed = dict(base, where="cluster", worker="gpu-1")
+    assert [where_cell(s) for s in (local, waiting, placed)] == ["here", "cluster", "cluster:gpu-1"]
+    assert "cluster:gpu-1" in session_table([placed]) and "WHERE" in session_table([placed])
+    assert "@gpu-1" in agents_model.row_text(placed, now, 100)
+    assert "@" not in agents_model.row_text(local, now, 100)

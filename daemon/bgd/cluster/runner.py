@@ -200,7 +200,7 @@ class ClusterService:
 
     # -- starting a run ---------------------------------------------------------------------------
 
-    def process(self, session, run, launch, agent_cfg, text: str):
+    def process(self, session, run, launch, agent_cfg, text: str, *, on_exit):
         """The session runner's `_spawn` for a cluster session: the process and driver stand-ins."""
         config = self.config
         if config is None:
@@ -226,7 +226,7 @@ class ClusterService:
                      "agent": {"name": agent_cfg.name, "backend": agent_cfg.backend,
                                "command": list(agent_cfg.command), "args": list(agent_cfg.args),
                                "env": dict(agent_cfg.env)}})
-        state.process = RemoteProcess(self, state, lambda code: self.sessions._on_exit(session, run, code))
+        state.process = RemoteProcess(self, state, on_exit)
         run.driver = ClusterDriver(run.driver, self, state)
         return state.process
 
@@ -581,23 +581,20 @@ class ClusterService:
         records = [r for r in self.store.cluster_runs(session.id) if r.get("open")]
         if not records or self.config is None:
             return False
-        from bgd.agents.base import driver_class
-        from bgd.sessions.run import Run
         record = max(records, key=lambda r: r["n"])
-        agent_cfg = self.daemon.config.agents.get(session.agent)
-        if agent_cfg is None:
-            return False
-        run = Run(self.sessions, session, driver_class(agent_cfg.backend), agent_cfg)
         state = ClusterRun(record["workflow_id"], session.id, record["n"], worker=record.get("worker"),
                            queue=record.get("queue"), log=record.get("log"), outcome=record.get("outcome"),
-                           run=run, offsets=p.Offsets(record.get("applied", 0)))
-        state.process = RemoteProcess(self, state, lambda code: self.sessions._on_exit(session, run, code))
-        run.process = state.process
-        run.driver = ClusterDriver(run.driver, self, state)
-        run.in_turn = session.state in ("working", "needs_input")
-        self.sessions.runs[session.id] = run
+                           offsets=p.Offsets(record.get("applied", 0)))
+
+        def build(run, on_exit):
+            state.run = run
+            state.process = RemoteProcess(self, state, on_exit)
+            run.driver = ClusterDriver(run.driver, self, state)
+            return state.process
+
+        if self.sessions.adopt(session, build) is None:
+            return False
         self.runs[state.workflow_id] = state
-        session.pid = None
         self._follow_run(state)
         if state.log:
             self._follow_log(state.log)

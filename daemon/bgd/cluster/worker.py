@@ -281,11 +281,18 @@ class LiveRun:
         self.stopping: asyncio.Task | None = None
         self.started_at = time.time()
         self.idle_generation = 0
+        self.exit_sent = False
         self._timers: set[asyncio.Task] = set()
 
     def emit(self, op: str, arg: Any) -> None:
         self.log.append(self.workflow_id, self.offset, op, arg)
         self.offset += 1
+
+    def emit_exit(self) -> None:
+        """The run's last record: how the agent process ended (once)."""
+        if not self.exit_sent:
+            self.exit_sent = True
+            self.emit("exit", {"code": self.agent.returncode, "stderr": self.agent.stderr_last_line()})
 
     async def start(self) -> bool:
         launch = self.spec.launch
@@ -309,6 +316,7 @@ class LiveRun:
             else:
                 error = f"cannot start agent {binary!r} on worker {self.node.name!r}: {exc.strerror or exc}"
             self.ctl.fail(error, stop=False)
+            self.exit_sent = True
             self.emit("exit", {"code": None, "stderr": ""})
             return False
         self.emit("started", {"worker": self.node.name, "pid": self.agent.pid})
@@ -433,8 +441,7 @@ class WorkerNode:
                 await live.agent.exited.wait()
                 if live.stopping is not None:
                     await live.stopping
-                code = live.agent.returncode
-                live.emit("exit", {"code": code, "stderr": live.agent.stderr_last_line()})
+                live.emit_exit()
             await live.log.flushed()
             return {"outcome": p.EXITED, "worker": self.name, "records": live.offset}
         except asyncio.CancelledError:
@@ -460,7 +467,7 @@ class WorkerNode:
         if live.stopping is not None:
             await live.stopping
         if live.agent is not None and live.agent.returncode is not None:
-            live.emit("exit", {"code": live.agent.returncode, "stderr": live.agent.stderr_last_line()})
+            live.emit_exit()
         await live.log.flushed(timeout=live.spec.heartbeat_s * 3)
 
     async def _heartbeat(self, live: LiveRun) -> None:

@@ -241,7 +241,8 @@ class SessionManager:
     async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, launch, text: str) -> None:
         """A process that runs elsewhere (SPEC §14): the placement makes its stand-ins and starts it."""
         try:
-            run.process = placement.process(session, run, launch, agent_cfg, text)
+            run.process = placement.process(session, run, launch, agent_cfg, text,
+                                            on_exit=lambda code: self._on_exit(session, run, code))
             await run.process.start(self.nursery)
         except (RpcError, OSError) as exc:
             self._fail(session, exc.message if isinstance(exc, RpcError) else str(exc))
@@ -251,6 +252,19 @@ class SessionManager:
         session.has_history = run.driver.provides_history or session.has_history
         self._changed(session)
         await run.driver.started(text)
+
+    def adopt(self, session: Session, build: Callable[[Run, Callable[[int], None]], Any]) -> Run | None:
+        """Take over, at load, a live process that runs elsewhere (a placement's `on_load` hook):
+        `build(run, on_exit)` makes its process stand-in.  None when its agent is no longer defined."""
+        agent_cfg = self.config().agents.get(session.agent)
+        if agent_cfg is None:
+            return None
+        run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
+        run.process = build(run, lambda code: self._on_exit(session, run, code))
+        run.in_turn = session.state in BUSY
+        self.runs[session.id] = run
+        session.pid = None
+        return run
 
     # -- agent output (through the run's driver) ------------------------------------
 
