@@ -79,7 +79,7 @@ def _acp(name: str, command: tuple[str, ...], install: str) -> AgentConfig:
 
 # Ready-made agents (SPEC §5.5), each overridable under [agents.NAME].
 DEFAULT_AGENTS = {
-    "claude": AgentConfig("claude", "claude", ("claude",)),
+    "claude": AgentConfig("claude", "claude", ("claude",), install="Claude Code: npm install -g @anthropic-ai/claude-code"),
     "gemini": _acp("gemini", ("gemini", "--acp"), "Gemini CLI: npm install -g @google/gemini-cli"),
     "qwen": _acp("qwen", ("qwen", "--acp"), "Qwen Code: npm install -g @qwen-code/qwen-code"),
     "opencode": _acp("opencode", ("opencode", "acp"), "OpenCode: npm install -g opencode-ai"),
