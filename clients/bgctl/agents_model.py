@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .render import OUTCOME_MARKS, STATE_MARKS, age, one_line, transcript_entry
+from .render import OUTCOME_MARKS, STATE_MARKS, age, cost, one_line, transcript_entry
 
 STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
 ENDED = ("completed", "failed", "stopped")
@@ -256,8 +256,7 @@ def mark_of(session: dict) -> str:
 
 
 def cost_text(session: dict) -> str:
-    cost = session.get("cost_usd") or 0.0
-    return f"${cost:.2f}"
+    return cost(session)
 
 
 @dataclass(frozen=True)

@@ -270,9 +270,12 @@ def check_agent(agent, *, optional: bool = False) -> Check:
         program if os.path.isfile(program) and os.access(program, os.X_OK) else None)
     if found is None:
         where = "on PATH" if os.sep not in program else "(no such executable)"
-        fix = (f"install {program}, or point [agents.{agent.name}] command at it in config.toml"
-               + (" (npm install -g @anthropic-ai/claude-code installs claude)" if program == "claude" else ""))
-        return Check(label, WARN if optional else FAIL, f"{program} not found {where}", fix)
+        install = getattr(agent, "install", "")
+        fix = (f"install {program}" + (f" ({install})" if install else "")
+               + f", or point [agents.{agent.name}] command at it in config.toml")
+        if optional:  # a ready-made agent nobody chose: listed, not a problem
+            return Check(label, OK, f"{program} not installed (optional" + (f"; {install}" if install else "") + ")")
+        return Check(label, FAIL, f"{program} not found {where}", fix)
     version = _version_of(found)
     return Check(label, OK, f"{found}" + (f" · {version}" if version else " · `--version` gave no version"))
 

@@ -40,7 +40,7 @@ class Session:
     created_at: str = field(default_factory=clock.now_iso)
     updated_at: str = field(default_factory=clock.now_iso)
     pid: int | None = None
-    cost_usd: float = 0.0
+    cost_usd: float | None = None   # None until the agent reports a cost: unknown, never a made-up $0.00
     turns: int = 0
     last_message: str = ""
     pinned: bool = False
@@ -54,7 +54,8 @@ class Session:
     where: str = "local"          # where its process runs: "local" or "cluster" (SPEC §14)
     worker: str | None = None     # on the cluster: the worker that runs (or last ran) it
     run_key: str | None = None    # what its first process is a run of (a routine's fire), for placements
-    outcome: str | None = None    # a routine run's outcome (SPEC §8); None for other sessions
+    usage: dict | None = None       # token counts summed over turns, when the agent reports them
+    outcome: str | None = None      # a routine run's outcome (SPEC §8); None for other sessions
 
     # Bumped whenever any session's state is set (its creation included), so
     # SessionManager.state_counts can keep its tally until something changes.
@@ -67,11 +68,12 @@ class Session:
 
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "outcome", "where", "worker")
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "usage", "outcome", "where", "worker")
 
     def to_json(self) -> dict:
         data = {key: getattr(self, key) for key in self.PUBLIC}
-        data["cost_usd"] = round(self.cost_usd, 6)
+        if self.cost_usd is not None:
+            data["cost_usd"] = round(self.cost_usd, 6)
         if self.pending is not None:
             data["pending"] = self.pending
         return data
