@@ -197,6 +197,14 @@ def test_without_cluster_config_asking_for_it_is_a_clear_error(running_bgd):
         running_bgd.rpc("cluster.status")
 
 
+def test_an_agent_whose_driver_cannot_run_on_a_worker_is_refused(bgd):
+    bgd.write_config('[cluster]\ntemporal = "127.0.0.1:1"\n[agents.gem]\nbackend = "acp"\ncommand = ["gemini", "--acp"]\n')
+    bgd.start()
+    with pytest.raises(RpcError, match="acp backend.*not on a cluster worker"):
+        bgd.dispatch("hello", on="cluster", agent="gem")
+    assert bgd.rpc("session.list", {"all": True}) == []
+
+
 def test_transcript_arrives_live_in_order_without_gaps(owner, cluster):
     session = dispatch(owner, "say first; stream 40 20; say last")
     assert session["where"] == "cluster"

@@ -34,6 +34,8 @@ from bgd.cluster.link import LinkError, TemporalLink
 
 log = logging.getLogger("bgd.cluster")
 LOST_DRAIN_S = 5.0     # how long a lost run's last records may take to be read before it is failed
+# Backends whose drivers run on a worker's asyncio loop (the acp driver uses trio itself).
+CLUSTER_BACKENDS = ("claude", "command")
 NOT_CONFIGURED = ("this daemon has no [cluster] in config.toml, so nothing can run on the cluster; "
                   "add [cluster] with temporal = \"host:port\" (docs/cluster.md) or run it here")
 
@@ -193,10 +195,15 @@ class ClusterService:
             self.link.start()
         return self.link
 
-    def check(self) -> None:
-        """Dispatching to the cluster: refused at once when there is no [cluster]."""
+    def check(self, agent=None) -> None:
+        """Dispatching to the cluster: refused at once when there is no [cluster], or when the agent's
+        backend cannot run on a worker."""
         if self.config is None:
             raise RpcError(INVALID_PARAMS, NOT_CONFIGURED)
+        if agent is not None and agent.backend not in CLUSTER_BACKENDS:
+            raise RpcError(INVALID_PARAMS, f"agent {agent.name!r} uses the {agent.backend} backend, whose driver "
+                                           "runs only inside the daemon (trio), not on a cluster worker; run it "
+                                           f"here, or use an agent with one of: {', '.join(CLUSTER_BACKENDS)}")
 
     # -- starting a run ---------------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ class SessionManager:
             if placement is None:
                 raise RpcError(INVALID_PARAMS, f"a session runs \"local\" or on one of: "
                                                f"{', '.join(sorted(self.placements)) or 'nothing else'}, not {where!r}")
-            placement.check()
+            placement.check()   # before anything else: "no [cluster]" is the first thing to say
         if not isinstance(prompt, str) or not prompt.strip():
             raise RpcError(INVALID_PARAMS, "prompt must be a non-empty string")
         if not isinstance(cwd, str) or not os.path.isabs(cwd):
@@ -140,6 +140,8 @@ class SessionManager:
         if agent_cfg is None:
             raise RpcError(INVALID_PARAMS, f"unknown agent {agent!r}; known agents: {', '.join(sorted(config.agents))} "
                                            f"(define others under [agents.NAME] in {self.config_path})")
+        if where != "local":
+            self.placements[where].check(agent_cfg)
         mode = permission_mode or config.permission_mode
         if mode not in PERMISSION_MODES:
             raise RpcError(INVALID_PARAMS, f"permission mode must be one of {', '.join(PERMISSION_MODES)}")
