@@ -520,3 +520,21 @@ def test_a_line_longer_than_a_signal_arrives_whole(owner):
     owner.wait_state(session["id"], "completed", timeout=60)
     said = texts(transcript(owner, session["id"]))
     assert said[0] == "x" * int(1.5 * 1024 * 1024) and said[1] == "after"
+
+
+def test_a_worker_whose_heartbeats_are_refused_kills_its_agent(owner, cluster):
+    session = dispatch(owner, "say started; sleep 120")
+    running = owner.wait_session(session["id"], lambda s: s["last_message"] == "started" and s["worker"], timeout=60)
+    worker = cluster["workers"][running["worker"]]
+    agents = agent_pids(session["id"])
+    assert agents
+    worker.proc.send_signal(signal.SIGSTOP)   # frozen past the heartbeat timeout: the server gives the run up
+    try:
+        failed = owner.wait_state(session["id"], "failed", timeout=TIMEOUT_S + 10)
+        assert running["worker"] in failed["error"]
+        assert any(pid_alive(pid) for pid in agents)   # the agent is another process: still there
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+    # Back, the worker reaches the server again but its heartbeats are refused: it kills its agent.
+    wait_until(lambda: not any(pid_alive(pid) for pid in agents), TIMEOUT_S + 5, "the agent to be killed")
+    assert "heartbeats were refused" in worker.log.read_text()
