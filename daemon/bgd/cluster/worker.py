@@ -222,7 +222,7 @@ class LogWriter:
                 async with self._written:
                     self.written += count
                     self._written.notify_all()
-                if self.signals >= p.SEGMENT_SIGNALS or self.bytes >= p.SEGMENT_BYTES:
+                if self.signals >= self.node.segment_signals or self.bytes >= p.SEGMENT_BYTES:
                     await self._roll_over()
                 await asyncio.sleep(p.FLUSH_S)
 
@@ -388,8 +388,10 @@ class LiveRun:
 
 
 class WorkerNode:
-    def __init__(self, client: Client, *, name: str, slots: int, task_queue: str):
+    def __init__(self, client: Client, *, name: str, slots: int, task_queue: str,
+                 segment_signals: int = p.SEGMENT_SIGNALS):
         self.client = client
+        self.segment_signals = segment_signals
         self.name = name
         self.task_queue = task_queue
         self.queue = p.worker_queue(task_queue, name)
@@ -520,9 +522,9 @@ def _system_info_request():
 
 
 async def serve(address: str, *, name: str, slots: int, namespace: str, task_queue: str,
-                stop: asyncio.Event) -> None:
+                stop: asyncio.Event, segment_signals: int = p.SEGMENT_SIGNALS) -> None:
     client = await Client.connect(address, namespace=namespace, identity=name)
-    node = WorkerNode(client, name=name, slots=slots, task_queue=task_queue)
+    node = WorkerNode(client, name=name, slots=slots, task_queue=task_queue, segment_signals=segment_signals)
     node.slots.loop = asyncio.get_running_loop()
     throttle = HEARTBEAT_THROTTLE
     tuner = WorkerTuner.create_composite(
@@ -563,6 +565,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--name", default=None, help="this worker's name, unique in the cluster (default: host name)")
     parser.add_argument("--namespace", default="default", help="Temporal namespace (default: default)")
     parser.add_argument("--task-queue", default="bgagents", help="the shared task queue (default: bgagents)")
+    parser.add_argument("--log-segment-signals", type=int, default=p.SEGMENT_SIGNALS, metavar="N",
+                        help=f"signals per transcript-log segment before the next one (default {p.SEGMENT_SIGNALS})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -572,6 +576,8 @@ def main(argv: list[str]) -> int:
         parser.error(f"--name {name!r}: use letters, digits, '-', '_' and '.' (at most 100)")
     if args.slots < 1:
         parser.error("--slots must be at least 1")
+    if args.log_segment_signals < 1:
+        parser.error("--log-segment-signals must be at least 1")
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -579,7 +585,7 @@ def main(argv: list[str]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(args.temporal, name=name, slots=args.slots, namespace=args.namespace,
-                    task_queue=args.task_queue, stop=stop)
+                    task_queue=args.task_queue, stop=stop, segment_signals=args.log_segment_signals)
 
     try:
         asyncio.run(run())
