@@ -40,6 +40,7 @@ class Config:
     loop_jitter: bool = True
     task_jitter: bool = True
     max_concurrent_runs: int = 4
+    web_enabled: bool = True
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -62,6 +63,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "agents": dict,
     "loops": dict,
     "scheduler": dict,
+    "web": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings"}
@@ -138,6 +140,13 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     max_runs = scheduler.get("max_concurrent_runs", 4)
     if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
         raise ConfigError(f"{where('max_concurrent_runs')}: scheduler.max_concurrent_runs must be a positive integer")
+    web = raw.get("web", {})
+    for key in web:
+        if key != "enabled":
+            warnings.append(f"{where(key)}: unknown key {key!r} in [web] (it has only 'enabled')")
+    web_enabled = web.get("enabled", True)
+    if not isinstance(web_enabled, bool):
+        raise ConfigError(f"{where('enabled')}: web.enabled must be true or false")
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -149,6 +158,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         loop_jitter=bool(loops.get("jitter", True)),
         task_jitter=bool(scheduler.get("jitter", True)),
         max_concurrent_runs=max_runs,
+        web_enabled=web_enabled,
         agents=agents,
         warnings=tuple(warnings),
     )

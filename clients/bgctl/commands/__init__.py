@@ -8,7 +8,7 @@ def modules() -> list:
 
     found = [daemon, sessions, raw]
     # Groups added by later features register here as well.
-    for name in ("loops", "tasks", "schedule", "agents"):
+    for name in ("loops", "tasks", "schedule", "agents", "web"):
         try:
             found.append(__import__(f"{__name__}.{name}", fromlist=["register"]))
         except ModuleNotFoundError as exc:
