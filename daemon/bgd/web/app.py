@@ -187,8 +187,9 @@ class Web:
 
     def page(self, name: str, *, status: int = 200, login: Login | None, **context: Any) -> HTMLResponse:
         flash = self.flashes.pop(login.hash, None) if login is not None else None
+        context.setdefault("now", clock.now())
         html = self.render(name, csrf=login.csrf if login else "", logged_in=login is not None, flash=flash,
-                           now=clock.now(), **context)
+                           **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     # -- calling the daemon ------------------------------------------------------------------------
