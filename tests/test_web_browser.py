@@ -1,0 +1,245 @@
+"""The web page in a real browser (SPEC §13): headless Chromium against a real bgd and the fake agent.
+
+Each step waits for what a person would see (Playwright's expect polls the
+DOM), and the page is never reloaded unless the step says so: a marker set on
+`window` at the start must still be there at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from web_helpers import Browser, chromium_or_skip, free_port, login_url, start_web_daemon
+
+pytestmark = pytest.mark.slow
+XSS_LINE = "<script>alert(1)</script>"
+XSS_NAME = "<img src=x onerror=alert(2)>"
+SHOTS = os.environ.get("BGAGENTS_WEB_SCREENSHOTS")  # a directory: save the README's screenshots there
+
+
+@pytest.fixture
+def browser():
+    executable = chromium_or_skip()
+    b = Browser(executable)
+    yield b
+    b.close()
+
+
+def _no_reload_marker(page) -> None:
+    page.evaluate("window.__still_here = true")
+
+
+def _not_reloaded(page) -> bool:
+    return page.evaluate("window.__still_here === true")
+
+
+def test_login_dispatch_approve_reply_live(bgd, browser):
+    from playwright.sync_api import expect
+
+    base = start_web_daemon(bgd)
+    url = login_url(bgd)
+    assert re.fullmatch(re.escape(base) + r"/login\?code=[A-Za-z0-9_-]{20,}", url)
+    page = browser.page
+    page.goto(url)
+    assert page.url == base + "/"
+    cookie = next(c for c in browser.context.cookies() if c["name"] == "bgagents_web")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    # The code worked once: a second visit is refused.
+    assert browser.context.request.get(url, max_redirects=0).status == 401
+
+    _no_reload_marker(page)
+    page.fill("form.dispatch textarea[name=prompt]", 'sleep 1.5; tool Bash {"command": "make test"}; say all green')
+    page.fill("form.dispatch input[name=cwd]", str(bgd.work))
+    page.click("form.dispatch button[type=submit]")
+    link = page.locator("#flash a")
+    expect(link).to_have_attribute("href", re.compile(r"^/s/[a-z0-9]{8}$"))
+    session_id = link.get_attribute("href").rsplit("/", 1)[1]
+    row = f"#row-{session_id}"
+    expect(page.locator(f"#group-working {row}")).to_be_visible()
+    expect(page.locator(f"#group-needs_input {row}")).to_be_visible(timeout=15_000)
+    expect(page.locator(f"{row} .ask")).to_contain_text("Bash")
+    page.click(f"{row} button[value=allow]")
+    expect(page.locator(f"#group-completed {row}")).to_be_visible(timeout=15_000)
+    expect(page.locator(f"{row} .last")).to_have_text("all green")
+    assert page.locator(f"#group-working {row}, #group-needs_input {row}").count() == 0
+    assert _not_reloaded(page)
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "web-index.png"), full_page=True)
+
+    # The session page: the whole transcript, then a reply whose lines stream in.
+    page.click(f"{row} a.title")
+    expect(page.locator("#session-head .badge")).to_have_text("completed")
+    expect(page.locator("#transcript details.tool summary")).to_contain_text("make test")
+    page.click("#transcript details.tool summary")
+    expect(page.locator("#transcript details.tool .tool-result")).to_contain_text("ran Bash")
+    _no_reload_marker(page)
+    page.fill("form.reply textarea[name=text]", "say **bold** words; stream 3 300")
+    page.click("form.reply button[type=submit]")
+    expect(page.locator("#transcript .msg.user").last).to_contain_text("stream 3 300")
+    expect(page.locator("#transcript .md strong").last).to_have_text("bold")
+    for i in (1, 2, 3):
+        expect(page.locator("#transcript .md", has_text=f"line {i}")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#session-head .badge")).to_have_text("completed", timeout=15_000)
+    assert page.locator("form.reply textarea").input_value() == ""
+    assert _not_reloaded(page)
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "web-session.png"), full_page=True)
+    assert not browser.errors and not browser.dialogs
+
+
+def test_question_and_deny_with_message(bgd, browser):
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd)
+    browser.page.goto(login_url(bgd))
+    asking = bgd.dispatch("ask deploy now?")
+    denied = bgd.dispatch('tool Bash {"command": "rm -rf build"}')
+    page = browser.page
+    page.goto(page.url + f"s/{asking['id']}")
+    expect(page.locator("#pending legend")).to_contain_text("deploy now?", timeout=15_000)
+    page.click("#pending button[name=answer][value=yes]")
+    expect(page.locator("#transcript .note.ok", has_text="answered AskUserQuestion: yes")).to_be_visible(timeout=15_000)
+    expect(page.locator("#pending")).to_be_hidden()
+
+    page.goto(page.url.rsplit("/s/", 1)[0] + f"/s/{denied['id']}")
+    expect(page.locator("#pending h2")).to_contain_text("Bash", timeout=15_000)
+    page.fill("#pending input[name=message]", "not on a Friday")
+    page.click("#pending button[value=deny]")
+    expect(page.locator("#transcript .note.error", has_text="not on a Friday")).to_be_visible(timeout=15_000)
+    assert not browser.errors
+
+
+def test_agent_output_and_names_are_text(bgd, browser):
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd)
+    session = bgd.dispatch(f"say {XSS_LINE}; say [x](javascript:alert(3)) and <b>bold?</b>")
+    bgd.wait_state(session["id"], "completed")
+    bgd.rpc("session.rename", {"id": session["id"], "name": XSS_NAME})
+    page = browser.page
+    page.goto(login_url(bgd))
+    expect(page.locator(f"#row-{session['id']} .title")).to_have_text(XSS_NAME)
+    page.goto(page.url + f"s/{session['id']}")
+    expect(page.locator("#session-head .title")).to_have_text(XSS_NAME)
+    expect(page.locator("#transcript .md").first).to_have_text(XSS_LINE)
+    assert page.locator("#transcript script, #transcript img, main img").count() == 0
+    assert page.locator("#transcript a[href^='javascript']").count() == 0
+    assert page.locator("#transcript b").count() == 0
+    # A live line is escaped too.
+    bgd.rpc("session.reply", {"id": session["id"], "text": f"say {XSS_LINE} live"})
+    expect(page.locator("#transcript .md", has_text="live")).to_have_text(f"{XSS_LINE} live", timeout=15_000)
+    page.wait_for_timeout(300)
+    assert browser.dialogs == [] and not browser.errors
+
+
+def test_tab_survives_a_daemon_restart(bgd, browser):
+    from playwright.sync_api import expect
+
+    port = free_port()
+    start_web_daemon(bgd, port)
+    session = bgd.dispatch("say before")
+    bgd.wait_state(session["id"], "completed")
+    page = browser.page
+    page.goto(login_url(bgd))
+    page.goto(page.url + f"s/{session['id']}")
+    expect(page.locator("#transcript .md", has_text="before")).to_be_visible()
+    _no_reload_marker(page)
+    bgd.stop(signal.SIGTERM)
+    expect(page.locator("#conn")).to_be_visible(timeout=15_000)
+    bgd.start()
+    expect(page.locator("#conn")).to_be_hidden(timeout=30_000)
+    bgd.rpc("session.reply", {"id": session["id"], "text": "say after the restart"})
+    expect(page.locator("#transcript .md", has_text="after the restart")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#session-head .badge")).to_have_text("completed", timeout=15_000)
+    # Nothing twice: every entry of the transcript is on the page once.
+    entries = bgd.rpc("session.transcript", {"id": session["id"]})["entries"]
+    ids = page.eval_on_selector_all("#transcript .entry", "els => els.map(e => e.id)")
+    assert len(ids) == len(set(ids))
+    assert max(int(i.split("-")[1]) for i in ids) <= entries[-1]["n"]
+    assert page.locator("#transcript .md", has_text="before").count() == 1
+    assert _not_reloaded(page)
+
+
+def test_index_follows_rows_from_other_clients(bgd, browser):
+    """Created, renamed, pinned, removed elsewhere: the open index shows each, in its group."""
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd)
+    page = browser.page
+    page.goto(login_url(bgd))
+    _no_reload_marker(page)
+    session = bgd.dispatch("say hi")
+    row = f"#row-{session['id']}"
+    expect(page.locator(f"#group-completed {row}")).to_be_visible(timeout=15_000)
+    bgd.rpc("session.rename", {"id": session["id"], "name": "renamed elsewhere"})
+    expect(page.locator(f"{row} .title")).to_have_text("renamed elsewhere")
+    bgd.rpc("session.pin", {"id": session["id"]})
+    expect(page.locator(f"#group-pinned {row}")).to_be_visible()
+    expect(page.locator(f"#group-completed {row}")).to_have_count(0)
+    bgd.rpc("session.remove", {"id": session["id"]})
+    expect(page.locator(row)).to_have_count(0)
+    assert _not_reloaded(page) and not browser.errors
+
+
+def test_narrow_and_wide_screens_without_horizontal_scroll(bgd, browser):
+    start_web_daemon(bgd)
+    session = bgd.dispatch("say " + "a-very-long-unbroken-word" * 20 + '; tool Bash {"command": "' + "x" * 300 + '"}')
+    bgd.wait_state(session["id"], "needs_input")
+    page = browser.page
+    page.goto(login_url(bgd))
+    base = "/".join(page.url.split("/")[:3])
+    for width in (360, 1920):
+        page.set_viewport_size({"width": width, "height": 800})
+        for path in ("/", f"/s/{session['id']}", "/tasks", "/routines"):
+            page.goto(base + path)
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at {width}px"
+
+
+def test_pages_read_without_javascript(bgd, browser):
+    """Reading needs no script; a plain form post (no htmx) acts and comes back with the outcome."""
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd)
+    session = bgd.dispatch('tool Bash {"command": "ls"}')
+    bgd.wait_state(session["id"], "needs_input")
+    url = login_url(bgd)
+    context = browser.browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(url)
+        expect(page.locator(f"#group-needs_input #row-{session['id']}")).to_be_visible()
+        page.goto(page.url + f"s/{session['id']}")
+        expect(page.locator("#pending pre")).to_contain_text('"command": "ls"')
+        page.click("#pending button[value=always]")
+        expect(page.locator("#flash")).to_have_text("approved (always)")
+        bgd.wait_state(session["id"], "completed")
+        page.reload()
+        expect(page.locator("#session-head .badge")).to_have_text("completed")
+        expect(page.locator("#transcript")).to_contain_text("allowed Bash (always)")
+    finally:
+        context.close()
+
+
+def test_tasks_page_shows_next_fires_and_skips(bgd, browser):
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd)
+    task = bgd.rpc("task.add", {"name": "nightly", "schedule": "daily at 02:30", "cwd": str(bgd.work),
+                                "prompt": "say nightly run"})
+    assert task["next_at"]
+    page = browser.page
+    page.goto(login_url(bgd))
+    page.goto(page.url + "tasks")
+    expect(page.locator("#task-nightly h2")).to_have_text("nightly")
+    expect(page.locator("#task-nightly")).to_contain_text("next fire")
+    expect(page.locator("#task-nightly")).to_contain_text(task["next_at"][:10])
+    _no_reload_marker(page)
+    page.click("#task-nightly button[type=submit]")
+    expect(page.locator("#task-nightly table.runs")).to_contain_text("ran", timeout=15_000)
+    assert _not_reloaded(page)
