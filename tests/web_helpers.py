@@ -35,6 +35,9 @@ def start_web_daemon(bgd, port: int | None = None, extra: str = "") -> str:
     port = port or free_port()
     bgd.write_config(web_config(port, extra), web=True)
     bgd.start()
+    # The socket accepts before the daemon serves it; its first answer comes once the listener is up.
+    http = bgd.rpc("daemon.status")["http"]
+    assert http["listening"], http
     return f"http://127.0.0.1:{port}"
 
 

@@ -98,6 +98,8 @@ class IndexFollower(Follower):
         routine_event = any(e["type"].startswith("routine.") for e in events)
         sessions = all_sessions(self.web)
         current = listing.membership(sessions, self.filters, listing.cutoff_for(clock.now()))
+        if bool(current) != bool(self.shown):
+            return await self.resync()   # the list's "nothing here" line comes or goes with it
         moved = {sid for sid in set(current) | set(self.shown) if current.get(sid) != self.shown.get(sid)}
         regroup = {current[sid] for sid in moved if sid in current} | {self.shown[sid] for sid in moved
                                                                        if sid in self.shown}
@@ -111,6 +113,9 @@ class IndexFollower(Follower):
         context = groups_context(self.web, sessions, self.filters, runs)
         self.shown = current
         return self.web.render("_index_update.html", regroup=regroup, rows=rows, csrf=self.csrf, **context)
+
+
+_UNKNOWN = object()
 
 
 class SessionFollower(Follower):
@@ -127,6 +132,12 @@ class SessionFollower(Follower):
 
     def match(self, event: dict) -> bool:
         return event.get("id") == self.session_id or (event.get("session") or {}).get("id") == self.session_id
+
+    async def start(self, backlog: list[dict], missed: bool) -> str:
+        if backlog:
+            # The page was drawn before these events: what its panel shows is not what is pending now.
+            self.pending_id = _UNKNOWN
+        return await super().start(backlog, missed)
 
     async def resync(self) -> str:
         try:
