@@ -31,6 +31,25 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """[http]: the daemon's HTTP listener (docs/http.md)."""
+    listen: str = "127.0.0.1:7421"
+    host: str = "127.0.0.1"          # parsed from listen (IPv6 without brackets)
+    port: int = 7421
+    enabled: bool = False            # listen even when no feature needs it
+    allow_remote: bool = False       # a non-loopback listen address needs this and TLS
+    tls_cert: str | None = None      # as written; relative paths are relative to the config dir
+    tls_key: str | None = None
+    max_body_bytes: int = 1 << 20    # per request body, unless a route sets its own
+    body_timeout_s: float = 30.0     # a request body must have arrived in full within this
+    keep_alive_timeout_s: float = 5.0  # an idle connection, or one whose request head is incomplete, is closed
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+@dataclass(frozen=True)
 class Config:
     default_agent: str = "claude"
     permission_mode: str = "default"
@@ -42,6 +61,7 @@ class Config:
     loop_jitter: bool = True
     task_jitter: bool = True
     max_concurrent_runs: int = 4
+    http: HttpConfig = field(default_factory=HttpConfig)
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -64,10 +84,15 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "agents": dict,
     "loops": dict,
     "scheduler": dict,
+    "http": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
-               list: "a list", (str, list): "a list of strings"}
+               list: "a list", (str, list): "a list of strings", bool: "true or false"}
 _AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict}
+_HTTP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "listen": str, "enabled": bool, "allow_remote": bool, "tls_cert": str, "tls_key": str,
+    "max_body_bytes": int, "body_timeout_s": (int, float), "keep_alive_timeout_s": (int, float),
+}
 
 
 def parse_config(text: str, path: str = "config.toml") -> Config:
@@ -141,6 +166,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     max_runs = scheduler.get("max_concurrent_runs", 4)
     if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
         raise ConfigError(f"{where('max_concurrent_runs')}: scheduler.max_concurrent_runs must be a positive integer")
+    http = _parse_http(raw.get("http", {}), where, check_type, warnings)
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -152,9 +178,61 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         loop_jitter=bool(loops.get("jitter", True)),
         task_jitter=bool(scheduler.get("jitter", True)),
         max_concurrent_runs=max_runs,
+        http=http,
         agents=agents,
         warnings=tuple(warnings),
     )
+
+
+def _parse_http(raw: dict, where, check_type, warnings: list[str]) -> HttpConfig:
+    for key, value in raw.items():
+        if key not in _HTTP_KEYS:
+            hint = difflib.get_close_matches(key, list(_HTTP_KEYS), n=1)
+            warnings.append(f"{where(key)}: unknown key {key!r} in [http]"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        check_type(key, value, _HTTP_KEYS[key], f"http.{key}")
+    listen = raw.get("listen", HttpConfig.listen)
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(f"{where('listen')}: http.listen {exc}") from None
+    for key in ("max_body_bytes", "body_timeout_s", "keep_alive_timeout_s"):
+        if key in raw and raw[key] <= 0:
+            raise ConfigError(f"{where(key)}: http.{key} must be positive")
+    cert, key_file = raw.get("tls_cert"), raw.get("tls_key")
+    if (cert is None) != (key_file is None):
+        raise ConfigError(f"{where('tls_cert' if cert is not None else 'tls_key')}: "
+                          "http.tls_cert and http.tls_key go together: set both or neither")
+    return HttpConfig(
+        listen=listen, host=host, port=port,
+        enabled=raw.get("enabled", False), allow_remote=raw.get("allow_remote", False),
+        tls_cert=cert, tls_key=key_file,
+        max_body_bytes=int(raw.get("max_body_bytes", HttpConfig.max_body_bytes)),
+        body_timeout_s=float(raw.get("body_timeout_s", HttpConfig.body_timeout_s)),
+        keep_alive_timeout_s=float(raw.get("keep_alive_timeout_s", HttpConfig.keep_alive_timeout_s)),
+    )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"host:port" or "[v6]:port" -> (host, port); ValueError says what is wrong."""
+    example = 'must be "host:port", e.g. "127.0.0.1:7421" or "[::1]:7421"'
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":") or ":" not in host:
+            raise ValueError(f"{text!r} {example}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{text!r} {example}")
+        if ":" in host:
+            raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. \"[::1]:7421\"")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} {example} (0.0.0.0 for every IPv4 interface)")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535 (0: any free port)")
+    return host, int(port_text)
 
 
 def load_config(config_dir: Path) -> Config:

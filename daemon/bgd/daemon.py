@@ -23,6 +23,7 @@ import trio
 from bgd import systemd
 from bgcore.config import Config, ConfigError, load_config
 from bgd.events import EventBus
+from bgd.http import HttpService
 from bgd.rpc.server import handle_connection
 from bgd.sessions.manager import SessionManager
 from bgd.store import Store
@@ -63,6 +64,10 @@ class Daemon:
         self.services: list[Callable[..., Any]] = []
         self.on_resume: list[Callable[[Any], None]] = []
         self.on_reload: list[Callable[[Config], None]] = []
+        # The HTTP listener: features mount their routes on it; it listens while one wants it.
+        self.http = HttpService(lambda: self.config.http, config_dir, _version())
+        self.services.append(self.http.run)
+        self.on_reload.append(lambda config: self.http.refresh())
 
     def uptime(self) -> float:
         return time.monotonic() - self.started

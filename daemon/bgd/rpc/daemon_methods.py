@@ -5,7 +5,7 @@ from bgd.rpc.table import METHODS, method
 
 @method("daemon.status")
 def status(daemon, params, conn):
-    """Version, pid, socket, uptime and session counts by state."""
+    """Version, pid, socket, uptime, session counts by state and the HTTP listener."""
     return {
         **daemon.identity,
         "uptime_s": round(daemon.uptime(), 3),
@@ -13,6 +13,7 @@ def status(daemon, params, conn):
         "sessions": len(daemon.sessions.sessions),
         "event_seq": daemon.bus.seq,
         "config_error": daemon.config_error,
+        "http": daemon.http.status(),
     }
 
 

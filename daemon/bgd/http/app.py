@@ -1,0 +1,136 @@
+"""The ASGI side: one starlette app made of every mounted feature's routes, and what hypercorn calls.
+
+`Entry` is the app hypercorn serves. It holds the current starlette app (rebuilt
+when a feature mounts), gives each request body `body_timeout_s` to arrive in
+full (408 after that), answers starlette's plain-text 413 as JSON, and keeps an
+endpoint's exception away from hypercorn (logged here, answered 500 by
+starlette). Body caps are starlette's own `max_body_size`: the app's default
+from `[http] max_body_bytes`, and any route may set its own
+(`Route(..., max_body_size=25 << 20)`), which wins over the default.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route, Router
+from starlette.types import Message, Receive, Scope, Send
+
+from bgd.http.errors import http_exception, server_error, too_large
+
+log = logging.getLogger("bgd.http")
+
+
+class FeatureRoutes(BaseRoute):
+    """One feature's routes behind that feature's own middleware, as a single route of the app.
+
+    It matches what one of its routes matches, so features mounted after it are
+    still reached; its middleware runs only for its own requests.
+    """
+
+    def __init__(self, name: str, routes: Sequence[BaseRoute], middleware: Sequence[Middleware]):
+        self.name = name
+        self.routes = list(routes)
+        app: Any = Router(routes=self.routes)
+        for cls, args, kwargs in reversed(list(middleware)):
+            app = cls(app, *args, **kwargs)
+        self.app = app
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        partial: Scope | None = None
+        for route in self.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return match, child_scope
+            if match is Match.PARTIAL and partial is None:
+                partial = child_scope
+        return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, {})
+
+    def url_path_for(self, name: str, /, **path_params: Any):
+        for route in self.routes:
+            try:
+                return route.url_path_for(name, **path_params)
+            except NoMatchFound:
+                pass
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def health_routes(version: str) -> list[BaseRoute]:
+    payload = {"ok": True, "version": version}
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(payload)
+
+    return [Route("/v1/health", health, methods=["GET"], name="health")]
+
+
+def build_app(groups: Sequence[tuple[str, Sequence[BaseRoute], Sequence[Middleware]]],
+              max_body_bytes: int) -> Starlette:
+    """The app: each (name, routes, middleware) in mount order; a feature without middleware
+    adds its routes as they are (one match instead of two)."""
+    routes: list[BaseRoute] = []
+    for name, feature_routes, middleware in groups:
+        routes += [FeatureRoutes(name, feature_routes, middleware)] if middleware else list(feature_routes)
+    return Starlette(routes=routes, max_body_size=max_body_bytes,
+                     exception_handlers={HTTPException: http_exception, Exception: server_error})
+
+
+class Entry:
+    """What hypercorn serves: the current app, with request bodies timed and errors kept as JSON."""
+
+    def __init__(self, app: Callable, body_timeout_s: float):
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = trio.current_time() + self.body_timeout_s
+        body_done = False
+        replacing: JSONResponse | None = None
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done
+            if body_done:  # after the body, receive() only waits for the client to leave
+                return await receive()
+            with trio.move_on_at(deadline):
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    body_done = True
+                return message
+            raise HTTPException(408, f"the request body did not arrive within {self.body_timeout_s:g} s; "
+                                     "send it in full (and with a correct Content-Length)")
+
+        async def send_as_json(message: Message) -> None:
+            # starlette's body limit answers an endpoint that never read the body with a
+            # plain-text 413: the one error that does not pass through our handlers.
+            nonlocal replacing
+            if replacing is not None:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": replacing.body})
+                    replacing = None
+                return
+            if (message["type"] == "http.response.start" and message["status"] == 413
+                    and (b"content-type", b"text/plain; charset=utf-8") in message.get("headers", ())):
+                replacing = too_large(scope)
+                await send({"type": "http.response.start", "status": 413, "headers": replacing.raw_headers})
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive_in_time, send_as_json)
+        except ClientDisconnect:
+            pass  # the client left before sending its whole body: nobody to answer
+        except Exception:
+            log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))
