@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from bgd.http.errors import http_exception, server_error, too_large
 
 log = logging.getLogger("bgd.http")
+_BODY_LEFT_UNREAD = (408, 413)
 
 
 class FeatureRoutes(BaseRoute):
@@ -121,11 +122,14 @@ class Entry:
                     await send({"type": "http.response.body", "body": replacing.body})
                     replacing = None
                 return
-            if (message["type"] == "http.response.start" and message["status"] == 413
-                    and (b"content-type", b"text/plain; charset=utf-8") in message.get("headers", ())):
-                replacing = too_large(scope)
-                await send({"type": "http.response.start", "status": 413, "headers": replacing.raw_headers})
-                return
+            if message["type"] == "http.response.start" and message["status"] in _BODY_LEFT_UNREAD:
+                # The rest of the body is never read, so hypercorn closes the connection after
+                # this answer: say so, or a client would send its next request on it.
+                if (message["status"] == 413
+                        and (b"content-type", b"text/plain; charset=utf-8") in message.get("headers", ())):
+                    replacing = too_large(scope)
+                    message = dict(message, headers=replacing.raw_headers)
+                message = dict(message, headers=[*message.get("headers", ()), (b"connection", b"close")])
             await send(message)
 
         try:
