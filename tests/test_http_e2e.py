@@ -50,6 +50,7 @@ def test_off_by_default_and_health_when_enabled(bgd):
     wait_until(lambda: status(bgd)["listening"], what="the listener")
     assert status(bgd) == {"listening": True, "url": f"http://127.0.0.1:{port}", "error": None,
                            "wanted_by": ["http.enabled"]}
+    assert f"http: http://127.0.0.1:{port}\n" in bgd.ctl("daemon", "status").stdout
     health = httpx.get(f"http://127.0.0.1:{port}/v1/health")
     assert health.status_code == 200 and health.headers["content-type"] == "application/json"
     assert health.json() == {"ok": True, "version": bgd.rpc("daemon.status")["version"]}
@@ -90,6 +91,8 @@ def test_a_non_loopback_address_is_refused_and_the_daemon_serves_on(bgd):
     assert not http["listening"] and http["url"] is None
     assert "0.0.0.0" in http["error"] and "not a loopback address" in http["error"] and "allow_remote" in http["error"]
     assert http["error"] in bgd.log()
+    shown = bgd.ctl("daemon", "status")
+    assert shown.returncode == 0 and f"http: not listening: {http['error']}" in shown.stdout
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/v1/health")
     bgd.write_config(http_section(port, "allow_remote = true\n", host="0.0.0.0"))
