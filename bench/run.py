@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks] [--quick]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http] [--quick]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_cli  # noqa: E402
 import bench_editor  # noqa: E402
+import bench_http  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_loops  # noqa: E402
 import bench_rpc  # noqa: E402
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "tasks": (bench_tasks.run, {}, {"tasks": 1000, "idle_s": 5, "adds": 3, "burst": 100}),
     "editor": (bench_editor.run, {}, {"changes": 5}),
     "schedule": (bench_schedule.run, {}, {"count": 3000}),
+    "http": (bench_http.run, {}, {"seconds": 2.0, "rounds": 2}),
 }
 
 

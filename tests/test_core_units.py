@@ -33,7 +33,7 @@ def test_config_agents_and_warnings():
     ('default_agent = "nope"', "default_agent 'nope' is not defined"),
     ('permission_mode = "yolo"', "permission_mode must be one of"),
     ('[agents.x]\nbackend = "command"\n', "needs command"),
-    ('[agents.x]\nbackend = "ssh"\ncommand = ["a"]\n', 'must be "claude" or "command"'),
+    ('[agents.x]\nbackend = "ssh"\ncommand = ["a"]\n', 'must be one of "claude", "command"'),
     ("idle_timeout_s = -1", "must be positive"),
     ("[scheduler]\nmax_concurrent_runs = 0", "max_concurrent_runs"),
 ])

@@ -278,6 +278,21 @@ async def test_tls(tmp_path):
         async with httpx.AsyncClient(verify=context) as client:
             health = await client.get(f"{service.base_url}/v1/health")
             assert health.status_code == 200 and health.json()["ok"] is True
+        # A renewed certificate (same paths) and a refresh: served from then on.
+        renewed = ca.issue_cert("127.0.0.1")
+        renewed.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+        renewed.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+        service.refresh()
+        want = renewed.cert_chain_pems[0].bytes().decode()
+
+        def served() -> str:
+            try:
+                return ssl.get_server_certificate(("127.0.0.1", port))
+            except OSError:  # between the old listener and the new one
+                return ""
+        with trio.fail_after(20):
+            while (await trio.to_thread.run_sync(served)).split() != want.split():
+                await trio.sleep(0.05)
         settings.set(listen(port, 'enabled = true\ntls_cert = "missing.pem"\ntls_key = "server.key"'))
         service.refresh()
         await until(lambda: not service.listening, "stopped")

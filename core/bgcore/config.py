@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The agent backends the daemon has (bgd/agents/base.py BACKENDS maps each to its module).
+BACKENDS = ("claude", "command")
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
 
 
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class AgentConfig:
     name: str
-    backend: str                 # "claude" or "command"
+    backend: str                 # one of BACKENDS
     command: tuple[str, ...]     # argv prefix; for "command" may hold a "{prompt}" placeholder
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -132,8 +134,9 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
                 continue
             check_type(key, value, _AGENT_KEYS[key], f"agents.{name}.{key}")
         backend = spec.get("backend", "claude" if name == "claude" else "command")
-        if backend not in ("claude", "command"):
-            raise ConfigError(f"{where('backend')}: agents.{name}.backend must be \"claude\" or \"command\"")
+        if backend not in BACKENDS:
+            raise ConfigError(f"{where('backend')}: agents.{name}.backend must be one of "
+                              + ", ".join(f'"{b}"' for b in BACKENDS))
         command = spec.get("command", ["claude"] if backend == "claude" else None)
         if command is None:
             raise ConfigError(f"{where(name)}: [agents.{name}] needs command = [\"program\", \"arg\", ...]")

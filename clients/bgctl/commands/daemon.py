@@ -74,6 +74,11 @@ def run(args, ctx) -> int:
                       f"{status['socket']}\n{counts}")
             if status.get("config_error"):
                 ctx.print(f"config error (last good config in use): {status['config_error']}")
+            http = status.get("http") or {}
+            if http.get("listening"):
+                ctx.print(f"http: {http['url']}")
+            elif http.get("error"):
+                ctx.print(f"http: not listening: {http['error']}")
         return ExitStatus.OK
     if args.action == "start":
         status = _start(ctx)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bgcore.config import AgentConfig
+from bgd.agents.base import one_line  # noqa: F401  (part of this module's vocabulary)
 
 QUESTION_TOOL = "AskUserQuestion"
 
@@ -172,14 +173,6 @@ def answer_input(request_input: dict, answer: str) -> dict:
         if isinstance(question, dict) and isinstance(question.get("question"), str):
             answers[question["question"]] = answer
     return {**request_input, "answers": answers}
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= limit else line[:limit - 1] + "…"
-    return ""
 
 
 def _str(value: Any) -> str | None:

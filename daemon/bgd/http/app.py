@@ -130,11 +130,16 @@ class Entry:
                     replacing = too_large(scope)
                     message = dict(message, headers=replacing.raw_headers)
                 message = dict(message, headers=[*message.get("headers", ()), (b"connection", b"close")])
-            await send(message)
+            try:
+                await send(message)
+            except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
+                # The client closed its side while we answered (hypercorn then closes the
+                # socket from another task): an answer nobody will read, not an error.
+                raise ClientDisconnect() from None
 
         try:
             await self.app(scope, receive_in_time, send_as_json)
         except ClientDisconnect:
-            pass  # the client left before sending its whole body: nobody to answer
+            pass  # the client left mid-request: nobody to answer
         except Exception:
             log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))

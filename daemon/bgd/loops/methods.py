@@ -12,6 +12,7 @@ from bgcore.jsonrpc import BAD_SCHEDULE, INVALID_PARAMS, NOT_FOUND, RpcError
 
 from bgd.loops.prompt import LoopPromptError, bare_prompt
 from bgd.loops.runner import COMMAND_BACKEND_INTERVAL, COMMAND_BACKEND_NOTE
+from bgd.agents.base import driver_class
 from bgd.rpc.table import method
 
 
@@ -96,7 +97,7 @@ async def create(daemon, params, conn):
 
     def prepare(cwd: str, backend: str):
         sched, note = schedule, None
-        if sched is None and cron is None and backend != "claude":
+        if sched is None and cron is None and not driver_class(backend).schedules_wakeups:
             sched, note = parse_interval(COMMAND_BACKEND_INTERVAL), COMMAND_BACKEND_NOTE
         return sched, note, _first_prompt(runner, prompt, cwd)
 

@@ -341,7 +341,7 @@ def _duration(seconds: float) -> str:
 
 
 def install(daemon) -> LoopRunner:
-    """Attach loops and the MCP tools to the daemon (called from main._install_features)."""
+    """Attach loops and the MCP tools to the daemon (called from bgd.features.install)."""
     from bgd.agents.mcp_server import mcp_config_for
     runner = LoopRunner(daemon.sessions, daemon.bus, daemon.store, jitter=lambda: daemon.config.loop_jitter)
     runner.install(daemon)
@@ -351,10 +351,11 @@ def install(daemon) -> LoopRunner:
     return runner
 
 
-def allow_own_tools(session, request) -> bool:
+def allow_own_tools(session, pending: dict) -> bool:
     """The daemon's own MCP tools only manage the session's own schedule: remember them as allowed
     (the session manager then answers), so a loop never stops in `needs_input` to ask about them."""
     from bgd.agents.mcp_server import SERVER_NAME
-    if request.tool_name.startswith(f"mcp__{SERVER_NAME}__") and request.tool_name not in session.always_allow:
-        session.always_allow.append(request.tool_name)
+    tool = pending["tool_name"]
+    if tool.startswith(f"mcp__{SERVER_NAME}__") and tool not in session.always_allow:
+        session.always_allow.append(tool)
     return False

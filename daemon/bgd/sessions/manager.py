@@ -1,7 +1,10 @@
-"""Agent sessions (SPEC §2, §5): the model, its states, and the runner.
+"""The session runner (SPEC §2, §5): every session's state changes, and its agent process.
 
-A `Session` is the durable record; a `Run` is the live agent process behind it,
-if any.  Every change goes through `SessionManager._changed`, which stores
+A `Session` (sessions/model.py) is the durable record; a `Run` (sessions/run.py) is
+the live agent process behind it, if any, with the backend driver that reads its
+lines (agents/base.py).  The runner never asks which backend a session uses.
+
+Every change goes through `SessionManager._changed`, which stores
 the record and publishes `session.updated`, so the store, the event stream and
 the clients never disagree.  Callbacks from a process check that it is still
 the session's current run, so a stopped or replaced process cannot change the
@@ -18,112 +21,27 @@ the transcript, stored and published at once.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
-import string
-import uuid
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import trio
 
-from bgd.agents import claude_lines as claude
-from bgd import clock, fastjson
-from bgd.agents.process import AgentProcess, OversizedLine
 from bgcore.config import PERMISSION_MODES, Config
-from bgd.events import EventBus, clip
-from bgd.store import Store
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
+from bgd import clock, fastjson
+from bgd.agents.base import driver_class, one_line
+from bgd.agents.process import AgentProcess
+from bgd.events import EventBus, clip
+from bgd.sessions.model import BUSY, STATES, Session, new_id
+from bgd.sessions.run import Run
+from bgd.store import Store
 
-STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
-BUSY = ("working", "needs_input")
-ID_ALPHABET = string.ascii_lowercase + string.digits
 RESTART_ERROR = "bgd restarted while this session was working; reply to resume it"
 SHUTDOWN_ERROR = "bgd shut down while this session was working; reply to resume it"
 TOUCH_FLUSH_S = 0.25  # how late a last_message-only change may be saved and published
 
-
-def new_id(taken: set | dict = ()) -> str:
-    while True:
-        candidate = "".join(secrets.choice(ID_ALPHABET) for _ in range(8))
-        if candidate not in taken:
-            return candidate
-
-
-@dataclass
-class Session:
-    id: str
-    cwd: str
-    agent: str
-    backend: str
-    prompt: str
-    name: str | None = None
-    permission_mode: str = "default"
-    model: str | None = None
-    origin: str = "dispatch"
-    state: str = "working"
-    waiting_for: str | None = None
-    error: str | None = None
-    agent_session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    created_at: str = field(default_factory=clock.now_iso)
-    updated_at: str = field(default_factory=clock.now_iso)
-    pid: int | None = None
-    cost_usd: float = 0.0
-    turns: int = 0
-    last_message: str = ""
-    pinned: bool = False
-    next_wake_at: str | None = None
-    pending: dict | None = None
-    always_allow: list[str] = field(default_factory=list)
-    cost_base: float = 0.0        # cost of earlier processes; result costs are per process
-    has_history: bool = False     # the agent knows this conversation: continue with --resume
-    loop_runs: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-
-    # Bumped whenever any session's state is set (its creation included), so
-    # SessionManager.state_counts can keep its tally until something changes.
-    state_generation: ClassVar[int] = 0
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "state":
-            Session.state_generation += 1
-        object.__setattr__(self, name, value)
-
-    PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
-              "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs")
-
-    def to_json(self) -> dict:
-        data = {key: getattr(self, key) for key in self.PUBLIC}
-        data["cost_usd"] = round(self.cost_usd, 6)
-        if self.pending is not None:
-            data["pending"] = self.pending
-        return data
-
-    def to_record(self) -> dict:
-        # Every field is a plain JSON value and the record is encoded at once:
-        # a shallow dict (dataclasses.asdict deep-copies, several times slower).
-        return {name: getattr(self, name) for name in _SESSION_FIELDS}
-
-    @classmethod
-    def from_record(cls, data: dict) -> "Session":
-        return cls(**{k: v for k, v in data.items() if k in _SESSION_FIELDS})
-
-
-_SESSION_FIELDS = tuple(f.name for f in fields(Session))
-
-
-@dataclass
-class Run:
-    """A live agent process and what the runner knows about its turn."""
-
-    session_id: str
-    backend: str
-    process: AgentProcess
-    in_turn: bool = False
-    stopping: bool = False
-    turn_generation: int = 0
+__all__ = ["SessionManager", "Session", "STATES", "BUSY", "new_id"]
 
 
 class SessionManager:
@@ -142,7 +60,8 @@ class SessionManager:
         # Seams for later features (loops, tasks, MCP): plain callables.
         self.on_turn_end: list[Callable[[Session], None]] = []
         self.on_session_end: list[Callable[[Session, str], None]] = []   # (session, "stopped" | "removed")
-        self.on_permission: list[Callable[[Session, claude.PermissionRequest], bool]] = []
+        # (session, pending) -> True when the hook answered it itself (see _ask)
+        self.on_permission: list[Callable[[Session, dict], bool]] = []
         self.on_always: list[Callable[[Session, str], None]] = []    # (session, tool name) after approve --always
         self.mcp_config_for: Callable[[Session], str | None] = lambda s: None
 
@@ -234,11 +153,11 @@ class SessionManager:
             # The agent would see two processes on one conversation: let the old one go first.
             await run.process.exited.wait()
             run = None
-        if run is not None and session.backend == "claude" and not run.process.exited.is_set():
+        if run is not None and run.driver.keeps_process and not run.process.exited.is_set():
             run.in_turn = True
             run.turn_generation += 1
             self._changed(session)
-            if await run.process.write_json(claude.user_message(text)):
+            if await run.driver.turn(text):
                 return
             self._detach(session)
         await self._spawn(session, text)
@@ -250,136 +169,93 @@ class SessionManager:
             self._fail(session, f"agent {session.agent!r} is no longer defined in {self.config_path}; "
                                 f"define it again under [agents.{session.agent}]")
             return
+        run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
+        launch = run.driver.launch(text, self.mcp_config_for(session))
         env = dict(os.environ)
         env.update(agent_cfg.env)
         env.update(session.env)
-        env["CLAUDE_CODE_DISABLE_CRON"] = "1"
+        env.update(launch.env)
         env["BGD_SESSION_ID"] = session.id
-        binary = agent_cfg.command[0]
+        binary = launch.argv[0]
         if shutil.which(binary, path=env.get("PATH")) is None:
-            hint = (" (Claude Code: npm install -g @anthropic-ai/claude-code)" if session.backend == "claude" else "")
-            self._fail(session, f"agent binary {binary!r} not found on PATH; install it{hint} or set "
+            hint = run.driver.install_hint
+            self._fail(session, f"agent binary {binary!r} not found on PATH; install it"
+                                + (f" ({hint})" if hint else "") + " or set "
                                 f"command = [\"/full/path/to/{os.path.basename(binary)}\"] under "
                                 f"[agents.{agent_cfg.name}] in {self.config_path}")
             return
-        stdin_text = None
-        if session.backend == "claude":
-            argv = claude.build_argv(agent_cfg, agent_session_id=session.agent_session_id,
-                                     resume=session.has_history, permission_mode=session.permission_mode,
-                                     model=session.model, mcp_config=self.mcp_config_for(session))
-        else:
-            argv = [part.replace("{prompt}", text) for part in agent_cfg.command] + list(agent_cfg.args)
-            if not any("{prompt}" in part for part in agent_cfg.command + agent_cfg.args):
-                stdin_text = text.encode() + b"\n"
-        holder: dict[str, Run] = {}
-        process = AgentProcess(argv, session.cwd, env,
-                               on_line=lambda line: self._on_line(session, holder["run"], line),
-                               on_exit=lambda code: self._on_exit(session, holder["run"], code),
-                               stdin_text=stdin_text)
-        run = Run(session.id, session.backend, process, in_turn=True)
-        holder["run"] = run
+        run.process = AgentProcess(launch.argv, session.cwd, env,
+                                   on_line=lambda line: self._on_line(session, run, line),
+                                   on_exit=lambda code: self._on_exit(session, run, code),
+                                   stdin_text=launch.stdin)
         try:
-            await process.start(self.nursery)
+            await run.process.start(self.nursery)
         except OSError as exc:
             self._fail(session, f"cannot start agent {binary!r}: {exc.strerror or exc}; check [agents.{agent_cfg.name}] "
                                 f"command in {self.config_path}")
             return
         self.runs[session.id] = run
-        session.pid = process.pid
-        session.has_history = session.backend == "claude" or session.has_history
+        session.pid = run.process.pid
+        session.has_history = run.driver.provides_history or session.has_history
         self._changed(session)
-        if session.backend == "claude":
-            if not await process.write_json(claude.user_message(text)):
-                self._fail(session, "the agent closed its input before the prompt could be sent; "
-                                    f"see `bgctl logs {session.id}`")
+        await run.driver.started(text)
 
-    # -- agent output -----------------------------------------------------------
+    # -- agent output (through the run's driver) ------------------------------------
 
     def _current(self, session: Session, run: Run) -> bool:
         return self.runs.get(session.id) is run and self.sessions.get(session.id) is session
 
     def _on_line(self, session: Session, run: Run, line: bytes) -> None:
-        if not self._current(session, run):
-            return
-        if isinstance(line, OversizedLine):
-            self._record(session, "raw", {"text": line[:2000].decode("utf-8", "replace"),
-                                          "truncated": True, "bytes": line.total})
-            if run.backend == "claude":
-                self._fail(session, f"the agent printed a line of {line.total} bytes, over bgd's limit; "
-                                    "it was cut from the transcript")
-                self._stop_run(run)
-            return
-        if run.backend != "claude":
-            text = line.decode("utf-8", "replace").rstrip("\r")
-            self._record(session, "output", {"text": text})
-            if text.strip():
-                session.last_message = claude.one_line(text)
-                self._touched(session)
-            return
-        try:
-            obj = fastjson.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except (ValueError, RecursionError):
-            text = line.decode("utf-8", "replace")
-            self._record(session, "raw", {"text": text[:4000]})
-            self._fail(session, f"the agent printed a non-JSON line on stdout ({claude.one_line(text, 80)!r}); "
-                                f"check that [agents.{session.agent}] runs Claude Code")
-            self._stop_run(run)
-            return
-        self._record(session, "agent", obj)
-        if run.stopping:
-            # Only the transcript hears from a process being stopped.
-            return
-        self._on_claude_message(session, run, claude.classify(obj))
+        if self._current(session, run):
+            run.driver.line(line)
 
-    def _on_claude_message(self, session: Session, run: Run, msg: claude.Line) -> None:
-        if isinstance(msg, claude.AssistantText):
-            session.last_message = claude.one_line(msg.text)
-            self._touched(session)
-        elif isinstance(msg, claude.PermissionRequest):
-            for hook in self.on_permission:
-                if hook(session, msg):
-                    return
-            if msg.tool_name in session.always_allow:
-                self._send(run, claude.allow_response(msg.request_id, msg.input))
-                self._record(session, "control", {"decision": "allow", "tool_name": msg.tool_name,
-                                                  "request_id": msg.request_id, "rule": "always"})
+    def _ask(self, session: Session, run: Run, pending: dict) -> None:
+        """The agent asks a person (a permission or a question): needs_input, unless a hook or an
+        earlier `approve --always` answers it."""
+        for hook in self.on_permission:
+            if hook(session, pending):
                 return
-            session.pending = {"request_id": msg.request_id, "tool_name": msg.tool_name, "input": msg.input,
-                               "suggestions": msg.suggestions, "kind": msg.waiting_for,
-                               "since": clock.now_iso()}
-            session.state = "needs_input"
-            session.waiting_for = msg.waiting_for
-            self._changed(session)
-        elif isinstance(msg, claude.CancelRequest):
-            if session.pending and session.pending.get("request_id") == msg.request_id:
-                session.pending = None
-                session.waiting_for = None
-                session.state = "working"
-                self._changed(session)
-        elif isinstance(msg, claude.OtherControlRequest):
-            self._send(run, claude.unsupported_response(msg.request_id, msg.subtype))
-        elif isinstance(msg, claude.TurnResult):
-            run.in_turn = False
-            if msg.total_cost_usd is not None:
-                session.cost_usd = session.cost_base + msg.total_cost_usd
-            if msg.num_turns:
-                session.turns += msg.num_turns
+        if pending["tool_name"] in session.always_allow:
+            self.nursery.start_soon(self._answer_quietly, run, pending)
+            self._record(session, "control", {"decision": "allow", "tool_name": pending["tool_name"],
+                                              "request_id": pending["request_id"], "rule": "always"})
+            return
+        session.pending = dict(pending, since=clock.now_iso())
+        session.state = "needs_input"
+        session.waiting_for = pending.get("kind", "permission")
+        self._changed(session)
+
+    async def _answer_quietly(self, run: Run, pending: dict) -> None:
+        await run.driver.answer(pending, "allow", always=False, message=None, answer=None)
+
+    def _withdraw(self, session: Session, request_id: str) -> None:
+        if session.pending and session.pending.get("request_id") == request_id:
             session.pending = None
             session.waiting_for = None
-            if msg.text:
-                session.last_message = claude.one_line(msg.text)
-            if run.stopping:
-                return
-            if msg.is_error:
-                reason = claude.one_line(msg.text) or msg.subtype or "the agent reported an error"
-                session.state = "failed"
-                session.error = reason
-            else:
-                session.state = "completed"
+            session.state = "working"
             self._changed(session)
-            self._turn_ended(session)
+
+    def _turn_done(self, session: Session, run: Run, *, error: str | None, cost_usd: float | None,
+                   turns: int | None, text: str | None) -> None:
+        run.in_turn = False
+        if cost_usd is not None:   # per process: earlier processes' cost is in cost_base
+            session.cost_usd = session.cost_base + cost_usd
+        if turns:
+            session.turns += turns
+        session.pending = None
+        session.waiting_for = None
+        if text:
+            session.last_message = one_line(text)
+        if run.stopping:
+            return
+        if error:
+            session.state = "failed"
+            session.error = error
+        else:
+            session.state = "completed"
+        self._changed(session)
+        self._turn_ended(session)
+        if run.driver.keeps_process:
             self.nursery.start_soon(self._close_when_idle, session, run, run.turn_generation)
 
     async def _close_when_idle(self, session: Session, run: Run, generation: int) -> None:
@@ -388,28 +264,24 @@ class SessionManager:
             await run.process.close_stdin()
 
     def _on_exit(self, session: Session, run: Run, code: int) -> None:
+        current = self._current(session, run)
+        if session.cost_usd > session.cost_base:
+            session.cost_base = session.cost_usd
+        if self.sessions.get(session.id) is session:
+            session.pid = None
+            if run.stopping:
+                self._changed(session)
+            elif current:
+                run.driver.exited(code)   # still current, so what it reports counts
+            else:
+                self._changed(session)
         if self.runs.get(session.id) is run:
             del self.runs[session.id]
-        if session.backend == "claude" and session.cost_usd > session.cost_base:
-            session.cost_base = session.cost_usd
-        if self.sessions.get(session.id) is not session:
-            return
-        session.pid = None
-        if run.stopping:
-            self._changed(session)
-            return
-        if run.backend != "claude":
-            if code == 0:
-                session.state = "completed"
-            else:
-                tail = run.process.stderr_last_line()
-                self._set_failed(session, f"agent exited with code {code}" + (f": {tail}" if tail else ""))
-            session.turns += 1
-            self._changed(session)
-            self._turn_ended(session)
-            return
+
+    def _died(self, session: Session, run: Run, code: int) -> None:
+        """The process ended on its own: a session mid-turn failed (a reply resumes it)."""
         if session.state in BUSY:
-            tail = run.process.stderr_last_line()
+            tail = run.stderr_tail()
             self._set_failed(session, f"the agent exited mid-turn ({_describe_exit(code)})"
                                       + (f": {tail}" if tail else "") + "; reply to resume it")
         self._changed(session)
@@ -446,21 +318,10 @@ class SessionManager:
         run = self.runs.get(session.id)
         if run is None:
             raise RpcError(INVALID_STATE, f"session {session.id} has no running agent to answer")
-        if decision == "allow":
-            updated = pending["input"]
-            if answer is not None:
-                updated = claude.answer_input(pending["input"], answer)
-            # The CLI suggests rules for its settings files; "always" here means
-            # this conversation (and, for tasks, the daemon remembers the tool).
-            permissions = ([dict(rule, destination="session") for rule in pending.get("suggestions") or []
-                            if isinstance(rule, dict)] if always else None)
-            if always and pending["tool_name"] not in session.always_allow:
-                session.always_allow.append(pending["tool_name"])
-                for hook in self.on_always:
-                    hook(session, pending["tool_name"])
-            response = claude.allow_response(pending["request_id"], updated, permissions)
-        else:
-            response = claude.deny_response(pending["request_id"], message or "Denied by the user")
+        if decision == "allow" and always and pending["tool_name"] not in session.always_allow:
+            session.always_allow.append(pending["tool_name"])
+            for hook in self.on_always:
+                hook(session, pending["tool_name"])
         session.pending = None
         session.waiting_for = None
         session.state = "working"
@@ -468,7 +329,7 @@ class SessionManager:
                                           "request_id": pending["request_id"], "always": always,
                                           "message": message, "answer": answer})
         self._changed(session)
-        await run.process.write_json(response)
+        await run.driver.answer(pending, decision, always=always, message=message, answer=answer)
 
     # -- stopping and removing ----------------------------------------------------
 
@@ -492,8 +353,8 @@ class SessionManager:
         self.nursery.start_soon(self._shutdown_run, run)
 
     async def _shutdown_run(self, run: Run) -> None:
-        if run.backend == "claude" and run.in_turn:
-            await run.process.write_json(claude.interrupt_request())
+        if run.in_turn:
+            await run.driver.interrupt()
         await run.process.shutdown(self.config().stop_grace_s)
 
     async def remove(self, session: Session) -> None:
@@ -535,9 +396,6 @@ class SessionManager:
         run = self.runs.pop(session.id, None)
         if run is not None:
             self._stop_run(run)
-
-    def _send(self, run: Run, obj: dict) -> None:
-        self.nursery.start_soon(run.process.write_json, obj)
 
     def _set_failed(self, session: Session, error: str) -> None:
         session.state = "failed"
