@@ -68,8 +68,6 @@ def test_login_dispatch_approve_reply_live(bgd, browser):
     expect(page.locator(f"{row} .last")).to_have_text("all green")
     assert page.locator(f"#group-working {row}, #group-needs_input {row}").count() == 0
     assert _not_reloaded(page)
-    if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / "web-index.png"), full_page=True)
 
     # The session page: the whole transcript, then a reply whose lines stream in.
     page.click(f"{row} a.title")
@@ -87,8 +85,6 @@ def test_login_dispatch_approve_reply_live(bgd, browser):
     expect(page.locator("#session-head .badge")).to_have_text("completed", timeout=15_000)
     assert page.locator("form.reply textarea").input_value() == ""
     assert _not_reloaded(page)
-    if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / "web-session.png"), full_page=True)
     assert not browser.errors and not browser.dialogs
 
 
@@ -243,3 +239,52 @@ def test_tasks_page_shows_next_fires_and_skips(bgd, browser):
     page.click("#task-nightly button[type=submit]")
     expect(page.locator("#task-nightly table.runs")).to_contain_text("ran", timeout=15_000)
     assert _not_reloaded(page)
+
+
+@pytest.mark.skipif(not SHOTS, reason="set BGAGENTS_WEB_SCREENSHOTS=docs to remake the README's screenshots")
+def test_screenshots_for_the_readme(bgd, browser):
+    """docs/web-index.png and docs/web-session.png, from sessions like a person's."""
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd, env={"HOME": str(bgd.base)})   # directories show as ~/work
+    api = bgd.work / "api"
+    api.mkdir()
+    named = [
+        ("fix the flaky login test", "say The login test waits on a real clock; I will fake it.; "
+                                     'tool Bash {"command": "npm test -- login.spec.ts"}'),
+        ("bump the lockfile", "say Updated **14** packages; the tests pass."),
+        ("release notes for 2.4", "say Drafted `RELEASE.md` from the merged PRs; fail the changelog is missing 2.3"),
+        ("which database for the cache?", "ask Redis or SQLite for the cache?"),
+    ]
+    ids = []
+    for name, prompt in named:
+        session = bgd.dispatch(prompt, name=name, cwd=str(api if "lockfile" in name else bgd.work))
+        ids.append(session["id"])
+    bgd.wait_state(ids[0], "needs_input")
+    bgd.wait_state(ids[3], "needs_input")
+    bgd.rpc("session.pin", {"id": ids[1]})
+    story = bgd.dispatch("say I read `src/auth/session.ts` first.; "
+                         'tool Read {"file_path": "src/auth/session.ts"}; '
+                         "say The token refresh races the logout:\n\n1. `refresh()` starts\n2. `logout()` clears"
+                         " the store\n3. `refresh()` writes the old token back\n\nI will guard it with the store's"
+                         " generation.; "
+                         'tool Edit {"file_path": "src/auth/session.ts", "old_string": "store.set(token)", '
+                         '"new_string": "if (store.generation === gen) store.set(token)"}; say Done: the race is closed.',
+                         name="fix the logout race")
+    bgd.wait_state(story["id"], "needs_input")
+    bgd.rpc("session.respond", {"id": story["id"], "decision": "allow"})
+    bgd.wait_session(story["id"], lambda s: s["state"] == "needs_input" and s["pending"]["tool_name"] == "Edit")
+    bgd.rpc("session.respond", {"id": story["id"], "decision": "allow"})
+    bgd.wait_state(story["id"], "completed")
+    bgd.rpc("session.reply", {"id": story["id"], "text": "say Added a test for it too.; "
+                              'tool Bash {"command": "npm test -- session.spec.ts"}'})
+    bgd.wait_state(story["id"], "needs_input")
+    page = browser.page
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.goto(login_url(bgd))
+    expect(page.locator(f"#group-needs_input #row-{ids[0]}")).to_be_visible()
+    page.screenshot(path=str(Path(SHOTS) / "web-index.png"), full_page=True)
+    page.goto(page.url + f"s/{story['id']}")
+    page.click("#transcript details.tool >> nth=1")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(Path(SHOTS) / "web-session.png"), full_page=True)

@@ -30,11 +30,11 @@ def web_config(port: int, extra: str = "") -> str:
     return f'[http]\nlisten = "127.0.0.1:{port}"\n' + extra
 
 
-def start_web_daemon(bgd, port: int | None = None, extra: str = "") -> str:
+def start_web_daemon(bgd, port: int | None = None, extra: str = "", env: dict | None = None) -> str:
     """Start `bgd` with the web page on a fixed port (a restart keeps it); returns the base URL."""
     port = port or free_port()
     bgd.write_config(web_config(port, extra), web=True)
-    bgd.start()
+    bgd.start(extra_env=env)
     # The socket accepts before the daemon serves it; its first answer comes once the listener is up.
     http = bgd.rpc("daemon.status")["http"]
     assert http["listening"], http
