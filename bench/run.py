@@ -32,6 +32,7 @@ import bench_rpc  # noqa: E402
 import bench_rss  # noqa: E402
 import bench_schedule  # noqa: E402
 import bench_tasks  # noqa: E402
+import bench_web  # noqa: E402
 
 BENCHMARKS = {
     "cli": (bench_cli.run, {}, {"rounds": 10}),
@@ -43,6 +44,9 @@ BENCHMARKS = {
     "editor": (bench_editor.run, {}, {"changes": 5}),
     "schedule": (bench_schedule.run, {}, {"count": 3000}),
     "http": (bench_http.run, {}, {"seconds": 2.0, "rounds": 2}),
+    "web_render": (bench_web.run_render, {}, {"sessions": 200, "requests": 10}),
+    "web_dom": (bench_web.run_dom, {}, {"sessions": 20, "lines": 10, "pages": 3}),
+    "web_idle": (bench_web.run_idle, {}, {"idle_s": 10.0, "sessions": 5}),
 }
 
 
