@@ -40,6 +40,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 # Notes when each transcript entry reaches the DOM (the page's own clock is the machine's wall clock).
 OBSERVER = """
 window.__seen = {};
+window.__msgs = [];
+document.body.addEventListener('htmx:sseBeforeMessage', (e) => window.__msgs.push([Date.now(), e.detail.lastEventId]));
 new MutationObserver(() => {
   const now = Date.now();
   for (const el of document.querySelectorAll('#transcript .entry')) {
@@ -135,19 +137,24 @@ def _browser():
     return pw, pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
 
 
-def run_dom(sessions: int = 100, lines: int = 20, interval_ms: int = 100, pages: int = 10) -> dict:
+def run_dom(sessions: int = 100, lines: int = 20, interval_ms: int = 100, pages: int = 3) -> dict:
     daemon, base = _web_daemon("web-dom")
     with daemon:
         daemon.start()
         ids = daemon.run_sessions(["say ready"] * sessions, batch=25, timeout=300)
         pw, browser = _browser()
         try:
-            context = browser.new_context()
-            index = context.new_page()
+            # A browser holds at most 6 HTTP/1.1 connections per host and profile, and each open
+            # page keeps one for its event stream: every page gets a context (a profile) of its own.
+            first = browser.new_context()
+            index = first.new_page()
             index.goto(_login(daemon))
+            cookies = first.cookies()
             watched = ids[:: max(1, sessions // pages)][:pages]
             tabs = []
             for session_id in watched:
+                context = browser.new_context()
+                context.add_cookies(cookies)
                 tab = context.new_page()
                 tab.goto(f"{base}/s/{session_id}")
                 tab.wait_for_selector("#live", state="attached")

@@ -13,7 +13,8 @@ import signal
 import httpx
 import pytest
 
-from web_helpers import login_url, start_web_daemon
+from conftest import wait_until
+from web_helpers import login_url, start_web_daemon, web_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +70,26 @@ def test_bgctl_web_json_and_when_the_page_is_off(bgd):
     answer = bgd.ctl_json("web")
     assert answer["url"].startswith(base + "/login?code=") and answer["valid_s"] == 300
     assert answer["code"] in answer["url"] and answer["expires_at"]
-    bgd.write_config("", web=False)   # [web] enabled = false
-    bgd.rpc("daemon.reload")
+    client = httpx.Client(base_url=base, timeout=10)
+    assert client.get(answer["url"].removeprefix(base)).status_code == 303
+    port = int(base.rsplit(":", 1)[1])
+    # Off, while the listener stays up for something else: the page's routes answer 404.
+    bgd.write_config(web_config(port, "enabled = true\n"), web=False)
+    assert bgd.rpc("daemon.reload")["reloaded"]
+    assert bgd.rpc("daemon.status")["http"]["wanted_by"] == ["http.enabled"]
+    assert client.get("/").status_code == 404 and "the web page is off" in client.get("/").text
+    assert client.get("/v1/health").status_code == 200
     result = bgd.ctl("web")
     assert result.returncode == 1
     assert "the web page is off" in result.stderr and "[web] enabled = true" in result.stderr
+    # Off with nothing else wanting it: no listener at all; on again: the old login still works.
+    bgd.write_config("", web=False)
+    bgd.rpc("daemon.reload")
     assert bgd.rpc("daemon.status")["http"]["listening"] is False
+    bgd.write_config(web_config(port), web=True)
+    bgd.rpc("daemon.reload")
+    wait_until(lambda: bgd.rpc("daemon.status")["http"]["listening"], what="the listener back")
+    assert client.get("/").status_code == 200
 
 
 def test_wrong_host_is_refused(bgd):

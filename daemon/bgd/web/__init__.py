@@ -18,6 +18,8 @@ def install(daemon) -> None:
     daemon.web = None
 
     def mount_when_on(config) -> None:
+        if not config.web_enabled and daemon.web is not None:
+            daemon.web.end_streams()   # open pages stop following (their reconnects get 404)
         if config.web_enabled and daemon.web is None:
             from bgd.web.app import Web
             daemon.web = Web(daemon)

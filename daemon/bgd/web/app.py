@@ -71,7 +71,7 @@ class Web:
                                 version=_version())
         self.env.filters.update(title=listing.title, one_line=listing.one_line, short_dir=listing.short_dir,
                                 cost=listing.cost)
-        self.env.globals.update(age=listing.age, countdown=listing.countdown, group_of=listing.group_of,
+        self.env.globals.update(row_view=listing.row, age=listing.age, countdown=listing.countdown, group_of=listing.group_of,
                                 routine_name=listing.routine_name, task_name=listing.task_name,
                                 outcome_of=listing.outcome_of, questions=transcript.questions,
                                 pending_input=transcript.pending_input)
@@ -100,9 +100,12 @@ class Web:
         self.logins.clear()
         self.flashes.clear()
         self.codes.clear()
+        self.end_streams()
+        return count
+
+    def end_streams(self) -> None:
         for scope in list(self.streams):
             scope.cancel()
-        return count
 
     def login_of(self, request: Request) -> Login | None:
         token = request.cookies.get(auth.COOKIE)
@@ -131,6 +134,10 @@ class Web:
         """Wrap an endpoint: "public" (Host only), "page", "stream" (login), "action" (login, Origin, CSRF)."""
 
         async def guarded(request: Request) -> Response:
+            if not self.daemon.config.web_enabled:
+                # Turned off by a reload while the listener stays up for something else.
+                return PlainTextResponse("404 the web page is off ([web] enabled = false in config.toml)\n",
+                                         status_code=404, headers=SECURITY_HEADERS)
             host = request.headers.get("host")
             if not auth.host_ok(host, self.hosts()):
                 return PlainTextResponse(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import datetime, timedelta
 
 GROUPS = (("pinned", "Pinned"), ("needs_input", "Needs input"), ("working", "Working"), ("completed", "Completed"))
@@ -113,8 +114,11 @@ def one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+_HOME = os.path.expanduser("~")
+
+
 def short_dir(path: str, home: str | None = None) -> str:
-    home = home if home is not None else os.path.expanduser("~")
+    home = home if home is not None else _HOME
     if home and home != "/" and (path == home or path.startswith(home + "/")):
         return "~" + path[len(home):]
     return path
@@ -161,6 +165,43 @@ def cost(value) -> str:
     if not isinstance(value, (int, float)) or value <= 0:
         return "—"
     return f"${value:.4f}" if value < 1 else f"${value:.2f}"
+
+
+def row(session: dict, now: datetime, runs: dict[str, dict]) -> SimpleNamespace:
+    """Everything one row of the index says, worked out once (the template only places it).
+
+    Attributes rather than keys: Jinja reads `r.id` with getattr first, and a
+    thousand rows of failed getattrs on dicts were a third of the index's time."""
+    state = session.get("state", "")
+    pending = session.get("pending") or None
+    run = runs.get(session.get("id", "")) if runs else None
+    routine = routine_name(session)
+    wake = session.get("next_wake_at") if state == "sleeping" else None
+    view = {
+        "id": session.get("id", ""), "state": state, "state_word": STATE_WORDS.get(state, state),
+        "waiting_for": session.get("waiting_for"), "title": title(session), "cwd": session.get("cwd") or "",
+        "dir": short_dir(session.get("cwd") or ""), "agent": session.get("agent") or "",
+        "updated_at": session.get("updated_at") or "", "age": age(session.get("updated_at"), now),
+        "cost": cost(session.get("cost_usd")), "wake_at": wake, "wake": countdown(wake, now) if wake else "",
+        "loop_runs": session.get("loop_runs") or 0, "task": task_name(session), "routine": routine,
+        "error": session.get("error") if state == "failed" else None, "last": session.get("last_message") or "",
+        "run": None, "ask": None,
+    }
+    if routine and run:
+        view["run"] = SimpleNamespace(status=str(run.get("status") or "?"), outcome=outcome_of(run))
+    if pending:
+        view["ask"] = SimpleNamespace(kind=pending.get("kind"), tool=pending.get("tool_name") or "",
+                                      request_id=pending.get("request_id") or "",
+                                      input=_input_line(pending.get("input")))
+    return SimpleNamespace(**view)
+
+
+def _input_line(value) -> str:
+    import json
+    try:
+        return one_line(json.dumps(value, ensure_ascii=False), 80)
+    except (TypeError, ValueError):
+        return one_line(str(value), 80)
 
 
 # -- routine runs (SPEC §8: status is not outcome) ------------------------------------------------

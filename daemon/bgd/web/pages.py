@@ -19,6 +19,7 @@ from bgd.web.app import Web, redirect
 
 ROUTINE_RUNS_SHOWN = 50
 TASK_RUNS_SHOWN = 10
+TASKS_SHOWN = 200   # the page lists this many tasks in full; `bgctl task ls` has the rest
 
 
 # -- the index ----------------------------------------------------------------------------------------
@@ -98,13 +99,15 @@ async def tasks_context(web: Web) -> dict:
     if not web.has("task.list") or getattr(web.daemon, "tasks", None) is None:
         return {"enabled": False}
     listed = await web.call("task.list")
+    every = listed.get("tasks", [])
+    shown = every[:TASKS_SHOWN]
     histories = {}
-    for task in listed.get("tasks", []):
+    for task in shown:
         try:
             histories[task["name"]] = await web.call("task.history", name=task["name"], limit=TASK_RUNS_SHOWN)
         except RpcError:
             histories[task["name"]] = []
-    return {"enabled": True, "file": listed.get("file"), "tasks": listed.get("tasks", []),
+    return {"enabled": True, "file": listed.get("file"), "tasks": shown, "more": len(every) - len(shown),
             "errors": listed.get("errors", []), "histories": histories, "now": clock.now()}
 
 

@@ -51,7 +51,12 @@ def sse_message(html: str, seq: int | None, event: str = "update") -> bytes:
 
 class Follower:
     """What one page redraws for the events it follows: subclasses have `match(event)`,
-    `resync()` (the whole live part of the page, as it is now) and `events(batch)`."""
+    `resync()` (the whole live part of the page, as it is now) and `events(batch)`.
+
+    `min_interval_s`: the shortest time between two redraws; events in between wait
+    and go out together (the first after a quiet spell goes at once)."""
+
+    min_interval_s = 0.0
 
     def __init__(self, web: Web, csrf: str):
         self.web = web
@@ -72,6 +77,9 @@ class IndexFollower(Follower):
     redrawn; a row that stays put (a new last message) is replaced by itself."""
 
     TYPES = ("session.created", "session.updated", "session.removed")
+    # A hundred streaming sessions change their rows' last message four times a second each;
+    # the index shows them at most twice a second (a session page shows every line at once).
+    min_interval_s = 0.5
 
     def __init__(self, web: Web, csrf: str, filters: listing.Filters):
         super().__init__(web, csrf)
@@ -230,6 +238,7 @@ class EventStream:
                 first = await self.follower.start(backlog, missed)
                 if first or since != seq:
                     await send(_body(sse_message(first, seq)))
+                sent_at = -float("inf")
                 while True:
                     frames = await _next_frames(sub, HEARTBEAT_S)
                     if frames is None:
@@ -237,8 +246,16 @@ class EventStream:
                     if not frames:
                         await send(_body(b": idle\n\n"))
                         continue
+                    wait = sent_at + self.follower.min_interval_s - trio.current_time()
+                    if wait > 0:
+                        await trio.sleep(wait)
+                        more = _queued(sub)
+                        if more is None:
+                            break
+                        frames += more
                     events = [frame_event(frame) for frame in frames]
                     html = await self.follower.events(events)
+                    sent_at = trio.current_time()
                     await send(_body(sse_message(html, events[-1]["seq"])))
             finally:
                 bus.unsubscribe(sub)
@@ -253,15 +270,23 @@ async def _next_frames(sub, timeout: float) -> list[bytes] | None:
     """Every frame queued now, waiting up to `timeout` for the first; [] on timeout, None once closed."""
     with trio.move_on_after(timeout):
         try:
-            frames = [await sub.receive.receive()]
+            first = await sub.receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return None
-        while True:
-            try:
-                frames.append(sub.receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return frames
+        return [first] + (_queued(sub) or [])
     return []
+
+
+def _queued(sub) -> list[bytes] | None:
+    """The frames queued now ([] if none); None if the queue was closed (an overflow) and is empty."""
+    frames = []
+    while True:
+        try:
+            frames.append(sub.receive.receive_nowait())
+        except trio.WouldBlock:
+            return frames
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return frames or None
 
 
 async def _until_disconnect(receive, scope: trio.CancelScope) -> None:
