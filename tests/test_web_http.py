@@ -76,7 +76,7 @@ def test_bgctl_web_json_and_when_the_page_is_off(bgd):
     # Off, while the listener stays up for something else: the page's routes answer 404.
     bgd.write_config(web_config(port, "enabled = true\n"), web=False)
     assert bgd.rpc("daemon.reload")["reloaded"]
-    assert bgd.rpc("daemon.status")["http"]["wanted_by"] == ["http.enabled"]
+    wait_until(lambda: bgd.rpc("daemon.status")["http"]["wanted_by"] == ["http.enabled"], what="web to let go")
     assert client.get("/").status_code == 404 and "the web page is off" in client.get("/").text
     assert client.get("/v1/health").status_code == 200
     result = bgd.ctl("web")
@@ -85,7 +85,7 @@ def test_bgctl_web_json_and_when_the_page_is_off(bgd):
     # Off with nothing else wanting it: no listener at all; on again: the old login still works.
     bgd.write_config("", web=False)
     bgd.rpc("daemon.reload")
-    assert bgd.rpc("daemon.status")["http"]["listening"] is False
+    wait_until(lambda: not bgd.rpc("daemon.status")["http"]["listening"], what="the listener to stop")
     bgd.write_config(web_config(port), web=True)
     bgd.rpc("daemon.reload")
     wait_until(lambda: bgd.rpc("daemon.status")["http"]["listening"], what="the listener back")
