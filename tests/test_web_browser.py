@@ -161,6 +161,31 @@ def test_tab_survives_a_daemon_restart(bgd, browser):
     assert _not_reloaded(page)
 
 
+def test_a_background_tab_lets_its_stream_go_and_catches_up(bgd, browser):
+    from playwright.sync_api import expect
+
+    start_web_daemon(bgd)
+    session = bgd.dispatch("say first")
+    bgd.wait_state(session["id"], "completed")
+    page = browser.page
+    page.goto(login_url(bgd))
+    page.goto(page.url + f"s/{session['id']}")
+    _no_reload_marker(page)
+    page.evaluate("""document.getElementById('live').setAttribute('data-pause-after', '50');
+        Object.defineProperty(document, 'hidden', {value: true, configurable: true});
+        document.dispatchEvent(new Event('visibilitychange'));""")
+    page.wait_for_timeout(300)
+    bgd.rpc("session.reply", {"id": session["id"], "text": "say while hidden"})
+    bgd.wait_state(session["id"], "completed")
+    page.wait_for_timeout(500)
+    assert page.locator("#transcript .md", has_text="while hidden").count() == 0   # the stream was let go
+    page.evaluate("""Object.defineProperty(document, 'hidden', {value: false, configurable: true});
+        document.dispatchEvent(new Event('visibilitychange'));""")
+    expect(page.locator("#transcript .md", has_text="while hidden")).to_have_count(1, timeout=15_000)
+    assert page.locator("#transcript .md", has_text="first").count() == 1
+    assert _not_reloaded(page) and not browser.errors
+
+
 def test_index_follows_rows_from_other_clients(bgd, browser):
     """Created, renamed, pinned, removed elsewhere: the open index shows each, in its group."""
     from playwright.sync_api import expect

@@ -15,13 +15,37 @@
   });
 
   // Say so while the stream is down, and stop saying so when it is back.
+  var source = null;
   document.addEventListener("htmx:sseError", function () {
     var conn = document.getElementById("conn");
     if (conn) conn.hidden = false;
   });
-  document.addEventListener("htmx:sseOpen", function () {
+  document.addEventListener("htmx:sseOpen", function (e) {
+    source = e.detail && e.detail.source;
     var conn = document.getElementById("conn");
     if (conn) conn.hidden = true;
+  });
+
+  // A browser keeps at most six HTTP/1.1 connections to one host, and each open page's
+  // stream holds one: a tab left in the background lets its stream go after a while and
+  // picks it up again, after the last event it showed, when it is looked at.
+  var pauseTimer = null, paused = false;
+  document.addEventListener("visibilitychange", function () {
+    var live = document.getElementById("live");
+    if (!live) return;
+    if (document.hidden) {
+      var after = parseInt(live.getAttribute("data-pause-after") || "10000", 10);
+      pauseTimer = setTimeout(function () {
+        if (source) { source.close(); paused = true; }
+      }, after);
+    } else {
+      clearTimeout(pauseTimer);
+      if (paused) {
+        paused = false;
+        live.setAttribute("data-resumed", String(Date.now()));  // a changed node: htmx starts it anew
+        htmx.process(live);
+      }
+    }
   });
 
   // A form sent by htmx is emptied once the daemon took it (a reply, a dispatch).
