@@ -128,3 +128,35 @@ async def test_session_page_redraws_the_pending_panel_only_when_the_request_chan
 def test_an_sse_message_keeps_every_line_and_the_seq():
     message = sse_message("<p>a</p>\n<p>b\r\nc\rd</p>", 42).decode()
     assert message == "id: 42\nevent: update\ndata: <p>a</p>\ndata: <p>b\ndata: c\ndata: d</p>\n\n"
+
+
+def test_routines_page_shows_what_routine_methods_return(daemon):
+    """The shapes of docs/protocol.md's routine objects, run records and deliveries."""
+    web = Web(daemon, base_url=lambda: "http://127.0.0.1:7421")
+    html = web.render("_routines_main.html", enabled=True, errors=[], now=datetime_now(), routines=[
+        {"name": "pr-review", "description": "review <b>PRs</b>", "status": "enabled",
+         "repos": [{"url": "https://github.com/acme/api", "ref": None}],
+         "triggers": [{"kind": "schedule", "human": "weekdays at 09:00", "next_at": "2026-11-25T09:00:00+01:00"},
+                      {"kind": "api", "rate_limit": 60},
+                      {"kind": "github", "github": ["pull_request.opened"]}]}],
+        runs=[{"id": "r1", "routine": "pr-review", "trigger": "github", "status": "finished",
+               "outcome": "nothing_to_do", "summary": "no open PRs", "session_id": "s1",
+               "created_at": "2026-11-24T09:00:00+00:00",
+               "pushed": [{"ref": "refs/heads/main", "allowed": False}]},
+              {"id": "r2", "routine": "pr-review", "trigger": "schedule", "status": "skipped",
+               "reason": "previous_run_active", "outcome": None, "created_at": "2026-11-24T08:00:00+00:00"}],
+        deliveries=[{"id": "d1", "event": "pull_request", "action": "opened", "repository": "acme/api",
+                     "received_at_iso": "2026-11-24T09:00:00+00:00",
+                     "results": [{"routine": "pr-review", "matched": False, "reason": "base is not main"}]}])
+    assert "review &lt;b&gt;PRs&lt;/b&gt;" in html
+    assert "schedule weekdays at 09:00" in html and "API (60/h)" in html and "GitHub pull_request.opened" in html
+    assert "2026-11-25 09:00" in html                                  # its next fire
+    assert "finished" in html and "nothing_to_do" in html and "no open PRs" in html
+    assert "previous_run_active" in html and "outside the push policy" in html
+    assert "pr-review: no — base is not main" in html
+    assert "not configured" in web.render("_routines_main.html", enabled=False)
+
+
+def datetime_now():
+    from bgd import clock
+    return clock.now()

@@ -176,6 +176,8 @@ def row(session: dict, now: datetime, runs: dict[str, dict]) -> SimpleNamespace:
     pending = session.get("pending") or None
     run = runs.get(session.get("id", "")) if runs else None
     routine = routine_name(session)
+    if routine and run is None and session.get("outcome"):
+        run = {"status": "?", "outcome": session["outcome"]}   # the session says what its run reported
     wake = session.get("next_wake_at") if state == "sleeping" else None
     view = {
         "id": session.get("id", ""), "state": state, "state_word": STATE_WORDS.get(state, state),
