@@ -34,6 +34,7 @@ log = logging.getLogger("bgd.web")
 HERE = Path(__file__).parent
 DEFAULT_BASE_URL = "http://127.0.0.1:7421"
 MAX_FORM_BYTES = 1 << 20
+ROW_SLICE_S = 0.003   # drawing index rows yields to the daemon's other tasks this often
 SECURITY_HEADERS = {
     # Scripts, styles and images only from the listener itself: agent output that
     # slipped past escaping still could not run or call out.
@@ -198,6 +199,19 @@ class Web:
         html = self.render(name, csrf=login.csrf if login else "", logged_in=login is not None, flash=flash,
                            **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    async def rows(self, sessions: list[dict], csrf: str, now, runs: dict, oob: bool = False) -> list:
+        """Index rows, drawn one by one, letting the daemon's other tasks run every few milliseconds:
+        a thousand rows take tens of milliseconds, which agents' lines should not wait behind."""
+        row = self.env.get_template("_macros.html").module.row
+        out = []
+        slice_end = time.perf_counter() + ROW_SLICE_S
+        for session in sessions:
+            out.append(row(session, csrf, now, runs, oob))
+            if time.perf_counter() > slice_end:
+                await trio.lowlevel.checkpoint()
+                slice_end = time.perf_counter() + ROW_SLICE_S
+        return out
 
     # -- calling the daemon ------------------------------------------------------------------------
 

@@ -38,11 +38,17 @@ async def routine_runs(web: Web, sessions: list[dict]) -> dict[str, dict]:
         return {}
 
 
-def groups_context(web: Web, sessions: list[dict], filters: listing.Filters, runs: dict[str, dict]) -> dict:
+async def groups_context(web: Web, sessions: list[dict], filters: listing.Filters, runs: dict[str, dict],
+                         csrf: str, only: set[str] | None = None) -> dict:
+    """The index's groups, their rows drawn (`only`: just these groups)."""
     now = clock.now()
     cutoff = listing.cutoff_for(now)
-    return {"groups": listing.grouped(sessions, filters, cutoff), "runs": runs, "now": now,
-            "hidden": listing.hidden_count(sessions, filters, cutoff), "filters": filters}
+    groups = {}
+    for key, members in listing.grouped(sessions, filters, cutoff).items():
+        if only is None or key in only:
+            groups[key] = await web.rows(members, csrf, now, runs)
+    return {"groups": groups, "now": now, "hidden": listing.hidden_count(sessions, filters, cutoff),
+            "filters": filters}
 
 
 async def index(web: Web, request: Request) -> Response:
@@ -51,7 +57,7 @@ async def index(web: Web, request: Request) -> Response:
     sessions = all_sessions(web)
     runs = await routine_runs(web, sessions)
     config = web.daemon.config
-    context = groups_context(web, sessions, filters, runs)
+    context = await groups_context(web, sessions, filters, runs, request.state.login.csrf)
     dirs = listing.directories(sessions)
     query = filters.query()
     return web.page("index.html", login=request.state.login, **context,

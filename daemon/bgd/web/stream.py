@@ -97,9 +97,9 @@ class IndexFollower(Follower):
     async def resync(self) -> str:
         sessions = all_sessions(self.web)
         runs = await routine_runs(self.web, sessions)
-        context = groups_context(self.web, sessions, self.filters, runs)
+        context = await groups_context(self.web, sessions, self.filters, runs, self.csrf)
         self.shown = listing.membership(sessions, self.filters, listing.cutoff_for(context["now"]))
-        return self.web.render("_groups.html", oob=True, csrf=self.csrf, **context)
+        return self.web.render("_groups.html", oob=True, **context)
 
     async def events(self, events: list[dict]) -> str:
         changed = {e.get("id") or (e.get("session") or {}).get("id") for e in events if e["type"] in self.TYPES}
@@ -118,9 +118,10 @@ class IndexFollower(Follower):
         if not regroup and not rows:
             return ""
         runs = await routine_runs(self.web, [by_id[sid] for sid in current])
-        context = groups_context(self.web, sessions, self.filters, runs)
+        context = await groups_context(self.web, sessions, self.filters, runs, self.csrf, only=regroup)
         self.shown = current
-        return self.web.render("_index_update.html", regroup=regroup, rows=rows, csrf=self.csrf, **context)
+        drawn = await self.web.rows(rows, self.csrf, context["now"], runs, oob=True)
+        return self.web.render("_index_update.html", rows=drawn, **context)
 
 
 _UNKNOWN = object()
