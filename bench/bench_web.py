@@ -137,7 +137,7 @@ def _browser():
     return pw, pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
 
 
-def run_dom(sessions: int = 100, lines: int = 20, interval_ms: int = 100, pages: int = 3) -> dict:
+def run_dom(sessions: int = 100, lines: int = 50, interval_ms: int = 100, pages: int = 3) -> dict:
     daemon, base = _web_daemon("web-dom")
     with daemon:
         daemon.start()

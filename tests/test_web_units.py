@@ -189,3 +189,16 @@ def test_questions_of_a_pending_request():
     assert transcript.questions(pending) == [{"question": "deploy?", "header": "Q",
                                               "options": [{"label": "yes", "description": "now"}]}]
     assert transcript.questions({"input": None}) == [] and transcript.questions({"input": {"questions": 3}}) == []
+
+
+# -- [web] in config.toml -----------------------------------------------------------------------------
+
+def test_web_section_of_the_config():
+    from bgcore.config import ConfigError, parse_config
+
+    assert parse_config("").web_enabled is True
+    assert parse_config("[web]\nenabled = false\n").web_enabled is False
+    with pytest.raises(ConfigError, match="web.enabled must be true or false"):
+        parse_config('[web]\nenabled = "no"\n')
+    config = parse_config("[web]\nenabled = true\nport = 80\n", "/c/config.toml")
+    assert any("unknown key 'port' in [web]" in w for w in config.warnings)
