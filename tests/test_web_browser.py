@@ -204,6 +204,13 @@ def test_index_follows_rows_from_other_clients(bgd, browser):
     expect(page.locator(f"#group-completed {row}")).to_have_count(0)
     bgd.rpc("session.remove", {"id": session["id"]})
     expect(page.locator(row)).to_have_count(0)
+    # A streaming session's row: its last message changes in place while it is working.
+    streaming = bgd.dispatch("say one; sleep 1.5; say <i>two</i>; sleep 3; say three")
+    row = f"#row-{streaming['id']}"
+    expect(page.locator(f"#group-working {row} .last")).to_have_text("one", timeout=15_000)
+    expect(page.locator(f"#group-working {row} .last")).to_have_text("<i>two</i>", timeout=15_000)
+    expect(page.locator(f"#group-working {row} .badge")).to_have_text("working")
+    expect(page.locator(f"#group-completed {row} .last")).to_have_text("three", timeout=15_000)
     assert _not_reloaded(page) and not browser.errors
 
 

@@ -160,3 +160,19 @@ def test_routines_page_shows_what_routine_methods_return(daemon):
 def datetime_now():
     from bgd import clock
     return clock.now()
+
+
+async def test_a_row_that_only_streams_gets_a_touch_not_a_redraw(daemon):
+    import json
+    web = Web(daemon, base_url=lambda: "http://127.0.0.1:7421")
+    a = add(daemon, "aaaaaaaa", last_message="first")
+    follower = IndexFollower(web, "t", listing.Filters())
+    seen = events_of(daemon)
+    daemon.sessions.update(a, last_message="<b>second</b>", cost_usd=0.5)
+    assert await follower.events(seen[-1:]) == ""
+    touched = json.loads(follower.touches())
+    assert touched["aaaaaaaa"]["last"] == "<b>second</b>" and touched["aaaaaaaa"]["cost"] == "$0.5000"
+    assert follower.touches() == ""                       # sent once
+    daemon.sessions.update(a, name="now named")
+    assert oob_ids(await follower.events(seen[-1:])) == ["row-aaaaaaaa"]
+    assert follower.touches() == ""

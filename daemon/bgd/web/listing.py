@@ -198,6 +198,12 @@ def row(session: dict, now: datetime, runs: dict[str, dict]) -> SimpleNamespace:
     return SimpleNamespace(**view)
 
 
+def row_shape(view: SimpleNamespace) -> tuple:
+    """What a row shows besides its last message, age and cost: while it stays, only those change."""
+    return tuple((k, v) for k, v in vars(view).items() if k not in ("last", "updated_at", "age", "cost")) + (
+        ("has_last", bool(view.last)),)
+
+
 def _input_line(value) -> str:
     import json
     try:

@@ -17,6 +17,7 @@ swap in the browser.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -62,6 +63,10 @@ class Follower:
         self.web = web
         self.csrf = csrf   # the page's forms carry it
 
+    def touches(self) -> str:
+        """A `touch` message's data to send after the last redraw (JSON), or ""."""
+        return ""
+
     async def start(self, backlog: list[dict], missed: bool) -> str:
         """What to send first: the backlog's redraw, or the whole page when events were lost."""
         if missed:
@@ -78,13 +83,23 @@ class IndexFollower(Follower):
 
     TYPES = ("session.created", "session.updated", "session.removed")
     # A hundred streaming sessions change their rows' last message four times a second each;
-    # the index shows them at most twice a second (a session page shows every line at once).
-    min_interval_s = 0.5
+    # the index shows them at most once a second (a session page shows every line at once).
+    min_interval_s = 1.0
 
     def __init__(self, web: Web, csrf: str, filters: listing.Filters):
         super().__init__(web, csrf)
         self.filters = filters
-        self.shown = listing.membership(all_sessions(web), filters, listing.cutoff_for(clock.now()))
+        sessions = all_sessions(web)
+        now = clock.now()
+        self.shown = listing.membership(sessions, filters, listing.cutoff_for(now))
+        # What each shown row says besides its last message, age and cost (listing.row_shape):
+        # a row whose shape stays gets only those three, as a `touch` (app.js sets their text).
+        self.shapes = {s["id"]: listing.row_shape(listing.row(s, now, {})) for s in sessions if s["id"] in self.shown}
+        self._touched: dict[str, dict] = {}
+
+    def touches(self) -> str:
+        touched, self._touched = self._touched, {}
+        return json.dumps(touched, ensure_ascii=False) if touched else ""
 
     def match(self, event: dict) -> bool:
         return event["type"] in self.TYPES or event["type"].startswith("routine.")
@@ -99,7 +114,13 @@ class IndexFollower(Follower):
         runs = await routine_runs(self.web, sessions)
         context = await groups_context(self.web, sessions, self.filters, runs, self.csrf)
         self.shown = listing.membership(sessions, self.filters, listing.cutoff_for(context["now"]))
+        self._remember_shapes(sessions, set(self.shown), context["now"], runs)
         return self.web.render("_groups.html", oob=True, **context)
+
+    def _remember_shapes(self, sessions: list[dict], ids: set[str], now, runs) -> None:
+        for s in sessions:
+            if s["id"] in ids:
+                self.shapes[s["id"]] = listing.row_shape(listing.row(s, now, runs))
 
     async def events(self, events: list[dict]) -> str:
         changed = {e.get("id") or (e.get("session") or {}).get("id") for e in events if e["type"] in self.TYPES}
@@ -114,12 +135,28 @@ class IndexFollower(Follower):
         by_id = {s["id"]: s for s in sessions}
         if routine_event:
             changed |= {sid for sid in current if listing.routine_name(by_id[sid])}
-        rows = [by_id[sid] for sid in changed if sid in current and current[sid] not in regroup]
-        if not regroup and not rows:
+        stay = [by_id[sid] for sid in changed if sid in current and current[sid] not in regroup]
+        if not regroup and not stay:
             return ""
         runs = await routine_runs(self.web, [by_id[sid] for sid in current])
-        context = await groups_context(self.web, sessions, self.filters, runs, self.csrf, only=regroup)
+        now = clock.now()
+        rows = []
+        for s in stay:
+            view = listing.row(s, now, runs)
+            shape = listing.row_shape(view)
+            if self.shapes.get(s["id"]) == shape:
+                self._touched[s["id"]] = {"last": view.last, "at": view.updated_at, "age": view.age,
+                                          "cost": view.cost}
+            else:
+                self.shapes[s["id"]] = shape
+                rows.append(s)
+        self._remember_shapes(sessions, {sid for sid in current if current[sid] in regroup}, now, runs)
+        for sid in set(self.shapes) - set(current):
+            del self.shapes[sid]
         self.shown = current
+        if not regroup and not rows:
+            return ""
+        context = await groups_context(self.web, sessions, self.filters, runs, self.csrf, only=regroup)
         drawn = await self.web.rows(rows, self.csrf, context["now"], runs, oob=True)
         return self.web.render("_index_update.html", rows=drawn, **context)
 
@@ -257,7 +294,11 @@ class EventStream:
                     events = [frame_event(frame) for frame in frames]
                     html = await self.follower.events(events)
                     sent_at = trio.current_time()
-                    await send(_body(sse_message(html, events[-1]["seq"])))
+                    touches = self.follower.touches()
+                    if html or not touches:
+                        await send(_body(sse_message(html, events[-1]["seq"])))
+                    if touches:
+                        await send(_body(sse_message(touches, events[-1]["seq"], "touch")))
             finally:
                 bus.unsubscribe(sub)
             since = -1   # after an overflow: everything is "missed", so the page is redrawn
