@@ -175,7 +175,7 @@ def run_dom(sessions: int = 100, lines: int = 50, interval_ms: int = 100, pages:
                     time.sleep(0.2)
             time.sleep(0.5)
             cpu_used = cpu_seconds(daemon.pid) - cpu_before
-            latencies = []
+            latencies, stored, shown = [], [], []
             for session_id, tab in tabs:
                 seen = tab.evaluate("window.__seen")
                 entries = daemon.rpc("session.transcript", {"id": session_id})["entries"]
@@ -184,6 +184,10 @@ def run_dom(sessions: int = 100, lines: int = 50, interval_ms: int = 100, pages:
                     at = seen.get(f"e-{entry['n']}")
                     if stamp is not None and at:
                         latencies.append(at - stamp * 1000)
+                        # Where the time went: agent -> stored by the daemon (its entry's ts), stored -> DOM.
+                        kept = datetime.fromisoformat(entry["ts"]).timestamp() * 1000
+                        stored.append(kept - stamp * 1000)
+                        shown.append(at - kept)
             expected = len(tabs) * lines
             if len(latencies) < expected:
                 raise RuntimeError(f"only {len(latencies)} of {expected} lines reached the pages")
@@ -200,10 +204,14 @@ def run_dom(sessions: int = 100, lines: int = 50, interval_ms: int = 100, pages:
           f"({cpu_used / total_lines * 1000:.2f} ms per line, pages and events included)")
     print(f"  line -> DOM: p50 {p50:.1f} ms  p90 {p90:.1f} ms  p99 {p99:.1f} ms  max {max(latencies):.1f} ms  "
           f"{verdict(ok)} (target p99 <= {DOM_TARGET_P99_MS:g} ms)")
+    print(f"    of which agent line -> stored: p50 {percentile(stored, 50):.1f} ms  p99 {percentile(stored, 99):.1f} ms; "
+          f"stored -> DOM: p50 {percentile(shown, 50):.1f} ms  p99 {percentile(shown, 99):.1f} ms "
+          f"(the entry's ts has millisecond resolution)")
     return {"name": "web_dom", "title": f"agent line -> browser DOM, {sessions} sessions streaming",
             "sessions": sessions, "lines": lines, "interval_ms": interval_ms, "pages": len(tabs),
             "samples": len(latencies), "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "p99_ms": round(p99, 2),
             "max_ms": round(max(latencies), 2), "daemon_cpu_s": round(cpu_used, 3),
+            "stored_p99_ms": round(percentile(stored, 99), 2), "stored_to_dom_p99_ms": round(percentile(shown, 99), 2),
             "figure": f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", "target": f"p99 <= {DOM_TARGET_P99_MS:g} ms", "pass": ok}
 
 
