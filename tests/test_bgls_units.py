@@ -208,6 +208,12 @@ def test_hover_uses_the_task_timezone_and_shows_three_fires():
     assert tasks_lint.hover(text, 0, 3, now=NOW, tz=UTC) is None
 
 
+def test_hover_on_a_sub_minute_interval_shows_the_task_error_not_the_loop_rounding():
+    # `bgctl schedule explain 45s` rounds it as a loop would; in tasks.toml it is an error.
+    markdown, _ = tasks_lint.hover('[tasks.a]\nschedule = "45s"\n', 1, 13, now=NOW, tz=UTC)
+    assert "⚠" in markdown and "more often than once a minute" in markdown and "rounded" not in markdown
+
+
 def test_completion_inside_an_open_string_replaces_up_to_the_quote():
     text = '[tasks.a]\nschedule = "ev"\n'
     items = tasks_lint.complete(text, 1, 14, now=NOW, tz=UTC)

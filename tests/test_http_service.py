@@ -16,7 +16,7 @@ import trio
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from bgcore.config import parse_config
 from bgd.http import HttpService
@@ -55,6 +55,11 @@ async def serving(settings: Settings, config_dir: Path = Path("/nonexistent")):
 
 async def echo(request: Request) -> JSONResponse:
     return JSONResponse({"n": len(await request.body())})
+
+
+async def said(request: Request) -> JSONResponse:
+    return JSONResponse({**request.path_params, **({"root_path": request.scope["root_path"]}
+                                                  if request.scope.get("root_path") else {})})
 
 
 async def boom(request: Request) -> JSONResponse:
@@ -139,9 +144,15 @@ async def test_every_error_is_json_and_middleware_runs_for_its_own_feature_only(
         service.mount("a", [Route("/a", echo, methods=["POST"]), Route("/a/boom", boom)], wanted=lambda: True,
                       middleware=[Middleware(Tag)])
         service.mount("b", [Route("/b", echo, methods=["POST"])], wanted=lambda: True)
+        service.mount("c", [Route("/c/{word}", said), Mount("/c-files", routes=[Route("/{name}", said)])],
+                      wanted=lambda: True, middleware=[Middleware(Tag)])
         async with httpx.AsyncClient(base_url=service.base_url) as client:
             a, b, health = await client.post("/a", content=b"1"), await client.post("/b"), await client.get("/v1/health")
             assert a.headers.get("x-tag") == "a" and "x-tag" not in b.headers and "x-tag" not in health.headers
+            word, file = await client.get("/c/hello"), await client.get("/c-files/notes.txt")
+            assert word.json() == {"word": "hello"} and word.headers["x-tag"] == "a"
+            assert file.json() == {"name": "notes.txt", "root_path": "/c-files"} and file.headers["x-tag"] == "a"
+            assert (await client.get("/c-files/")).status_code == 404
             missing = await client.get("/nope")
             assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
             assert "GET /nope" in missing.json()["error"]["message"]

@@ -174,3 +174,30 @@ async def test_413_when_declared_too_large_even_unread(autojump_clock):
     assert sent[0]["status"] == 413 and (b"content-type", b"application/json") in sent[0]["headers"]
     assert json.loads(sent[1]["body"])["error"] == {"type": "payload_too_large",
                                                       "message": "the request body is too large: at most 100 bytes here"}
+
+
+def test_a_daemon_that_does_not_listen_does_not_import_the_http_stack(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys\nfrom pathlib import Path\nfrom bgd import features\nfrom bgd.daemon import Daemon\n"
+            "features.register_methods()\n"
+            f"d = Daemon(Path({str(tmp_path / 's.sock')!r}), Path({str(tmp_path)!r}), Path({str(tmp_path)!r}))\n"
+            "features.install(d)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'starlette', 'hypercorn', 'h11', 'h2'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_url_path_for_reaches_routes_behind_a_feature_middleware():
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.routing import Mount, NoMatchFound, Route
+    app = build_app([("health", health_routes("t"), []),
+                     ("web", [Route("/s/{id}", _echo, name="session"),
+                              Mount("/static", routes=[Route("/{path:path}", _echo, name="asset")], name="static")],
+                      [Middleware(GZipMiddleware)])], 100)
+    assert app.url_path_for("session", id="k3v9") == "/s/k3v9"
+    assert app.url_path_for("static:asset", path="app.css") == "/static/app.css"
+    assert app.url_path_for("health") == "/v1/health"
+    with pytest.raises(NoMatchFound):
+        app.url_path_for("nothing")

@@ -7,6 +7,8 @@ from bgd import features
 from bgcore import jsonrpc
 from bgd.rpc.table import METHODS
 
+features.register_methods()
+
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 features.register_methods()  # the table is filled by importing the handler modules
 

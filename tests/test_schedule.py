@@ -289,6 +289,53 @@ def test_split_loop_args(words, expected):
     assert split_loop_args(words) == expected
 
 
+# ---------------------------------------------------------------- explain reads intervals as loops do
+
+@pytest.mark.parametrize("spec", [
+    "45s", "30s", "every 45 seconds", "every 30 sec", "0.5m", "90s", "7m", "every 7 minutes", "90m",
+    "every 90 minutes", "5h", "every 2 hours", "every hour", "every minute", "every day", "36h", "10 min", "60s",
+])
+def test_explain_gives_the_cron_and_rounded_from_bgctl_loop_picks(spec):
+    loop = parse_interval(spec)
+    out = explain(spec, now=NOW, tz=BERLIN, count=3)
+    assert (out["kind"], out["cron"], out["human"], out["rounded_from"]) == (
+        "cron", loop.cron, loop.human, loop.rounded_from)
+    assert out["next"] == [t.isoformat() for t in next_fire_times(loop, NOW, BERLIN, 3)]
+
+
+def test_explain_rounds_seconds_up_to_every_minute_and_says_so():
+    out = explain("45s", now=NOW, tz=BERLIN, count=2)
+    assert out == {"spec": "45s", "kind": "cron", "cron": "* * * * *", "human": "every minute",
+                   "timezone": "Europe/Berlin", "rounded_from": "45s",
+                   "next": ["2026-11-24T10:08:00+01:00", "2026-11-24T10:09:00+01:00"]}
+    assert explain("every 30 seconds", now=NOW, tz=BERLIN)["rounded_from"] == "every 30 seconds"
+
+
+@pytest.mark.parametrize("spec", ["45s", "every 30 seconds", "30 sec", "0.5m", "every second"])
+def test_task_schedules_still_refuse_sub_minute_intervals(spec):
+    with pytest.raises(ScheduleError) as info:
+        parse(spec)
+    assert "more often than once a minute; the shortest interval is 1 minute" in str(info.value)
+    with pytest.raises(ScheduleError) as hover:  # tasks.toml's reading, as bgls shows it
+        explain(spec, now=NOW, tz=BERLIN, loop_intervals=False)
+    assert str(hover.value) == str(info.value)
+    assert parse_schedule(spec, now=NOW, tz=BERLIN, loop_intervals=True).cron == "* * * * *"
+
+
+def test_explain_still_reads_everything_else_as_the_schedule_language():
+    for spec in ("hourly", "daily at 9am", "every weekday at 8am", "every monday at 10:00", "weekly",
+                 "0 9 * * 1-5", "tomorrow at 9am", "manual"):
+        parsed_ = parse(spec)
+        out = explain(spec, now=NOW, tz=BERLIN)
+        assert (out["kind"], out["cron"], out["human"]) == (parsed_.kind, parsed_.cron, parsed_.human)
+    for spec in ("every 2 weeks", "every 0 minutes", "5x", "every 45 days"):  # loop's errors too
+        with pytest.raises(ScheduleError) as loop_error:
+            parse_interval(spec)
+        with pytest.raises(ScheduleError) as explain_error:
+            explain(spec, now=NOW, tz=BERLIN)
+        assert str(explain_error.value) == str(loop_error.value)
+
+
 # ---------------------------------------------------------------- fixed calendar facts
 
 def test_weekday_cron_from_friday_evening_is_monday_morning():
@@ -694,3 +741,39 @@ def test_interval_schedules_keep_real_spacing(interval, where):
     for t in fires:
         standard = t.utcoffset() - t.dst()
         assert (t.timestamp() + standard.total_seconds()) % schedule.interval_s == 0
+
+
+_AMOUNT_WORDS = st.one_of(
+    st.integers(-1, 50000).map(str), st.sampled_from(["0.5", "1.5", "0.01", "2.25", "59.9"]))
+_UNIT_WORDS = st.sampled_from(["s", "sec", "seconds", "second", "m", "min", "mins", "minute", "minutes", "h",
+                               "hr", "hours", "hour", "d", "day", "days", "w", "weeks", "x", "parsecs", "mon"])
+
+
+@st.composite
+def loop_command_lines(draw) -> list[str]:
+    """The words after `bgctl loop`: an interval (well or badly written) leading or trailing a prompt."""
+    amount, unit = draw(_AMOUNT_WORDS), draw(_UNIT_WORDS)
+    interval = draw(st.sampled_from([[amount + unit], [amount, unit], [unit]]))
+    if draw(st.booleans()):
+        interval = ["every", *interval]
+    prompt = draw(st.sampled_from([[], ["check", "ci"], ["say", "hi"]]))
+    return interval + prompt if draw(st.booleans()) else prompt + interval
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None, database=None)
+@given(words=loop_command_lines())
+def test_any_interval_bgctl_loop_reads_explain_reads_the_same(words):
+    interval, _ = split_loop_args(words)
+    assume(interval is not None)
+    try:
+        loop = parse_interval(interval)
+    except ScheduleError as error:
+        with pytest.raises(ScheduleError) as explained:
+            parse_schedule(interval, now=NOW, tz=BERLIN, loop_intervals=True)
+        got = explained.value
+        assert (got.message, got.fragment, got.position, got.example) == (
+            error.message, error.fragment, error.position, error.example)
+    else:
+        assert parse_schedule(interval, now=NOW, tz=BERLIN, loop_intervals=True) == loop
+        out = explain(interval, now=NOW, tz=BERLIN, count=1)
+        assert (out["cron"], out["rounded_from"]) == (loop.cron, loop.rounded_from)

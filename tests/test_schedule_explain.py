@@ -45,6 +45,32 @@ def test_vixie_cron_and_rounding(running_bgd):
     assert (manual["kind"], manual["cron"], manual["next"]) == ("manual", None, [])
 
 
+def test_explain_shows_the_cron_and_rounding_bgctl_loop_picks(running_bgd):
+    bgd = running_bgd
+    first = bgd.ctl_json("loop", "45s", "say hello")
+    loops = [("45s", first)]
+    for spec, words in (("7m", ["7m", "say", "hi"]), ("every 90 minutes", ["say", "hi", "every", "90", "minutes"]),
+                        ("every 30 seconds", ["say", "hi", "every", "30", "seconds"])):
+        loops.append((spec, bgd.ctl_json("loop", "--session", first["session"], *words)))
+    for spec, loop in loops:
+        out = explain(bgd, *spec.split())
+        assert (out["spec"], out["kind"]) == (spec, "cron")
+        assert (out["cron"], out["human"], out["rounded_from"]) == (loop["cron"], loop["human"], loop["rounded_from"])
+    assert (first["cron"], first["rounded_from"]) == ("* * * * *", "45s")
+    text = bgd.ctl("schedule", "explain", "45s")
+    assert text.returncode == 0 and text.stdout.splitlines()[0] == "every minute"
+    assert "  rounded from '45s'" in text.stdout.splitlines()
+
+
+def test_a_task_schedule_under_a_minute_is_still_refused(running_bgd):
+    result = running_bgd.ctl("task", "add", "too-often", "--schedule", "45s", "say", "hi")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "more often than once a minute; the shortest interval is 1 minute" in result.stderr.splitlines()[0]
+    assert result.stderr.splitlines()[-1] == "example: every minute"
+    assert not (running_bgd.config_dir / "tasks.toml").exists() or "too-often" not in (
+        running_bgd.config_dir / "tasks.toml").read_text()
+
+
 @pytest.mark.parametrize("spec, caret, example", [
     ("every 7 parsecs", "          ^^^^^^^", "example: every 15 minutes"),
     ("0 9 * * 8", "          ^", "example: 30 9 * * 1-5"),

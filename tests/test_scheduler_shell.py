@@ -33,13 +33,15 @@ class FakeSessions:
 
     async def dispatch(self, prompt, cwd, **kw):
         session = SimpleNamespace(id=f"s{next(self._ids):07d}", prompt=prompt, cwd=cwd, state="working",
-                                  created_at=self.clock().isoformat(), at=self.clock(), **kw)
+                                  created_at=self.clock().isoformat(), updated_at=self.clock().isoformat(),
+                                  at=self.clock(), **kw)
         self.sessions[session.id] = session
         self.dispatched.append(session)
         return session
 
     def end(self, session, state="completed"):
         session.state = state
+        session.updated_at = self.clock().isoformat()
         for hook in self.on_turn_end:
             hook(session)
 
@@ -64,7 +66,12 @@ class World:
         self.sessions = FakeSessions(self.now)
         self.service = TaskService(store=self.store, bus=self.bus, sessions=self.sessions, config=lambda: self.config,
                                    config_dir=tmp_path / "config", state_dir=tmp_path / "state", now=self.now,
-                                   tz=ZoneInfo("UTC"))
+                                   tz=ZoneInfo("UTC"), run_sync=self.inline)
+
+    @staticmethod
+    async def inline(fn, *args):
+        """git on the trio thread: the virtual clock cannot run ahead of it."""
+        return fn(*args)
 
     def now(self) -> datetime:
         return BASE + timedelta(seconds=trio.current_time() - self.origin) + self.jump
@@ -200,3 +207,43 @@ async def test_one_time_task_disables_itself_and_shows_as_ran(tmp_path, autojump
     assert "enabled = false" in text and "# trailing comment" in text
     assert world.service.task_json(world.service.tasks["once"])["status"] == "ran"
     assert world.history("once") == [("10:05", "ran", "", False)]
+
+
+def git_repo(path: Path) -> Path:
+    import os
+    import subprocess
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for argv in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "first"]):
+        subprocess.run(["git", "-C", str(path), *argv], check=True, env=env, capture_output=True)
+    return path
+
+
+async def test_worktrees_go_keep_worktrees_days_after_their_session_ended_never_while_live(tmp_path, autojump_clock):
+    git_repo(tmp_path)
+    world = World(tmp_path, task("ends", "once at 2026-06-01 10:05", worktree=True)
+                  + task("lives", "once at 2026-06-01 10:06", worktree=True),
+                  Config(task_jitter=False, keep_worktrees_days=7))
+    async with trio.open_nursery() as nursery:
+        await start(world, nursery)
+        await sleep_until(world, BASE.replace(minute=10))
+        ends, lives = world.sessions.dispatched
+        assert Path(ends.cwd).is_dir() and Path(lives.cwd).is_dir() and ends.cwd != lives.cwd
+        ended = world.now()
+        world.sessions.end(ends)                         # `lives` stays working
+        await sleep_until(world, ended + timedelta(days=7, minutes=-1))
+        assert Path(ends.cwd).is_dir()                   # a minute early: kept
+        await sleep_until(world, ended + timedelta(days=7, seconds=5))
+        assert not Path(ends.cwd).exists()
+        [row] = world.service.history("ends")
+        pruned_at = datetime.fromisoformat(row["worktree_pruned_at"])
+        assert timedelta(days=7) <= pruned_at - ended <= timedelta(days=7, seconds=2)
+        await sleep_until(world, BASE + timedelta(days=30))
+        assert Path(lives.cwd).is_dir()                  # a live session's worktree is never removed
+        world.sessions.end(lives, "stopped")
+        await sleep_until(world, world.now() + timedelta(days=7, seconds=5))
+        assert not Path(lives.cwd).exists()
+        nursery.cancel_scope.cancel()
+    import subprocess
+    listed = subprocess.run(["git", "-C", str(tmp_path), "worktree", "list"], capture_output=True, text=True).stdout
+    assert len(listed.splitlines()) == 1, listed         # only the main one: git forgot both

@@ -188,3 +188,44 @@ def test_restart_three_hours_later_runs_an_hourly_task_once(bgd):
     assert [(r["status"], r["reason"], r["catch_up"]) for r in history] == [
         ("ran", None, True), ("skipped", "daemon_down", False), ("skipped", "daemon_down", False)]
     assert history[0]["due_at"] > history[1]["due_at"] > history[2]["due_at"]
+
+
+def _git_repo(path: Path) -> Path:
+    path.mkdir()
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for argv in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "first"]):
+        subprocess.run(["git", "-C", str(path), *argv], check=True, env=env)
+    return path
+
+
+def _listed_worktrees(repo: Path) -> str:
+    return subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_worktrees_are_pruned_once_their_session_ended_never_while_live(bgd, tmp_path):
+    bgd.write_config("[tasks]\nkeep_worktrees_days = 0\n")
+    bgd.start()
+    repo = _git_repo(tmp_path / "repo")
+    bgd.ctl_json("task", "add", "done", "--worktree", "--cwd", str(repo), "--schedule", "manual", "say hi")
+    bgd.ctl_json("task", "add", "asks", "--worktree", "--cwd", str(repo), "--schedule", "manual", "tool Bash")
+    asking = bgd.ctl_json("task", "run", "asks")
+    asking_cwd = bgd.wait_state(asking["session_id"], "needs_input")["cwd"]
+    done = bgd.ctl_json("task", "run", "done")
+    done_cwd = bgd.wait_state(done["session_id"], "completed")["cwd"]
+
+    # The ended run's worktree goes (directory and git's record of it); the live one stays.
+    wait_until(lambda: not Path(done_cwd).exists() and done_cwd not in _listed_worktrees(repo),
+               what="the ended run's worktree removed")
+    [row] = bgd.ctl_json("task", "history", "done")
+    assert row["worktree_pruned_at"] and row["worktree"] == done_cwd
+    assert Path(asking_cwd).is_dir() and asking_cwd in _listed_worktrees(repo)
+    assert bgd.ctl_json("task", "history", "asks")[0].get("worktree_pruned_at") is None
+
+    # Once the live session ends, its worktree goes too.
+    assert bgd.ctl("approve", asking["session_id"]).returncode == 0
+    bgd.wait_state(asking["session_id"], "completed")
+    wait_until(lambda: not Path(asking_cwd).exists() and asking_cwd not in _listed_worktrees(repo),
+               what="the second worktree removed once its session ended")
+

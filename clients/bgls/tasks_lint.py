@@ -521,7 +521,7 @@ def _task_zone(layout: _Layout, name: str, default: ZoneInfo) -> ZoneInfo:
 def schedule_markdown(spec: str, *, now: datetime, tz: ZoneInfo, count: int = 3) -> str:
     """The hover text of a schedule: normalized cron, human form, next fire times."""
     try:
-        info = explain(spec, now=now.astimezone(tz), tz=tz, count=count)
+        info = explain(spec, now=now.astimezone(tz), tz=tz, count=count, loop_intervals=False)  # tasks.toml's reading
     except ScheduleError as exc:
         return f"**schedule** `{spec}`\n\n⚠ {_schedule_message(exc)}"
     lines = [f"**schedule** `{spec}`: {info['human']}", ""]

@@ -62,6 +62,7 @@ class Config:
     task_jitter: bool = True
     max_concurrent_runs: int = 4
     web_enabled: bool = True
+    keep_worktrees_days: float = 7.0
     http: HttpConfig = field(default_factory=HttpConfig)
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -86,6 +87,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "loops": dict,
     "scheduler": dict,
     "web": dict,
+    "tasks": dict,
     "http": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
@@ -175,6 +177,10 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     web_enabled = web.get("enabled", True)
     if not isinstance(web_enabled, bool):
         raise ConfigError(f"{where('enabled')}: web.enabled must be true or false")
+    tasks = raw.get("tasks", {})
+    keep_days = tasks.get("keep_worktrees_days", 7)
+    if not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool) or keep_days < 0:
+        raise ConfigError(f"{where('keep_worktrees_days')}: tasks.keep_worktrees_days must be a number of days, 0 or more")
     http = _parse_http(raw.get("http", {}), where, check_type, warnings)
     return Config(
         default_agent=default_agent,
@@ -188,6 +194,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         task_jitter=bool(scheduler.get("jitter", True)),
         max_concurrent_runs=max_runs,
         web_enabled=web_enabled,
+        keep_worktrees_days=float(keep_days),
         http=http,
         agents=agents,
         warnings=tuple(warnings),

@@ -223,7 +223,8 @@ def _interval(spec: str, seconds: float) -> Schedule:
 
 
 def _read_interval(r: _Reader, *, loop: bool) -> Schedule:
-    """After `every` (or a bare `5m`): the interval form of §6, shared by loops and tasks."""
+    """After `every` (or a bare `5m`): the interval form of §6, shared by loops, tasks and explain;
+    `loop` rounds an interval under a minute up to every minute, else it is an error (§7)."""
     count, unit, word = _read_amount(r, _EX_INTERVAL, bare_unit=True)
     if unit == "w":
         r.fail("weeks are not an interval; use 'weekly' or a number of days", word,
@@ -238,7 +239,9 @@ def _read_interval(r: _Reader, *, loop: bool) -> Schedule:
 
 
 def parse_interval(text: str) -> Schedule:
-    """A loop interval (§6): `5m`, `45s`, `2h`, `1d`, `every 2 hours`, `every 90 minutes`."""
+    """A loop interval (§6): `5m`, `45s`, `2h`, `1d`, `every 2 hours`, `every 90 minutes`.
+
+    `explain` (parse_schedule with `loop_intervals`) reads every interval this way too."""
     r = _Reader(text)
     if not r.words:
         r.fail("expected an interval", None, "5m")
@@ -390,8 +393,13 @@ def _day_preset(r: _Reader) -> str | None:
     return None
 
 
-def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo) -> Schedule:
-    """Read a schedule of the §7 language; raises ScheduleError pointing at what it could not read."""
+def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo, loop_intervals: bool = False) -> Schedule:
+    """Read a schedule of the §7 language; raises ScheduleError pointing at what it could not read.
+
+    An interval under a minute is an error, as a task schedule must be (§7). With `loop_intervals` every
+    interval is read by the reading of parse_interval (§6: `45s` rounds up to every minute, with
+    `rounded_from`), so `schedule explain` shows what `bgctl loop` would pick.
+    """
     _require_aware(now)
     r = _Reader(spec)
     word = r.peek()
@@ -414,7 +422,7 @@ def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo) -> Schedule:
         result = _cron_schedule(spec, f"{at.minute} {at.hour} * * {day}")
     elif first == "every":
         r.i += 1
-        result = _read_interval(r, loop=False)
+        result = _read_interval(r, loop=loop_intervals)
     elif first == "at" or _is_time_word(first):
         r.accept("at")
         at = _read_time(r, "at 15:00")
@@ -429,7 +437,7 @@ def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo) -> Schedule:
         result = _cron_schedule(spec, _NICKNAMES[first])
     elif len(r.words) <= 2 and _AMOUNT_RE.fullmatch(first) and (
             _AMOUNT_RE.fullmatch(first)[2] or len(r.words) == 2 and r.words[1].text in _UNITS):
-        result = _read_interval(r, loop=False)
+        result = _read_interval(r, loop=loop_intervals)
     elif re.fullmatch(r"[\d*][\w*,/\-]*", first):
         return _cron_schedule(spec, spec)
     else:
@@ -612,9 +620,11 @@ def jitter_seconds(task_id: str, schedule: Schedule, *, recurring: bool, max_fra
     return -int(unit * early_s) if pinned else 0
 
 
-def explain(spec: str, *, now: datetime, tz: ZoneInfo, count: int = 5) -> dict:
-    """The JSON of `bgctl schedule explain` (SPEC §3)."""
-    schedule = parse_schedule(spec, now=now, tz=tz)
+def explain(spec: str, *, now: datetime, tz: ZoneInfo, count: int = 5, loop_intervals: bool = True) -> dict:
+    """The JSON of `bgctl schedule explain` (SPEC §3). Intervals read as loop intervals (§6), the same
+    cron and `rounded_from` as `bgctl loop`; `loop_intervals=False` reads them as a task schedule, where
+    one under a minute is an error (tasks.toml)."""
+    schedule = parse_schedule(spec, now=now, tz=tz, loop_intervals=loop_intervals)
     return {
         "spec": spec,
         "kind": schedule.kind,

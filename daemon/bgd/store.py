@@ -228,6 +228,12 @@ class Store:
                                (task, limit))
         return [dict(loads(data), id=run_id) for run_id, data in rows]
 
+    def task_runs_with_worktrees(self) -> list[dict]:
+        """Task runs whose worktree has not been pruned yet."""
+        rows = self.db.execute("SELECT id, data FROM task_runs WHERE json_extract(data, '$.worktree') IS NOT NULL "
+                               "AND json_extract(data, '$.worktree_pruned_at') IS NULL ORDER BY id")
+        return [dict(loads(data), id=run_id) for run_id, data in rows]
+
     def save_task_state(self, task: str, data: dict) -> None:
         self.db.execute("INSERT OR REPLACE INTO task_state (task, data) VALUES (?, ?)", (task, dumps_text(data)))
 

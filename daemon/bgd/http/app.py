@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match, NoMatchFound, Route, Router
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from bgd.http.errors import http_exception, server_error, too_large
@@ -32,27 +32,34 @@ _BODY_LEFT_UNREAD = (408, 413)
 class FeatureRoutes(BaseRoute):
     """One feature's routes behind that feature's own middleware, as a single route of the app.
 
-    It matches what one of its routes matches, so features mounted after it are
-    still reached; its middleware runs only for its own requests.
+    It matches what one of its routes matches (so features mounted after it are
+    still reached) and remembers which in the request's scope; its middleware runs
+    only for its own requests, then that route handles the request as the router
+    would have. (Not a second Router: the scope already carries the match, such as
+    a Mount's root_path, and matching again under it would miss.)
     """
+
+    _ROUTE = "bgd.http.route"
 
     def __init__(self, name: str, routes: Sequence[BaseRoute], middleware: Sequence[Middleware]):
         self.name = name
         self.routes = list(routes)
-        app: Any = Router(routes=self.routes)
+        app: Any = self._dispatch
         for cls, args, kwargs in reversed(list(middleware)):
             app = cls(app, *args, **kwargs)
         self.app = app
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        partial: Scope | None = None
+        partial: tuple[BaseRoute, Scope] | None = None
         for route in self.routes:
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
-                return match, child_scope
+                return match, {**child_scope, self._ROUTE: route}
             if match is Match.PARTIAL and partial is None:
-                partial = child_scope
-        return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, {})
+                partial = route, child_scope
+        if partial is None:
+            return Match.NONE, {}
+        return Match.PARTIAL, {**partial[1], self._ROUTE: partial[0]}
 
     def url_path_for(self, name: str, /, **path_params: Any):
         for route in self.routes:
@@ -64,6 +71,9 @@ class FeatureRoutes(BaseRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope.pop(self._ROUTE).handle(scope, receive, send)
 
 
 def health_routes(version: str) -> list[BaseRoute]:

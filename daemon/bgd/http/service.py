@@ -102,6 +102,7 @@ class HttpService:
     # -- the service -----------------------------------------------------------------
 
     async def run(self, daemon: Any = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The daemon service (`daemon.services`); runs until the daemon's nursery is cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._wake = trio.Event()
@@ -124,10 +125,9 @@ class HttpService:
             current.stop.set()
             await current.done.wait()
             log.info("HTTP listener on %s stopped", current.url)
-        if key is None:
-            self._status = {"listening": False, "url": None, "error": None, "wanted_by": wanted_by}
-            return
         self._status = {"listening": False, "url": None, "error": None, "wanted_by": wanted_by}
+        if key is None:
+            return
         try:
             server_config, url = await self._open(config)
         except ListenerError as exc:

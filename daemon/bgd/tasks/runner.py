@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ log = logging.getLogger("bgd.tasks")
 
 CHECK_S = 1.0       # the longest the loop trusts the monotonic clock before re-reading the wall clock
 DEBOUNCE_S = 0.1    # quiet time after a change to tasks.toml before it is read
+PRUNE_CHECK_S = 3600.0  # worktrees are looked at at least this often
 JUMP_S = 5.0        # wall clock ahead of the monotonic clock by more than this: the machine slept
 BUSY = ("working", "needs_input")
 _CHANGES = ("created", "modified", "deleted", "moved", "closed")  # watchdog event types that change a file
@@ -45,7 +46,7 @@ _CHANGES = ("created", "modified", "deleted", "moved", "closed")  # watchdog eve
 
 class TaskService:
     def __init__(self, *, store, bus, sessions, config: Callable[[], Any], config_dir: Path, state_dir: Path,
-                 now: Callable[[], datetime] = clock.now, tz=None):
+                 now: Callable[[], datetime] = clock.now, tz=None, run_sync=trio.to_thread.run_sync):
         self.store = store
         self.bus = bus
         self.sessions = sessions
@@ -53,6 +54,7 @@ class TaskService:
         self.path = Path(config_dir) / "tasks.toml"
         self.state_dir = Path(state_dir)
         self.now = now
+        self.run_sync = run_sync   # blocking work (git) off the trio thread
         self.tz = tz or clock.local_zone()
         self.tasks: dict[str, Task] = {}
         self.errors: list[TaskFileError] = []
@@ -67,6 +69,7 @@ class TaskService:
         self._jitter = config().task_jitter
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._prune_wake = trio.Event()
         self._file_dirty = trio.Event()
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(lambda session, why: self._on_turn_end(session))
@@ -85,6 +88,7 @@ class TaskService:
             try:
                 nursery.start_soon(self._watch_loop)
                 nursery.start_soon(self._loop)
+                nursery.start_soon(self._prune_loop)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -120,6 +124,40 @@ class TaskService:
 
     def _poke(self) -> None:
         self._wake.set()
+
+    # -- worktrees --------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        """Remove run worktrees `keep_worktrees_days` after their session ended: at start, when one
+        falls due, when a run's session ends, and at least hourly (the wall clock may jump)."""
+        while True:
+            next_at = await self.prune_worktrees()
+            self._prune_wake = trio.Event()
+            wait = PRUNE_CHECK_S
+            if next_at is not None:
+                wait = min(wait, max((next_at - self.now()).total_seconds(), 0.0) + 1.0)
+            with trio.move_on_after(wait):
+                await self._prune_wake.wait()
+
+    async def prune_worktrees(self):
+        """Remove the worktrees that are due; when the next one falls due (or None)."""
+        from bgd.tasks.pruning import prune_plan
+        from bgd.tasks.worktrees import prune_worktree
+        keep = timedelta(days=self.config().keep_worktrees_days)
+        due, next_at = prune_plan(self.store.task_runs_with_worktrees(), self._session_info, self.now(), keep)
+        for row in due:
+            problem = await self.run_sync(prune_worktree, row.get("repo") or "", row["worktree"])
+            if problem:
+                log.warning("task %s: cannot remove the worktree of run %d: %s", row["task"], row["id"], problem)
+                continue
+            row["worktree_pruned_at"] = clock.iso(self.now())
+            self.store.update_task_run(row["id"], row)
+            self.bus.publish("task.worktree_pruned", task=row["task"], run=row)
+        return next_at
+
+    def _session_info(self, session_id: str):
+        session = self.sessions.sessions.get(session_id)
+        return None if session is None else (session.state, session.updated_at)
 
     # -- fires ------------------------------------------------------------------------
 
@@ -200,11 +238,13 @@ class TaskService:
             prompt = self._prompt(task)
             cwd = task.cwd
             if task.worktree:
-                from bgd.tasks.worktrees import WorktreeError, add_worktree
+                from bgd.tasks.worktrees import WorktreeError, add_worktree, worktree_path
                 try:
-                    cwd = str(await add_worktree(task.cwd, self.state_dir, name, run_id))
+                    cwd = str(await self.run_sync(add_worktree, task.cwd, self.state_dir, name, run_id))
                 except WorktreeError as exc:
                     raise _RunError(str(exc)) from None
+                if row is not None:
+                    row.update(worktree=str(worktree_path(self.state_dir, name, run_id)), repo=task.cwd)
             session = await self.sessions.dispatch(
                 prompt, cwd, agent=task.agent, name=name, permission_mode=task.permission_mode, model=task.model,
                 origin=f"task:{name}", always_allow=list(self._state(name).get("always_allow", [])))
@@ -253,6 +293,8 @@ class TaskService:
         run_id = self.session_runs.get(session.id)
         if run_id is not None:
             self._finished(run_id)
+        if (getattr(session, "origin", "") or "").startswith("task:"):
+            self._prune_wake.set()   # its worktree may now fall due
 
     def _on_always(self, session, tool_name: str) -> None:
         origin = getattr(session, "origin", "") or ""

@@ -2,8 +2,8 @@
 
 A run's worktree is `git worktree add --detach <state>/worktrees/<task>/<run>` at the repository's
 HEAD, so a run never moves the person's branch or touches their working tree. Worktrees are left in
-place after the run (its changes are the point); `git worktree prune` after deleting the directory,
-or `remove_worktree`, cleans one up.
+place after the run (its changes are the point) and removed `[tasks] keep_worktrees_days` after the
+run's session ended (`prune_worktree`, planned by the pure `pruning.prune_plan`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-
-import trio
 
 
 class WorktreeError(RuntimeError):
@@ -40,7 +38,9 @@ def check_repository(cwd: str) -> str | None:
     return None
 
 
-def _add(cwd: str, target: Path) -> Path:
+def add_worktree(cwd: str, state_dir: Path, task: str, run_id: int) -> Path:
+    """Make the run's worktree; the directory to run in (blocking: the runner calls it in a thread)."""
+    target = worktree_path(state_dir, task, run_id)
     problem = check_repository(cwd)
     if problem:
         raise WorktreeError(problem)
@@ -55,11 +55,27 @@ def _add(cwd: str, target: Path) -> Path:
     return target / inner if inner != "." else target
 
 
-async def add_worktree(cwd: str, state_dir: Path, task: str, run_id: int) -> Path:
-    """Make the run's worktree (in a thread: git may take a moment on a big repository)."""
-    target = state_dir / "worktrees" / task / str(run_id)
-    return await trio.to_thread.run_sync(_add, cwd, target)
+def worktree_path(state_dir: Path, task: str, run_id: int) -> Path:
+    return Path(state_dir) / "worktrees" / task / str(run_id)
 
 
-def remove_worktree(cwd: str, path: Path) -> None:
-    _git(cwd, "worktree", "remove", "--force", str(path))
+
+def prune_worktree(repository: str, path: str) -> str | None:
+    """Remove a run's worktree (`git worktree remove`, then `prune`); None, or why it could not be."""
+    import shutil
+    target = Path(path)
+    problem = None
+    if os.path.isdir(repository):
+        result = _git(repository, "worktree", "remove", "--force", str(target))
+        if result.returncode != 0 and target.exists():
+            problem = (result.stderr.strip().splitlines() or ["git worktree remove failed"])[-1]
+        _git(repository, "worktree", "prune")
+    if target.exists():
+        # The repository is gone, or git could not remove it: the directory is all that is left.
+        shutil.rmtree(target, ignore_errors=True)
+        problem = None if not target.exists() else (problem or f"cannot remove {target}")
+    try:
+        target.parent.rmdir()  # the task's folder, once its last run's worktree is gone
+    except OSError:
+        pass
+    return problem
