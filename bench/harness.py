@@ -22,6 +22,7 @@ from bgctl.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_CLAUDE = ROOT / "tests" / "fake_claude.py"
+FAKE_ACP = ROOT / "tests" / "fake_acp.py"   # the ACP stand-in (needs the [test] extra's agent-client-protocol)
 TERMINAL = ("completed", "failed", "stopped")
 
 
@@ -42,6 +43,7 @@ class Daemon:
             # The web page (and its TCP listener) only where a benchmark measures it.
             + ("" if web else "[web]\nenabled = false\n")
             + f"[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_CLAUDE))}]\n"
+            f'[agents.acp]\nbackend = "acp"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_ACP))}]\n'
             + extra_config)
         self.env = dict(os.environ, BGD_SOCKET=str(self.socket), BGD_CONFIG_DIR=str(self.config_dir),
                         BGD_STATE_DIR=str(self.state_dir))
@@ -105,16 +107,20 @@ class Daemon:
         with self.client() as c:
             return c.call(method, params)
 
-    def dispatch(self, client: Client, prompt: str) -> dict:
-        return client.call("session.dispatch", {"prompt": prompt, "cwd": str(self.work)})
+    def dispatch(self, client: Client, prompt: str, agent: str | None = None) -> dict:
+        params = {"prompt": prompt, "cwd": str(self.work)}
+        if agent:
+            params["agent"] = agent
+        return client.call("session.dispatch", params)
 
-    def run_sessions(self, prompts: Iterable[str], batch: int = 20, timeout: float = 120.0) -> list[str]:
+    def run_sessions(self, prompts: Iterable[str], batch: int = 20, timeout: float = 120.0,
+                     agent: str | None = None) -> list[str]:
         """Dispatch prompts `batch` at a time, each batch waited to its end; return the ids."""
         prompts = list(prompts)
         ids: list[str] = []
         with self.client() as calls, Watcher(self) as watcher:
             for start in range(0, len(prompts), batch):
-                chunk = [self.dispatch(calls, p)["id"] for p in prompts[start:start + batch]]
+                chunk = [self.dispatch(calls, p, agent)["id"] for p in prompts[start:start + batch]]
                 watcher.wait(chunk, lambda s: s["state"] in TERMINAL, timeout)
                 failed = [watcher.sessions[i] for i in chunk if watcher.sessions[i]["state"] != "completed"]
                 if failed:

@@ -25,6 +25,26 @@ def test_hot_path_imports_no_trio(running_bgd):
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
 
 
+def test_ls_json_imports_only_what_it_needs(running_bgd):
+    """SPEC §12: a cold `bgctl ls --json` imports the socket, the codec and its own command, no more."""
+    bgd = running_bgd
+    bgd.dispatch("say hi")
+    code = ("import sys; before = set(sys.modules)\n"
+            "from bgctl.main import main\n"
+            "rc = main(['ls', '--json'], out=open('/dev/null', 'w'))\n"
+            "loaded = sorted(m for m in set(sys.modules) - before if not m.startswith('_'))\n"
+            "import json; print(rc, json.dumps(loaded))")
+    out = subprocess.run([sys.executable, "-c", code], env=bgd.env, capture_output=True, text=True, timeout=30)
+    rc, loaded = out.stdout.strip().split(" ", 1)
+    assert rc == "0", out.stderr
+    loaded = set(json.loads(loaded))
+    for slow in ("argparse", "pathlib", "typing", "datetime", "tempfile", "shutil", "urllib", "gettext", "locale",
+                 "bgctl.render", "bgctl.full_parser", "bgcore.aio_link", "bgcore.schedule", "bgctl.commands.tasks",
+                 "bgctl.health", "bgctl.commands.doctor", "bgcore.config"):
+        assert slow not in loaded, f"{slow} is on the hot path: {sorted(loaded)}"
+    assert "bgctl.commands.sessions" in loaded and "socket" in loaded
+
+
 def test_exit_codes(bgd):
     # 3: cannot reach the daemon (and not allowed to start one)
     out = bgd.ctl("ls", "--no-spawn")

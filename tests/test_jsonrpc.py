@@ -153,3 +153,72 @@ def test_rpc_error_wire_round_trip():
     back = RpcError.from_wire(err.to_wire())
     assert (back.code, back.message, back.data) == (-32005, "too many loops", {"limit": 50})
     assert RpcError.from_wire("junk").code == jsonrpc.INTERNAL_ERROR
+
+
+# -- Peer: both directions on one stream ----------------------------------------------
+
+def test_peer_tells_the_peers_requests_from_the_responses_to_ours_with_the_same_ids():
+    peer = jsonrpc.Peer()
+    ours = peer.request("session/prompt", {"sessionId": "s"})
+    assert ours == {"jsonrpc": "2.0", "method": "session/prompt", "params": {"sessionId": "s"}, "id": 0}
+    # The agent numbers its own requests from 0 too: id 0 arrives both ways.
+    theirs = peer.receive(jsonrpc.encode_request("session/request_permission", {"options": []}, 0).rstrip())
+    assert theirs == [Request("session/request_permission", {"options": []}, 0)]
+    assert peer.outstanding == {0: "session/prompt"}
+    note = peer.receive(b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s"}}')
+    assert note == [Notification("session/update", {"sessionId": "s"})]
+    (reply,) = peer.receive(jsonrpc.encode_result(0, {"stopReason": "end_turn"}).rstrip())
+    assert reply == jsonrpc.Reply(0, "session/prompt", {"stopReason": "end_turn"})
+    assert peer.outstanding == {}
+    assert peer.result(0, {"outcome": {"outcome": "cancelled"}}) == {
+        "jsonrpc": "2.0", "id": 0, "result": {"outcome": {"outcome": "cancelled"}}}
+
+
+def test_peer_error_replies_carry_the_wire_error():
+    peer = jsonrpc.Peer()
+    peer.request("session/new", {})
+    (reply,) = peer.receive(b'{"jsonrpc":"2.0","id":0,"error":{"code":-32000,"message":"Authentication required"}}')
+    assert reply.method == "session/new" and reply.result is None
+    assert (reply.error.code, reply.error.message) == (-32000, "Authentication required")
+
+
+def test_peer_a_response_to_nothing_is_an_error_item_and_the_stream_goes_on():
+    peer = jsonrpc.Peer()
+    peer.request("initialize")
+    (stray,) = peer.receive(b'{"jsonrpc":"2.0","id":7,"result":{}}')
+    assert isinstance(stray, RemoteProtocolError) and "id 7" in stray.message
+    (reply,) = peer.receive(b'{"jsonrpc":"2.0","id":0,"result":{}}')
+    assert reply.method == "initialize"
+    (twice,) = peer.receive(b'{"jsonrpc":"2.0","id":0,"result":{}}')  # answered already
+    assert isinstance(twice, RemoteProtocolError)
+
+
+def test_peer_garbage_raises_like_parse_frame():
+    peer = jsonrpc.Peer()
+    with pytest.raises(RemoteProtocolError) as info:
+        peer.receive(b"this is not json")
+    assert info.value.code == PARSE_ERROR
+
+
+def test_peer_abandon_answers_every_outstanding_request():
+    peer = jsonrpc.Peer(first_id=5)
+    peer.request("initialize")
+    peer.request("session/new")
+    replies = peer.abandon(RpcError(jsonrpc.INTERNAL_ERROR, "the agent exited"))
+    assert [(r.id, r.method, r.error.message) for r in replies] == [
+        (5, "initialize", "the agent exited"), (6, "session/new", "the agent exited")]
+    assert peer.outstanding == {}
+
+
+@given(st.permutations(range(6)), st.lists(st.integers(0, 5), max_size=6))
+@settings(max_examples=100)
+def test_peer_matches_responses_in_any_order_among_the_peers_own_requests(order, theirs):
+    peer = jsonrpc.Peer()
+    methods = [f"m{i}" for i in range(6)]
+    for method in methods:
+        peer.request(method)
+    lines = [jsonrpc.encode_result(i, i) for i in order] + [jsonrpc.encode_request("x", None, i) for i in theirs]
+    got = [item for line in lines for item in peer.receive(line.rstrip())]
+    assert [(r.method, r.result) for r in got if isinstance(r, jsonrpc.Reply)] == [(f"m{i}", i) for i in order]
+    assert [r.id for r in got if isinstance(r, Request)] == theirs
+    assert peer.outstanding == {}

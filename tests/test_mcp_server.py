@@ -4,6 +4,8 @@ process against a real daemon (through the fake agent's MCP client)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+import os
 import sys
 from datetime import datetime
 
@@ -83,6 +85,11 @@ def test_mcp_config_names_this_server_for_the_session(tmp_path):
     assert server["command"] == sys.executable
     assert server["args"] == ["-m", "bgd.agents.mcp_server", "--session", "k3v9q0ab"]
     assert server["env"]["BGD_SOCKET"] == str(tmp_path / "bgd.sock")
+    # The path holds the folders the packages are in, never a package folder (bgd/http would
+    # shadow the standard library's http module in the server's process).
+    roots = server["env"]["PYTHONPATH"].split(os.pathsep)[:2]
+    assert all((Path(root) / "bgd").is_dir() or (Path(root) / "bgcore").is_dir() for root in roots)
+    assert not any((Path(root) / "__init__.py").exists() for root in roots)
 
 
 # -- the real process ------------------------------------------------------------------

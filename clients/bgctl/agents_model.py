@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .render import STATE_MARKS, age, one_line, transcript_entry
+from .render import STATE_MARKS, age, cost, one_line, transcript_entry
 
 STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
 ENDED = ("completed", "failed", "stopped")
@@ -245,8 +245,7 @@ def detail_of(session: dict) -> str:
 
 
 def cost_text(session: dict) -> str:
-    cost = session.get("cost_usd") or 0.0
-    return f"${cost:.2f}"
+    return cost(session)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A blocking client of the daemon socket, on the shared codec.
 
-Standard library only: this is `bgctl`'s hot path.  It starts the daemon on
-demand (like watchman) unless told not to.
+Standard library only: this is `bgctl`'s hot path (so paths are `os.path` strings: `pathlib` and
+`typing` cost start-up time).  It starts the daemon on demand (like watchman) unless told not to.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
-from typing import Any, Iterator
 
 from bgcore import paths
 from bgcore.jsonrpc import NEED_DATA, FrameReader, Notification, RemoteProtocolError, Response, RpcError, encode_request
@@ -26,7 +24,7 @@ class DaemonUnreachable(Exception):
 
 
 class Client:
-    def __init__(self, socket_path: Path, sock: socket.socket):
+    def __init__(self, socket_path: str, sock: socket.socket):
         self.socket_path = socket_path
         self.sock = sock
         self.reader = FrameReader(READ_LIMIT)
@@ -34,8 +32,8 @@ class Client:
         self.notifications: list[Notification] = []
 
     @classmethod
-    def connect(cls, socket_path: str | Path | None = None, *, spawn: bool = True) -> "Client":
-        path = paths.socket_path(str(socket_path) if socket_path else None)
+    def connect(cls, socket_path: str | os.PathLike | None = None, *, spawn: bool = True) -> "Client":
+        path = paths.socket_file(os.fspath(socket_path) if socket_path else None)
         try:
             return cls(path, _open(path))
         except OSError as exc:
@@ -50,10 +48,10 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc) -> None:
         self.close()
 
-    def call(self, method: str, params: Any = None) -> Any:
+    def call(self, method: str, params=None):
         msg_id = next(self.ids)
         self._send(encode_request(method, params, msg_id))
         while True:
@@ -67,7 +65,7 @@ class Client:
             elif isinstance(msg, Response) and msg.id is None and msg.error is not None:
                 raise msg.error
 
-    def notifications_iter(self) -> Iterator[Notification]:
+    def notifications_iter(self):
         """Notifications as they arrive (after any that came with responses)."""
         while True:
             while self.notifications:
@@ -82,7 +80,7 @@ class Client:
         except OSError as exc:
             raise DaemonUnreachable(f"the daemon closed the connection ({exc.strerror or exc})") from None
 
-    def _next_message(self) -> Any:
+    def _next_message(self):
         while True:
             try:
                 frame = self.reader.next_frame()
@@ -99,27 +97,28 @@ class Client:
             self.reader.receive_data(data)
 
 
-def _open(path: Path) -> socket.socket:
+def _open(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        sock.connect(path)
     except OSError:
         sock.close()
         raise
     return sock
 
 
-def daemon_log_path() -> Path:
-    return paths.state_dir() / "bgd.log"
+def daemon_log_path() -> str:
+    return str(paths.state_dir() / "bgd.log")
 
 
-def spawn_daemon(path: Path) -> int:
+def spawn_daemon(path: str | os.PathLike) -> int:
     """Start `bgd` in the background for `path` and wait until it answers; return its pid."""
     import subprocess
 
+    path = os.fspath(path)
     log_path = daemon_log_path()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, BGD_SOCKET=str(path))
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = dict(os.environ, BGD_SOCKET=path)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bgd"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True, cwd="/")
@@ -140,9 +139,10 @@ def spawn_daemon(path: Path) -> int:
                             f"see {log_path}")
 
 
-def _log_tail(log_path: Path) -> str:
+def _log_tail(log_path: str) -> str:
     try:
-        lines = [l for l in log_path.read_text(errors="replace").splitlines() if l.strip()]
+        with open(log_path, errors="replace") as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(empty log)"

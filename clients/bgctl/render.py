@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any
 
 STATE_MARKS = {"working": "●", "needs_input": "?", "sleeping": "◌", "completed": "✓", "failed": "✗", "stopped": "■"}
 
@@ -12,6 +10,8 @@ STATE_MARKS = {"working": "●", "needs_input": "?", "sleeping": "◌", "complet
 def age(iso: str | None, now: datetime | None = None) -> str:
     if not iso:
         return "-"
+    from datetime import datetime, timezone  # here: `bgctl ls --json` needs no datetime
+
     then = datetime.fromisoformat(iso)
     seconds = max(0, int(((now or datetime.now(timezone.utc)) - then).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -33,7 +33,7 @@ def session_table(sessions: list[dict]) -> str:
     for s in sessions:
         state = s["state"] + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")
         rows.append((s["id"], f"{STATE_MARKS.get(s['state'], ' ')} {state}", title(s, 30), age(s["created_at"]),
-                     f"${s['cost_usd']:.2f}", _short_dir(s["cwd"]), one_line(s.get("error") or s.get("last_message") or "", 50)))
+                     cost(s), _short_dir(s["cwd"]), one_line(s.get("error") or s.get("last_message") or "", 50)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:-1])) + "  " + r[-1] for r in rows)
 
@@ -44,7 +44,9 @@ def session_detail(s: dict) -> str:
                 "updated_at", "pid", "turns", "next_wake_at", "loop_runs"):
         if s.get(key) not in (None, ""):
             lines.append(f"  {key + ':':18}{s[key]}")
-    lines.append(f"  {'cost:':18}${s['cost_usd']:.4f}")
+    lines.append(f"  {'cost:':18}{cost(s, 4)}")
+    if s.get("usage"):
+        lines.append(f"  {'usage:':18}" + ", ".join(f"{k} {v}" for k, v in s["usage"].items()))
     lines.append(f"  {'pinned:':18}{'yes' if s.get('pinned') else 'no'}")
     lines.append(f"  {'prompt:':18}{one_line(s.get('prompt') or '', 100)}")
     if s.get("last_message"):
@@ -58,17 +60,27 @@ def session_detail(s: dict) -> str:
     return "\n".join(lines)
 
 
+def cost(s: dict, digits: int = 2) -> str:
+    """The session's cost; "unknown" when its agent reports none (never a made-up $0.00)."""
+    value = s.get("cost_usd")
+    return f"${value:.{digits}f}" if isinstance(value, (int, float)) else "unknown"
+
+
 def pending_text(session_id: str, pending: dict) -> str:
     if pending.get("kind") == "question":
         questions = [q.get("question", "") for q in pending.get("input", {}).get("questions", []) if isinstance(q, dict)]
         text = "; ".join(questions) or json.dumps(pending.get("input"))
         return f"  waiting for an answer: {text}\n  answer with: bgctl reply {session_id} TEXT"
-    return (f"  waiting for permission: {pending.get('tool_name')} {one_line(json.dumps(pending.get('input')), 120)}\n"
-            f"  decide with: bgctl approve {session_id} [--always]  |  bgctl deny {session_id} [--message TEXT]")
+    text = f"  waiting for permission: {pending.get('tool_name')} {one_line(json.dumps(pending.get('input')), 120)}\n"
+    if pending.get("options"):   # the agent's own choices (ACP); approve/deny pick among them by kind
+        text += "  the agent offers: " + " · ".join(f"{o.get('name')} ({o.get('kind')})" for o in pending["options"]) + "\n"
+    return text + f"  decide with: bgctl approve {session_id} [--always]  |  bgctl deny {session_id} [--message TEXT]"
 
 
 def transcript_entry(entry: dict) -> str | None:
     kind, data = entry["kind"], entry["data"]
+    if data.get("truncated") and kind != "raw":
+        return f"· ({data.get('bytes')} bytes, truncated; `bgctl rpc session.transcript` with full=true has it)"
     if kind == "user":
         return f"› {data.get('text', '')}"
     if kind == "output":
@@ -86,7 +98,29 @@ def transcript_entry(entry: dict) -> str | None:
         return f"· {data.get('event', '')}" + (f": {data['detail']}" if data.get("detail") else "")
     if kind == "agent":
         return _agent_line(data)
+    if kind == "assistant":      # an ACP agent's message (its chunks coalesced)
+        return data.get("text", "").strip() or None
+    if kind == "thought":
+        return f"… {one_line(data.get('text', ''), 200)}"
+    if kind == "tool":
+        mark = TOOL_MARKS.get(data.get("status"), "⚙")
+        line = f"{mark} {data.get('title', 'tool')} [{data.get('status', '?')}]"
+        if data.get("input") and data.get("status") == "pending":
+            line += " " + one_line(json.dumps(data["input"]), 100)
+        if data.get("text") and data.get("status") in ("completed", "failed"):
+            line += f"\n  ↳ {one_line(data['text'], 120)}"
+        return line
+    if kind == "plan":
+        marks = {"completed": "✓", "in_progress": "●", "pending": "○"}
+        items = [f"  {marks.get(e.get('status'), '○')} {one_line(e.get('content', ''), 100)}"
+                 for e in data.get("entries") or [] if isinstance(e, dict)]
+        return "\n".join(["· plan"] + items)
+    if kind == "acp":            # other ACP traffic, kept for the record
+        return None
     return f"· {kind}"
+
+
+TOOL_MARKS = {"pending": "?", "in_progress": "⚙", "completed": "✓", "failed": "✗"}
 
 
 def _agent_line(obj: dict) -> str | None:
@@ -154,5 +188,5 @@ def _short_dir(path: str) -> str:
     return path if len(path) <= 30 else "…" + path[-29:]
 
 
-def dumps(value: Any) -> str:
+def dumps(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 # The agent backends the daemon has (bgd/agents/base.py BACKENDS maps each to its module).
-BACKENDS = ("claude", "command")
+BACKENDS = ("claude", "command", "acp")
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
 
 
@@ -28,6 +28,9 @@ class AgentConfig:
     command: tuple[str, ...]     # argv prefix; for "command" may hold a "{prompt}" placeholder
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    install: str = ""                # how to install the binary, named when it is not found
+    auth_method: str | None = None   # acp: the authenticate method, used only when the agent demands one
+    start_timeout_s: float = 30.0    # acp: how long the agent may take to answer initialize
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,21 @@ class Config:
         return self.agents.get(name or self.default_agent)
 
 
+def _acp(name: str, command: tuple[str, ...], install: str) -> AgentConfig:
+    return AgentConfig(name, "acp", command, install=install)
+
+
+# Ready-made agents (SPEC §5.5), each overridable under [agents.NAME].
 DEFAULT_AGENTS = {
-    "claude": AgentConfig("claude", "claude", ("claude",)),
+    "claude": AgentConfig("claude", "claude", ("claude",), install="Claude Code: npm install -g @anthropic-ai/claude-code"),
+    "gemini": _acp("gemini", ("gemini", "--acp"), "Gemini CLI: npm install -g @google/gemini-cli"),
+    "qwen": _acp("qwen", ("qwen", "--acp"), "Qwen Code: npm install -g @qwen-code/qwen-code"),
+    "opencode": _acp("opencode", ("opencode", "acp"), "OpenCode: npm install -g opencode-ai"),
+    "codex": _acp("codex", ("codex-acp",), "Codex's ACP adapter: npm install -g @zed-industries/codex-acp"),
+    "claude-acp": _acp("claude-acp", ("claude-code-acp",),
+                       "Claude Code's ACP adapter: npm install -g @zed-industries/claude-code-acp"),
+    "goose": _acp("goose", ("goose", "acp"), "goose, Block's CLI: brew install block-goose-cli, "
+                                            "or the download_cli.sh script from its releases"),
 }
 
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -92,7 +108,8 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings", bool: "true or false"}
-_AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict}
+_AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict, "install": str,
+               "auth_method": str, "start_timeout_s": (int, float)}
 _HTTP_KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "enabled": bool, "allow_remote": bool, "tls_cert": str, "tls_key": str,
     "max_body_bytes": int, "body_timeout_s": (int, float), "keep_alive_timeout_s": (int, float),
@@ -135,11 +152,13 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
                 warnings.append(f"{where(key)}: unknown key {key!r} in [agents.{name}]")
                 continue
             check_type(key, value, _AGENT_KEYS[key], f"agents.{name}.{key}")
-        backend = spec.get("backend", "claude" if name == "claude" else "command")
+        ready = DEFAULT_AGENTS.get(name)
+        backend = spec.get("backend", ready.backend if ready else "command")
         if backend not in BACKENDS:
             raise ConfigError(f"{where('backend')}: agents.{name}.backend must be one of "
                               + ", ".join(f'"{b}"' for b in BACKENDS))
-        command = spec.get("command", ["claude"] if backend == "claude" else None)
+        ready = ready if ready is not None and ready.backend == backend else None
+        command = spec.get("command", list(ready.command) if ready else ["claude"] if backend == "claude" else None)
         if command is None:
             raise ConfigError(f"{where(name)}: [agents.{name}] needs command = [\"program\", \"arg\", ...]")
         if isinstance(command, str):
@@ -152,7 +171,12 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         env = spec.get("env", {})
         if not all(isinstance(v, str) for v in env.values()):
             raise ConfigError(f"{where('env')}: agents.{name}.env values must be strings")
-        agents[name] = AgentConfig(name, backend, tuple(command), tuple(args), dict(env))
+        timeout = spec.get("start_timeout_s", 30.0)
+        if timeout <= 0:
+            raise ConfigError(f"{where('start_timeout_s')}: agents.{name}.start_timeout_s must be positive")
+        agents[name] = AgentConfig(name, backend, tuple(command), tuple(args), dict(env),
+                                   install=spec.get("install", ready.install if ready else ""),
+                                   auth_method=spec.get("auth_method"), start_timeout_s=float(timeout))
 
     default_agent = raw.get("default_agent", "claude")
     if default_agent not in agents:

@@ -45,13 +45,26 @@
   "When non-nil, the mode-line segment is empty while no session runs."
   :type 'boolean)
 
+(defcustom bgagents-connect-timeout 30
+  "Seconds a command waits for bgls to answer when it is still starting."
+  :type 'number)
+
 (defvar bgagents--status nil
   "The params of the last `bgagents/status' notification (a plist).")
 
+(defvar bgagents--server nil
+  "The eglot server of bgls: the one `bgagents-start' started (perhaps still
+connecting), or the one that sent the last status.")
+
+(defun bgagents--env-dir (name)
+  "The directory in environment variable NAME, or nil when unset or blank."
+  (let ((value (getenv name)))
+    (and value (not (string-blank-p value)) value)))
+
 (defun bgagents--tasks-file ()
   "The user's tasks.toml (SPEC §7): $BGD_CONFIG_DIR or the platform config dir."
-  (let ((dir (or (getenv "BGD_CONFIG_DIR")
-                 (expand-file-name "bgagents" (or (getenv "XDG_CONFIG_HOME") "~/.config")))))
+  (let ((dir (or (bgagents--env-dir "BGD_CONFIG_DIR")
+                 (expand-file-name "bgagents" (or (bgagents--env-dir "XDG_CONFIG_HOME") "~/.config")))))
     (expand-file-name "tasks.toml" dir)))
 
 ;;;; tasks.toml as a language
@@ -68,7 +81,7 @@
 (defun bgagents-mode-line ()
   "The mode-line segment: \"bg: 2 need input · 3 working\"."
   (let ((status bgagents--status))
-    (cond ((null status) "")
+    (cond ((or (null status) (null (bgagents--server))) "")
           ((and bgagents-hide-idle (eq (plist-get status :connected) t)
                 (equal (plist-get status :text) "idle"))
            "")
@@ -79,47 +92,108 @@
 (put 'bgagents--mode-line-construct 'risky-local-variable t)
 
 (cl-defmethod eglot-handle-notification
-  (_server (_method (eql bgagents/status)) &rest params)
+  (server (_method (eql bgagents/status)) &rest params)
   "Keep the status bgls sends for `bgagents-mode-line'."
-  (setq bgagents--status params)
+  (setq bgagents--status params
+        bgagents--server server)
   (force-mode-line-update t))
 
 (cl-defmethod eglot-handle-notification
   (server (_method (eql bgagents/replyRequested)) &key id request_id question &allow-other-keys)
-  "bgls asks for the text of a reply: read it and send it for exactly that request."
-  (let ((text (read-string (format "bgagents %s: %s " id (or question "Reply")))))
-    (unless (string-empty-p text)
-      (bgagents--execute "bgagents.reply" (vector id text request_id) server))))
+  "bgls asks for the text of a reply: read it and send it for exactly that request.
+It is read from a timer, not inside the process filter that got the message."
+  (run-at-time 0 nil
+               (lambda ()
+                 (condition-case err
+                     (let ((text (read-string (format "bgagents %s: %s " id (or question "Reply")))))
+                       (unless (string-empty-p text)
+                         (bgagents--execute "bgagents.reply" (vector id text request_id) server)))
+                   (error (message "%s" (error-message-string err)))))))
 
 ;;;; talking to bgls
 
-(defvar bgagents--server nil
-  "The eglot server of bgls that `bgagents-start' started.")
+(defvar bgagents--connecting nil
+  "The bgls server `bgagents-start' started that has not yet answered eglot.")
 
 (defun bgagents--server ()
-  "The running bgls eglot server, or nil."
+  "The running bgls eglot server (perhaps still connecting), or nil."
   (and bgagents--server (jsonrpc-running-p bgagents--server) bgagents--server))
 
+(defun bgagents--note-server (server)
+  "Remember SERVER, which eglot is making for `bgagents-start'."
+  (setq bgagents--server server
+        bgagents--connecting server))
+
+(defun bgagents--note-connected (server)
+  "SERVER answered eglot's handshake."
+  (when (eq server bgagents--connecting)
+    (setq bgagents--connecting nil)))
+
 (defun bgagents-start ()
-  "Start bgls (through eglot, on the user's tasks.toml) and follow the daemon."
+  "Start bgls (through eglot, on the user's tasks.toml) and follow the daemon.
+Return its eglot server, which may still be connecting; never start a
+second one while one runs."
   (interactive)
   (or (bgagents--server)
-      (with-current-buffer (find-file-noselect (bgagents--tasks-file))
-        (unless (derived-mode-p 'bgagents-tasks-mode)
-          (bgagents-tasks-mode))
-        (setq bgagents--server
-              (or (eglot-current-server)
-                  ;; What M-x eglot does, without the questions.
-                  (apply #'eglot (eglot--guess-contact)))))))
+      (let ((file (bgagents--tasks-file)))
+        (make-directory (file-name-directory file) t) ; eglot runs bgls there
+        (with-current-buffer (find-file-noselect file)
+          (unless (derived-mode-p 'bgagents-tasks-mode)
+            (bgagents-tasks-mode))
+          (let ((live (eglot-current-server)))
+            (if (and live (jsonrpc-running-p live))
+                (setq bgagents--server live)
+              ;; What M-x eglot does, without the questions.  eglot returns the
+              ;; server only once it has answered (within `eglot-sync-connect'):
+              ;; take it when it is made, so that a slow start is waited for by
+              ;; the commands, not repeated.
+              (add-hook 'eglot-connect-hook #'bgagents--note-connected)
+              (add-hook 'eglot-server-initialized-hook #'bgagents--note-server)
+              (unwind-protect (apply #'eglot (eglot--guess-contact))
+                (remove-hook 'eglot-server-initialized-hook #'bgagents--note-server))
+              (bgagents--server)))))))
+
+(defun bgagents--connected (server)
+  "SERVER once it has answered eglot, waiting up to `bgagents-connect-timeout'."
+  (let ((deadline (+ (float-time) bgagents-connect-timeout)))
+    (while (and (eq server bgagents--connecting) (jsonrpc-running-p server)
+                (< (float-time) deadline))
+      (accept-process-output nil 0.1))
+    (cond ((not (jsonrpc-running-p server))
+           (user-error "bgagents: bgls exited; see the buffer %s"
+                       (buffer-name (jsonrpc-stderr-buffer server))))
+          ((eq server bgagents--connecting)
+           (user-error "bgagents: bgls did not answer within %s s (bgagents-connect-timeout)"
+                       bgagents-connect-timeout))
+          (t server))))
+
+(defun bgagents--request (server method params)
+  "Send METHOD with PARAMS to SERVER and wait for the answer; return its result.
+Unlike `jsonrpc-request', this waits without throwing out of the process
+filter, which (in jsonrpc 1.0.14, Emacs 28) held back the notifications that
+came with the answer until bgls next wrote."
+  (let ((answer nil)
+        (timeout jsonrpc-default-request-timeout))
+    (jsonrpc-async-request server method params
+                           :success-fn (lambda (result) (setq answer (list 'result result)))
+                           :error-fn (lambda (failure) (setq answer (list 'error failure)))
+                           :timeout-fn (lambda () (setq answer (list 'timeout)))
+                           :timeout timeout)
+    (while (and (null answer) (jsonrpc-running-p server))
+      (accept-process-output nil 0.1))
+    (pcase answer
+      (`(result ,result) result)
+      (`(error ,failure) (user-error "bgagents: %s" (or (plist-get failure :message) failure)))
+      (`(timeout) (user-error "bgagents: bgls did not answer %s within %s s" method timeout))
+      (_ (user-error "bgagents: bgls exited; see the buffer %s"
+                     (buffer-name (jsonrpc-stderr-buffer server)))))))
 
 (defun bgagents--execute (command arguments &optional server)
   "Run bgls's COMMAND with ARGUMENTS (a vector); return the result."
-  (let ((server (or server (bgagents-start) (user-error "bgls is not running"))))
-    (condition-case err
-        (jsonrpc-request server :workspace/executeCommand
-                         (list :command command :arguments arguments))
-      (jsonrpc-error
-       (user-error "bgagents: %s" (or (alist-get 'jsonrpc-error-message (cdr err)) err))))))
+  (let ((server (or server
+                    (bgagents--connected (or (bgagents-start) (user-error "bgagents: bgls did not start"))))))
+    (bgagents--request server :workspace/executeCommand
+                       (list :command command :arguments arguments))))
 
 (defun bgagents--sessions (&optional state)
   "Sessions from the last status (plists), only those in STATE when given."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..main import ExitStatus, UsageError
+from ..cli_common import ExitStatus, UsageError
 
 
 def register(sub, add_common) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ..client import Client, DaemonUnreachable, spawn_daemon
-from ..main import ExitStatus
+from ..cli_common import ExitStatus
 
 
 def register(sub, add_common) -> None:

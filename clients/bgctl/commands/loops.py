@@ -10,12 +10,11 @@ trail) and reads the schedule, so bgctl imports nothing heavy.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from bgcore.jsonrpc import BAD_SCHEDULE, RpcError
 
-from ..main import ExitStatus, UsageError
+from ..cli_common import REMAINDER, ExitStatus, UsageError
 from ..render import one_line
 
 # Flags that may appear anywhere among the words (argparse's REMAINDER would swallow them).
@@ -29,13 +28,13 @@ def register(sub, add_common) -> None:
                                    "bgctl loop ls [--session ID]; bgctl loop stop LOOPID")
     add_common(p)
     _add_target_flags(p)
-    p.add_argument("words", nargs=argparse.REMAINDER, metavar="[INTERVAL] [PROMPT...] | ls | stop LOOPID")
+    p.add_argument("words", nargs=REMAINDER, metavar="[INTERVAL] [PROMPT...] | ls | stop LOOPID")
     p.set_defaults(handler=loop)
 
     p = sub.add_parser("remind", help='a one-shot prompt: "in 45 minutes push the release branch"')
     add_common(p)
     _add_target_flags(p)
-    p.add_argument("words", nargs=argparse.REMAINDER, metavar="WHEN-AND-WHAT...")
+    p.add_argument("words", nargs=REMAINDER, metavar="WHEN-AND-WHAT...")
     p.set_defaults(handler=remind)
 
 

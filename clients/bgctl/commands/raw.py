@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..main import ExitStatus, UsageError
+from ..cli_common import ExitStatus, UsageError
 from ..render import event_line
 
 

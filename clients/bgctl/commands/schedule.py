@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from bgcore.jsonrpc import BAD_SCHEDULE, RpcError
 
-from ..main import ExitStatus, UsageError
+from ..cli_common import ExitStatus, UsageError
 
 
 def register(sub, add_common) -> None:
     p = sub.add_parser("schedule", help="explain a schedule: its meaning and next fire times",
                        description="bgctl schedule explain SPEC [--next N] [--tz ZONE] [--from TIME] [--json]")
     add_common(p)
-    verbs = p.add_subparsers(dest="verb", metavar="explain", parser_class=type(p))
+    verbs = p.add_subparsers(dest="verb", metavar="explain")
     e = verbs.add_parser("explain", help="what a schedule means and when it fires next")
     add_common(e)
     e.add_argument("--next", "-n", type=int, default=5, help="how many fire times (default 5)")

@@ -1,13 +1,14 @@
-"""Session commands: dispatch, ls, show, logs, reply, approve, deny, stop, rm, pin, unpin, rename, resume."""
+"""Session commands: dispatch, ls, show, logs, reply, approve, deny, stop, rm, pin, unpin, rename, resume.
+
+`bgctl.render` is imported where text is printed: `bgctl ls --json` starts without it.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
-from ..main import ExitStatus, UsageError
-from ..render import one_line, session_detail, session_table, title, transcript_entry
+from ..cli_common import REMAINDER, ExitStatus, UsageError
 
 STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
 
@@ -21,7 +22,7 @@ def register(sub, add_common) -> None:
     p.add_argument("--permission-mode", dest="permission_mode")
     p.add_argument("--model")
     p.add_argument("--attach", action="store_true", help="follow the transcript after dispatching")
-    p.add_argument("prompt", nargs=argparse.REMAINDER, metavar="PROMPT...")
+    p.add_argument("prompt", nargs=REMAINDER, metavar="PROMPT...")
     p.set_defaults(handler=dispatch)
 
     p = sub.add_parser("ls", help="list sessions")
@@ -46,7 +47,7 @@ def register(sub, add_common) -> None:
     p = sub.add_parser("reply", help="send a follow-up message or answer a question")
     add_common(p)
     p.add_argument("id")
-    p.add_argument("text", nargs=argparse.REMAINDER, metavar="TEXT...")
+    p.add_argument("text", nargs=REMAINDER, metavar="TEXT...")
     p.set_defaults(handler=reply)
 
     p = sub.add_parser("approve", help="allow the pending permission request")
@@ -71,13 +72,13 @@ def register(sub, add_common) -> None:
     p = sub.add_parser("rename", help="name a session")
     add_common(p)
     p.add_argument("id")
-    p.add_argument("name", nargs=argparse.REMAINDER, metavar="NAME")
+    p.add_argument("name", nargs=REMAINDER, metavar="NAME")
     p.set_defaults(handler=rename)
 
     p = sub.add_parser("resume", help="continue a stopped or failed session")
     add_common(p)
     p.add_argument("id")
-    p.add_argument("prompt", nargs=argparse.REMAINDER, metavar="PROMPT...")
+    p.add_argument("prompt", nargs=REMAINDER, metavar="PROMPT...")
     p.set_defaults(handler=resume)
 
 
@@ -100,6 +101,7 @@ def dispatch(args, ctx) -> int:
     params = {"prompt": prompt, "cwd": cwd, "agent": args.agent, "name": args.name,
               "permission_mode": args.permission_mode, "model": args.model}
     session = ctx.call("session.dispatch", {k: v for k, v in params.items() if v is not None})
+    from ..render import title
     _print_session(ctx, session, f"backgrounded · {session['id']} · {title(session)}")
     if session["state"] == "failed":
         ctx.err.write(f"bgctl: session {session['id']} failed: {session['error']}\n")
@@ -114,13 +116,21 @@ def ls(args, ctx) -> int:
     if args.cwd:
         params["cwd"] = os.path.abspath(os.path.expanduser(args.cwd))
     sessions = ctx.call("session.list", params)
-    ctx.print_json(sessions) if ctx.json else ctx.print(session_table(sessions))
+    if ctx.json:
+        ctx.print_json(sessions)
+    else:
+        from ..render import session_table
+        ctx.print(session_table(sessions))
     return ExitStatus.OK
 
 
 def show(args, ctx) -> int:
     session = ctx.call("session.get", {"id": args.id})
-    ctx.print_json(session) if ctx.json else ctx.print(session_detail(session))
+    if ctx.json:
+        ctx.print_json(session)
+    else:
+        from ..render import session_detail
+        ctx.print(session_detail(session))
     return ExitStatus.OK
 
 
@@ -131,6 +141,7 @@ def logs(args, ctx) -> int:
     if ctx.json:
         ctx.print_json(answer["entries"])
         return ExitStatus.OK
+    from ..render import transcript_entry
     for entry in answer["entries"]:
         text = transcript_entry(entry)
         if text:
@@ -159,6 +170,7 @@ def _emit(ctx, entry: dict, last: int) -> int:
     if ctx.json:
         ctx.print(json.dumps(entry, ensure_ascii=False))
     else:
+        from ..render import transcript_entry
         text = transcript_entry(entry)
         if text:
             ctx.print(text)
@@ -215,5 +227,3 @@ def resume(args, ctx) -> int:
     _print_session(ctx, session, f"resumed · {session['id']} · {session['state']}")
     return ExitStatus.OK
 
-
-__all__ = ["register", "one_line"]

@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from bgcore.jsonrpc import BAD_SCHEDULE, RpcError
 
-from ..main import ExitStatus, UsageError
+from ..cli_common import REMAINDER, ExitStatus, UsageError, add_common
 from ..render import age, one_line
 from .schedule import schedule_error
 
@@ -24,7 +23,7 @@ def register(sub, add_common) -> None:
     p = sub.add_parser("task", help="desktop tasks: named schedules that start a fresh session",
                        description="bgctl task add|ls|show|edit|rm|pause|resume|run|history")
     add_common(p)
-    verbs = p.add_subparsers(dest="verb", metavar="VERB", parser_class=type(p))
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
     p.set_defaults(handler=lambda args, ctx: ls(args, ctx))
 
     a = verbs.add_parser("add", help="add a task to tasks.toml")
@@ -70,15 +69,17 @@ def _task_flags(p, *, edit: bool) -> None:
     p.add_argument("--description")
     p.add_argument("--prompt-file", dest="prompt_file", help="read the prompt from this file at each run")
     p.add_argument("--disabled", dest="enabled", action="store_false", default=None, help="add it paused")
-    p.add_argument("prompt", nargs=argparse.REMAINDER, metavar="PROMPT...")
+    p.add_argument("prompt", nargs=REMAINDER, metavar="PROMPT...")
 
 
 def _flags_among_words(args, *, edit: bool) -> list[str]:
     """Flags may also follow NAME or stand among the prompt's words (REMAINDER took them all)."""
-    from ..main import Parser, add_common
-    parser = Parser(prog=f"bgctl task {'edit' if edit else 'add'}", add_help=False)
-    add_common(parser)
-    _task_flags(parser, edit=edit)
+    from ..arguments import Spec
+    from ..full_parser import build
+    spec = Spec(prog=f"bgctl task {'edit' if edit else 'add'}", add_help=False)
+    add_common(spec)
+    _task_flags(spec, edit=edit)
+    parser = build(spec)
     parser._actions[-1].nargs = "*"  # the prompt words, intermixed with the flags
     words = list(args.prompt)
     tail: list[str] = []
@@ -87,7 +88,7 @@ def _flags_among_words(args, *, edit: bool) -> list[str]:
         words, tail = words[:cut], words[cut + 1:]
     later = parser.parse_intermixed_args(words)
     for key, value in vars(later).items():
-        if key != "prompt" and value is not None and value is not argparse.SUPPRESS:
+        if key != "prompt" and value is not None:
             setattr(args, key, value)
     return list(later.prompt) + tail
 

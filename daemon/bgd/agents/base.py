@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 BACKENDS = {
     "claude": "bgd.agents.claude",
     "command": "bgd.agents.command",
+    "acp": "bgd.agents.acp",
 }
 
 
@@ -54,6 +55,9 @@ class RunControl(Protocol):
     def stderr_tail(self) -> str: ...                         # the last line the agent wrote on stderr
     def send(self, obj: dict) -> None: ...                    # one JSON line to stdin, in the background
     async def write(self, obj: dict) -> bool: ...             # one JSON line to stdin; False if it is closed
+    def start_soon(self, fn, *args: Any) -> None: ...         # background work of the driver (a handshake)
+    def set_agent_session(self, agent_session_id: str) -> None: ...  # the agent's own id for the conversation
+    def add_usage(self, tokens: dict | None) -> None: ...     # a turn's token counts, summed on the session
 
 
 class Driver:
@@ -66,12 +70,16 @@ class Driver:
     keeps_process = True        # the process lives between turns; a new turn is written to it
     schedules_wakeups = True    # the agent can call the daemon's MCP tools (dynamic loops, §6)
     provides_history = True     # a restarted process continues the conversation (resume)
-    install_hint = ""           # how to install the binary, for the "not found" error
 
     def __init__(self, agent: "AgentConfig", session: "Session", ctl: RunControl):
         self.agent = agent
         self.session = session
         self.ctl = ctl
+
+    @property
+    def install_hint(self) -> str:
+        """How to install the binary, named in the "not found" error ([agents.NAME] install)."""
+        return self.agent.install
 
     def launch(self, text: str, mcp_config: str | None) -> Launch:
         """The process to start for a turn whose text is `text`."""

@@ -40,7 +40,10 @@ every timer: use these tools instead of sleeping or any built-in scheduler.
 
 def mcp_config_for(daemon, session) -> str:
     """The --mcp-config value for a Claude session: inline JSON naming this server."""
-    roots = sorted({str(Path(__file__).resolve().parents[1]), str(Path(paths.__file__).resolve().parents[1])})
+    import bgd
+    # The folders holding the bgd and bgcore packages (never a package's own folder: bgd/http
+    # would shadow the standard library's http).
+    roots = sorted({str(Path(bgd.__file__).resolve().parents[1]), str(Path(paths.__file__).resolve().parents[1])})
     pythonpath = os.pathsep.join(roots + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     config = {"mcpServers": {SERVER_NAME: {
         "command": sys.executable,

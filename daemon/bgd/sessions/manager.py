@@ -261,11 +261,12 @@ class SessionManager:
     async def _close_when_idle(self, session: Session, run: Run, generation: int) -> None:
         await trio.sleep(self.config().idle_timeout_s)
         if self._current(session, run) and not run.in_turn and run.turn_generation == generation:
-            await run.process.close_stdin()
+            # stdin closed first (most agents exit then); SIGTERM after the grace for those that do not.
+            await run.process.shutdown(self.config().stop_grace_s)
 
     def _on_exit(self, session: Session, run: Run, code: int) -> None:
         current = self._current(session, run)
-        if session.cost_usd > session.cost_base:
+        if session.cost_usd is not None and session.cost_usd > session.cost_base:
             session.cost_base = session.cost_usd
         if self.sessions.get(session.id) is session:
             session.pid = None

@@ -40,7 +40,7 @@ class Session:
     created_at: str = field(default_factory=clock.now_iso)
     updated_at: str = field(default_factory=clock.now_iso)
     pid: int | None = None
-    cost_usd: float = 0.0
+    cost_usd: float | None = None   # None until the agent reports a cost: unknown, never a made-up $0.00
     turns: int = 0
     last_message: str = ""
     pinned: bool = False
@@ -51,6 +51,7 @@ class Session:
     has_history: bool = False     # the agent knows this conversation: continue with --resume
     loop_runs: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    usage: dict | None = None       # token counts summed over turns, when the agent reports them
 
     # Bumped whenever any session's state is set (its creation included), so
     # SessionManager.state_counts can keep its tally until something changes.
@@ -63,11 +64,12 @@ class Session:
 
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs")
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "usage")
 
     def to_json(self) -> dict:
         data = {key: getattr(self, key) for key in self.PUBLIC}
-        data["cost_usd"] = round(self.cost_usd, 6)
+        if self.cost_usd is not None:
+            data["cost_usd"] = round(self.cost_usd, 6)
         if self.pending is not None:
             data["pending"] = self.pending
         return data

@@ -77,3 +77,20 @@ class Run:
         if self.process is None:
             return False
         return await self.process.write_json(obj)
+
+    def start_soon(self, fn, *args: Any) -> None:
+        self.manager.nursery.start_soon(fn, *args)
+
+    def set_agent_session(self, agent_session_id: str) -> None:
+        if self.current:
+            self.session.agent_session_id = agent_session_id
+            self.session.has_history = True
+            self.manager._changed(self.session)
+
+    def add_usage(self, tokens: dict | None) -> None:
+        if self.current and tokens:
+            usage = dict(self.session.usage or {})
+            for key, value in tokens.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    usage[key] = usage.get(key, 0) + value
+            self.session.usage = usage
