@@ -320,3 +320,29 @@ def test_screenshots_for_the_readme(bgd, browser):
     page.click("#transcript details.tool >> nth=1")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(Path(SHOTS) / "web-session.png"), full_page=True)
+
+
+def test_an_acp_agents_transcript(bgd, browser):
+    """Agents on the ACP backend: coalesced messages, thoughts, plans, tool calls with their permission."""
+    import json
+    import sys
+
+    from playwright.sync_api import expect
+
+    fake_acp = Path(__file__).parent / "fake_acp.py"
+    start_web_daemon(bgd, extra=f'[agents.acp]\nbackend = "acp"\n'
+                                f'command = [{json.dumps(sys.executable)}, {json.dumps(str(fake_acp))}]\n')
+    session = bgd.dispatch('think the cache is stale; plan clear it | test it; say Clearing **now**; '
+                           'tool Clear {"command": "rm -rf .cache"}', agent="acp")
+    page = browser.page
+    page.goto(login_url(bgd))
+    page.goto(page.url + f"s/{session['id']}")
+    expect(page.locator("#pending")).to_contain_text("Clear", timeout=15_000)
+    page.click("#pending button[value=allow]")
+    expect(page.locator("#session-head .badge")).to_have_text("completed", timeout=15_000)
+    expect(page.locator("#transcript .md strong")).to_have_text("now")
+    expect(page.locator("#transcript details.thought")).to_contain_text("the cache is stale")
+    expect(page.locator("#transcript .plan li").first).to_contain_text("clear it")
+    expect(page.locator("#transcript details.tool summary").first).to_contain_text("Clear")
+    expect(page.locator("#transcript")).to_contain_text("allowed Clear")
+    assert not browser.errors

@@ -202,3 +202,25 @@ def test_web_section_of_the_config():
         parse_config('[web]\nenabled = "no"\n')
     config = parse_config("[web]\nenabled = true\nport = 80\n", "/c/config.toml")
     assert any("unknown key 'port' in [web]" in w for w in config.warnings)
+
+
+def test_acp_entries():
+    entries = [
+        {"n": 0, "kind": "assistant", "data": {"text": "I will **check**", "message_id": "m1"}},
+        {"n": 1, "kind": "thought", "data": {"text": "maybe the cache"}},
+        {"n": 2, "kind": "tool", "data": {"id": "call_1", "title": "Run tests", "status": "pending",
+                                          "tool_kind": "execute", "input": {"command": "pytest"}}},
+        {"n": 3, "kind": "tool", "data": {"id": "call_1", "title": "Run tests", "status": "failed",
+                                          "output": "2 failed"}},
+        {"n": 4, "kind": "plan", "data": {"entries": [{"content": "fix", "priority": "high", "status": "completed"},
+                                                      {"content": "test", "status": "in_progress"}]}},
+        {"n": 5, "kind": "acp", "data": {"sessionUpdate": "available_commands_update"}},
+    ]
+    rows = transcript.pair(entries)
+    assert [[i.kind for i in its] for _, its in rows] == [["text"], ["thought"], ["tool"], [], ["plan"], []]
+    assert "<strong>check</strong>" in rows[0][1][0].text
+    call = rows[2][1][0]
+    assert call.name == "Run tests" and call.summary == "pytest" and call.result.is_error
+    assert call.result.text == "2 failed"
+    assert [s["status"] for s in rows[4][1][0].extra["steps"]] == ["completed", "in_progress"]
+    assert listing.cost(None) == "cost unknown" and listing.cost(0) == "—"

@@ -162,7 +162,9 @@ def countdown(iso: str | None, now: datetime) -> str:
 
 
 def cost(value) -> str:
-    if not isinstance(value, (int, float)) or value <= 0:
+    if value is None:
+        return "cost unknown"   # the agent has not reported one (ACP and command agents may never)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         return "—"
     return f"${value:.4f}" if value < 1 else f"${value:.2f}"
 

@@ -75,7 +75,38 @@ def items(entry: dict) -> list[Item]:
         return [Item("note", text)] if text else []
     if kind == "agent":
         return _agent(data)
+    if kind == "assistant":      # an ACP agent's message, its chunks coalesced
+        text = str(data.get("text", ""))
+        return [Item("text", markdown(text))] if text.strip() else []
+    if kind == "thought":
+        text = str(data.get("text", ""))
+        return [Item("thought", text)] if text.strip() else []
+    if kind == "tool":
+        return [_acp_tool(data)]
+    if kind == "plan":
+        steps = [{"content": str(e.get("content", "")), "status": str(e.get("status") or "pending")}
+                 for e in data.get("entries") or [] if isinstance(e, dict)]
+        return [Item("plan", extra={"steps": steps})] if steps else []
     return []
+
+
+def _acp_tool(data: dict) -> Item:
+    """An ACP tool call (pending, in progress) opens a slot; its end (completed, failed) fills it."""
+    tool_id = dom_id(data.get("id", ""))
+    title = str(data.get("title") or data.get("tool_kind") or "tool")
+    status = str(data.get("status") or "pending")
+    if status in ("completed", "failed") or data.get("output") is not None:
+        output = data.get("output") if data.get("output") is not None else data.get("text", "")
+        text = output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False)
+        return Item("result", _clip(text, RESULT_LIMIT), tool_id=tool_id, name=title, is_error=status == "failed",
+                    level="error" if status == "failed" else "muted")
+    tool_input = data.get("input")
+    try:
+        whole = json.dumps(tool_input, indent=2, ensure_ascii=False) if tool_input is not None else ""
+    except (TypeError, ValueError):
+        whole = str(tool_input)
+    return Item("tool", tool_id=tool_id, name=title, summary=_summary(tool_input) or status,
+                input=_clip(whole, INPUT_LIMIT))
 
 
 def _control(data: dict) -> Item:
