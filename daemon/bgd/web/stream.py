@@ -79,7 +79,8 @@ class IndexFollower(Follower):
 
     It keeps which group each listed session is shown in (`shown`), so it knows
     when an update moves a row (working -> needs input) and only those groups are
-    redrawn; a row that stays put (a new last message) is replaced by itself."""
+    redrawn; a row that stays in its group is replaced by itself, or, when only its
+    last message, age and cost changed (a streaming session), just touched."""
 
     TYPES = ("session.created", "session.updated", "session.removed")
     # A hundred streaming sessions change their rows' last message four times a second each;
