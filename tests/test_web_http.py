@@ -216,3 +216,16 @@ def test_event_stream_resumes_after_last_event_id(bgd):
     assert "two" in text and ">one<" not in text          # what came after seq, and nothing before it
     ids = [int(i) for i in re.findall(r"^id: (\d+)$", text, re.M)]
     assert ids and ids == sorted(ids) and ids[0] > seq
+
+
+def test_bgctl_web_open_starts_the_browser_with_the_link(bgd, tmp_path):
+    import sys
+    start_web_daemon(bgd)
+    opened = tmp_path / "opened.txt"
+    browser = f"{sys.executable} -c \"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\" %s"
+    result = bgd.ctl("web", "--open", env={"BROWSER": browser})
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    wait_until(opened.exists, what="the browser command")
+    assert opened.read_text() == url and "/login?code=" in url
+    assert httpx.get(url, timeout=10).status_code == 303     # the opened link logs in
