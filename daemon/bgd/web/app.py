@@ -34,7 +34,7 @@ log = logging.getLogger("bgd.web")
 HERE = Path(__file__).parent
 DEFAULT_BASE_URL = "http://127.0.0.1:7421"
 MAX_FORM_BYTES = 1 << 20
-ROW_SLICE_S = 0.003   # drawing index rows yields to the daemon's other tasks this often
+ROW_SLICE_S = 0.003   # drawing rows and transcripts yields to the daemon's other tasks this often
 SECURITY_HEADERS = {
     # Scripts, styles and images only from the listener itself: agent output that
     # slipped past escaping still could not run or call out.
@@ -204,13 +204,24 @@ class Web:
         """Index rows, drawn one by one, letting the daemon's other tasks run every few milliseconds:
         a thousand rows take tens of milliseconds, which agents' lines should not wait behind."""
         row = self.env.get_template("_macros.html").module.row
-        out = []
-        slice_end = time.perf_counter() + ROW_SLICE_S
+        out, pause = [], _Pauses()
         for session in sessions:
             out.append(row(session, csrf, now, runs, oob))
-            if time.perf_counter() > slice_end:
-                await trio.lowlevel.checkpoint()
-                slice_end = time.perf_counter() + ROW_SLICE_S
+            await pause.now_and_then()
+        return out
+
+    async def transcript(self, entries: list[dict]) -> list:
+        """A session's transcript drawn (Markdown included) a few milliseconds at a time, as `rows`."""
+        pause = _Pauses()
+        made = []
+        for entry in entries:
+            made.append((entry, transcript.items(entry)))
+            await pause.now_and_then()
+        draw = self.env.get_template("_macros.html").module.entry
+        out = []
+        for entry, its in transcript.pair_items(made):
+            out.append(draw(entry, its))
+            await pause.now_and_then()
         return out
 
     # -- calling the daemon ------------------------------------------------------------------------
@@ -266,6 +277,18 @@ class Web:
             route("/tasks/{name}/run", "action", actions.run_task, methods=("POST",)),
             Route("/static/{path:path}", self.guard("public", static_files), methods=["GET", "HEAD"]),
         ]
+
+
+class _Pauses:
+    """Lets the daemon's other tasks run once every ROW_SLICE_S of drawing."""
+
+    def __init__(self):
+        self.until = time.perf_counter() + ROW_SLICE_S
+
+    async def now_and_then(self) -> None:
+        if time.perf_counter() > self.until:
+            await trio.lowlevel.checkpoint()
+            self.until = time.perf_counter() + ROW_SLICE_S
 
 
 def redirect(path: str) -> RedirectResponse:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from bgcore.jsonrpc import RpcError
 
 from bgd import clock
-from bgd.web import auth, listing, transcript
+from bgd.web import auth, listing
 from bgd.web.app import Web, redirect
 
 ROUTINE_RUNS_SHOWN = 50
@@ -72,7 +72,7 @@ async def session_context(web: Web, session_id: str) -> dict:
     session = await web.call("session.get", id=session_id)
     entries = (await web.call("session.transcript", id=session["id"]))["entries"]
     runs = await routine_runs(web, [session])
-    return {"s": session, "rows": transcript.pair(entries),
+    return {"s": session, "drawn": await web.transcript(entries),
             "tail": (entries[-1]["n"] + 1) if entries else 0, "run": runs.get(session["id"]),
             "loops": await _loops(web, session["id"])}
 

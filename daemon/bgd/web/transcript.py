@@ -202,7 +202,11 @@ def _clip(text: str, limit: int) -> str:
 
 def pair(entries: list[dict]) -> list[tuple[dict, list[Item]]]:
     """Every entry with its items, each tool call holding its result; results so placed are dropped."""
-    rows = [(entry, items(entry)) for entry in entries]
+    return pair_items([(entry, items(entry)) for entry in entries])
+
+
+def pair_items(rows: list[tuple[dict, list[Item]]]) -> list[tuple[dict, list[Item]]]:
+    """`pair` for entries whose items are made already."""
     calls = {item.tool_id: item for _, row in rows for item in row if item.kind == "tool"}
     out = []
     for entry, row in rows:
