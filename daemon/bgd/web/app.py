@@ -183,7 +183,7 @@ class Web:
         if request.url.path.endswith("/events") or request.headers.get("hx-request"):
             return PlainTextResponse("401 not logged in: run `bgctl web` and open the link it prints\n",
                                      status_code=401, headers=SECURITY_HEADERS)
-        return self.page("denied.html", status=401, login=None)
+        return self.page("denied.html", status=401, login=None, come_back=request.url.path != "/")
 
     def forbidden(self, why: str) -> Response:
         return PlainTextResponse(f"403 refused: {why}\n", status_code=403, headers=SECURITY_HEADERS)
