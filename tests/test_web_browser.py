@@ -47,7 +47,7 @@ def test_login_dispatch_approve_reply_live(bgd, browser):
     page = browser.page
     page.goto(url)
     assert page.url == base + "/"
-    cookie = next(c for c in browser.context.cookies() if c["name"] == "bgagents_web")
+    cookie = next(c for c in browser.context.cookies() if c["name"] == f"bgagents_web_{base.rsplit(':', 1)[1]}")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     # The code worked once: a second visit is refused.
     assert browser.context.request.get(url, max_redirects=0).status == 401

@@ -55,7 +55,7 @@ def test_login_code_works_once_and_sets_a_strict_httponly_cookie(bgd):
         response = client.get(url)
         assert response.status_code == 303 and response.headers["location"] == "/"
         cookie = response.headers["set-cookie"]
-        assert cookie.startswith("bgagents_web=")
+        assert cookie.startswith(f"bgagents_web_{base.rsplit(':', 1)[1]}=")
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
         assert "Secure" not in cookie   # plain http on loopback
         again = httpx.get(url, timeout=10)
@@ -171,7 +171,7 @@ def test_logout_and_revoke_end_every_cookie(bgd):
     assert first.get("/").status_code == 200 and second.get("/").status_code == 200
     response = first.post("/logout", data={"csrf": _csrf(first)}, headers={"origin": base})
     assert response.status_code == 200 and "Logged out" in response.text
-    assert 'bgagents_web=""' in response.headers["set-cookie"] or "Max-Age=0" in response.headers["set-cookie"]
+    assert '=""' in response.headers["set-cookie"] or "Max-Age=0" in response.headers["set-cookie"]
     assert first.get("/").status_code == 401 and second.get("/").status_code == 401
     third = _login(bgd, base)
     unused = login_url(bgd)
@@ -193,7 +193,7 @@ def test_a_login_survives_a_daemon_restart(bgd):
     import sqlite3
     with sqlite3.connect(rows) as db:
         stored = [row[0] for row in db.execute("SELECT token_hash FROM web_logins")]
-    cookie = client.cookies["bgagents_web"]
+    cookie = client.cookies[f"bgagents_web_{port}"]
     assert len(stored) == 1 and cookie not in stored   # only a hash is kept
 
 

@@ -224,3 +224,8 @@ def test_acp_entries():
     assert call.result.text == "2 failed"
     assert [s["status"] for s in rows[4][1][0].extra["steps"]] == ["completed", "in_progress"]
     assert listing.cost(None) == "cost unknown" and listing.cost(0) == "—"
+
+
+def test_the_cookie_is_named_for_the_port():
+    assert auth.cookie_name("http://127.0.0.1:7421") == "bgagents_web_7421"
+    assert auth.cookie_name("http://127.0.0.1:8080") != auth.cookie_name("http://127.0.0.1:7421")

@@ -130,5 +130,5 @@ async def run_task(web: Web, request: Request) -> Response:
 async def logout(web: Web, request: Request) -> Response:
     web.revoke()
     response = web.page("denied.html", status=200, login=None, logged_out=True)
-    response.delete_cookie(auth.COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(auth.cookie_name(web.base_url), path="/", httponly=True, samesite="strict")
     return response

@@ -109,7 +109,7 @@ class Web:
             scope.cancel()
 
     def login_of(self, request: Request) -> Login | None:
-        token = request.cookies.get(auth.COOKIE)
+        token = request.cookies.get(auth.cookie_name(self.base_url))
         if not token:
             return None
         login = Login(token)

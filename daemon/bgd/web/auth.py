@@ -7,7 +7,7 @@ steady clock for codes; ISO strings for the record of use).
   CODE_TTL_S, good for one login.  Only its hash is kept, in memory (a code
   outlives nothing, not even a daemon restart).
 - Redeeming a code makes a **login token**, the value of an HttpOnly,
-  SameSite=Strict cookie.  Only its SHA-256 is stored (in the store, so an open
+  SameSite=Strict cookie named for the listener's port.  Only its SHA-256 is stored (in the store, so an open
   tab survives a daemon restart).  Logging out or `bgctl web --revoke` deletes
   every one.
 - The **CSRF token** of a login is an HMAC of a fixed label keyed with the login
@@ -25,10 +25,16 @@ import secrets
 from urllib.parse import urlsplit
 
 CODE_TTL_S = 300.0                # a login code is good for 5 minutes
-COOKIE = "bgagents_web"           # the login cookie's name
+COOKIE = "bgagents_web"           # the login cookie's name, with the listener's port after it
 COOKIE_MAX_AGE_S = 30 * 24 * 3600  # the browser keeps it 30 days (logout or revoke end it before)
 CSRF_FIELD = "csrf"               # the form field (or X-CSRF-Token header) that carries it
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def cookie_name(base_url: str) -> str:
+    """`bgagents_web_7421`: cookies are kept per host, not per port, so two daemons on one machine
+    (another user's, a test's) would otherwise log each other's browser out."""
+    return f"{COOKIE}_{urlsplit(base_url).port or 0}"
 
 
 def token_hash(token: str) -> str:

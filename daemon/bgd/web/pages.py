@@ -165,7 +165,7 @@ async def login(web: Web, request: Request) -> Response:
         return web.page("denied.html", status=401, login=None, bad_code=True)
     token = web.new_login()
     response = redirect("/")
-    response.set_cookie(auth.COOKIE, token, max_age=auth.COOKIE_MAX_AGE_S, path="/", httponly=True,
+    response.set_cookie(auth.cookie_name(web.base_url), token, max_age=auth.COOKIE_MAX_AGE_S, path="/", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")
     return response
 
