@@ -176,3 +176,10 @@ async def test_a_row_that_only_streams_gets_a_touch_not_a_redraw(daemon):
     daemon.sessions.update(a, name="now named")
     assert oob_ids(await follower.events(seen[-1:])) == ["row-aaaaaaaa"]
     assert follower.touches() == ""
+
+
+def test_logins_unused_for_thirty_days_are_forgotten(daemon):
+    daemon.store.add_web_login("a" * 64, "2020-01-01T00:00:00.000+00:00")
+    daemon.store.add_web_login("b" * 64, __import__("bgd").clock.now_iso())
+    web = Web(daemon, base_url=lambda: "http://127.0.0.1:7421")
+    assert set(web.logins) == {"b" * 64} and set(daemon.store.web_logins()) == {"b" * 64}

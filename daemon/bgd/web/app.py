@@ -64,6 +64,13 @@ class Web:
         self.monotonic = monotonic
         self.codes = auth.LoginCodes()
         self.logins: dict[str, str] = daemon.store.web_logins()   # hash -> last used (ISO)
+        # A login nobody used for as long as its cookie lives is gone with the cookie.
+        stale = clock.iso(clock.now() - _seconds(auth.COOKIE_MAX_AGE_S))
+        old = [digest for digest, used in self.logins.items() if used < stale]
+        if old:
+            daemon.store.delete_web_logins(old)
+            for digest in old:
+                del self.logins[digest]
         self.flashes: dict[str, tuple[str, str]] = {}              # login hash -> (level, message) for its next page
         self.streams: set[trio.CancelScope] = set()                # open event streams, ended by a revoke
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
