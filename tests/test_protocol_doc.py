@@ -10,7 +10,6 @@ from bgd.rpc.table import METHODS
 features.register_methods()
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-features.register_methods()  # the table is filled by importing the handler modules
 
 
 def test_every_method_is_documented_and_every_documented_method_exists():
