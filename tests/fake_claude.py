@@ -11,6 +11,10 @@ Directives:
   say TEXT                 assistant text TEXT
   tool NAME JSON           ask permission (control_request can_use_tool), then
                            run the fake tool on allow, report on deny
+  sh COMMAND               the Bash tool for real: ask permission for
+                           {"command": COMMAND}, then run it with /bin/sh in the
+                           session's directory and environment; prints
+                           "sh exit N: OUTPUT" (stdout and stderr, one line)
   ask QUESTION             AskUserQuestion through can_use_tool; prints "answer: X"
   cancel-after SECONDS     (right after tool/ask/mcp) withdraw the pending request
                            with a control_cancel_request after SECONDS, then say
@@ -640,6 +644,24 @@ class Agent:
         if r is not None:
             self.say("allowed %s" % name)
 
+    def d_sh(self, command, cancel_after):
+        import subprocess
+
+        def runner(updated):
+            try:
+                done = subprocess.run(["/bin/sh", "-c", updated.get("command", "")], capture_output=True,
+                                      text=True, timeout=120, stdin=subprocess.DEVNULL)
+                out, code = (done.stdout + done.stderr).strip(), done.returncode
+            except (OSError, subprocess.TimeoutExpired) as e:
+                out, code = str(e), 127
+            self.turn["sh"] = (code, out)
+            return out, code != 0, {"stdout": out, "stderr": "", "interrupted": False}
+
+        r = self.run_tool("Bash", {"command": command, "description": "run a command"}, cancel_after, runner)
+        if r is not None:
+            code, out = self.turn.pop("sh")
+            self.say("sh exit %d: %s" % (code, " | ".join(out.splitlines())))
+
     def d_ask(self, question, cancel_after):
         inp = {"questions": [{"question": question, "header": "Q",
                               "options": [{"label": "yes", "description": ""},
@@ -718,7 +740,7 @@ class Agent:
                 cmd, _, arg = d.partition(" ")
                 arg = arg.strip()
                 cancel_after = None
-                if cmd in ("tool", "ask", "mcp") and i < len(directives):
+                if cmd in ("tool", "ask", "mcp", "sh") and i < len(directives):
                     nxt, _, narg = directives[i].partition(" ")
                     if nxt == "cancel-after":
                         try:
@@ -735,6 +757,8 @@ class Agent:
                     self.d_tool(arg, cancel_after)
                 elif cmd == "ask":
                     self.d_ask(arg, cancel_after)
+                elif cmd == "sh":
+                    self.d_sh(arg, cancel_after)
                 elif cmd == "mcp":
                     self.d_mcp(arg, cancel_after)
                 elif cmd == "cancel-after":

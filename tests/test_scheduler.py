@@ -10,7 +10,7 @@ import pytest
 from dateutil import rrule
 
 from bgcore.schedule import parse_schedule
-from bgd.tasks.scheduler import (Fire, Queued, RunGate, Scheduler, Skipped, Start, Stop)
+from bgcore.scheduler import (Fire, Queued, RunGate, Scheduler, Skipped, Start, Stop)
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .render import STATE_MARKS, age, cost, one_line, transcript_entry
+from .render import OUTCOME_MARKS, STATE_MARKS, age, cost, one_line, transcript_entry
 
 STATES = ("working", "needs_input", "sleeping", "completed", "failed", "stopped")
 ENDED = ("completed", "failed", "stopped")
@@ -241,7 +241,18 @@ def detail_of(session: dict) -> str:
         return "waiting for permission"
     if session.get("state") == "failed" and session.get("error"):
         return session["error"]
+    outcome = session.get("outcome")
+    if outcome and session.get("state") not in ("working", "sleeping"):  # a routine's run: what it achieved first
+        return f"[{outcome.replace('_', ' ')}] " + (session.get("last_message") or "")
     return session.get("last_message") or ""
+
+
+def mark_of(session: dict) -> str:
+    """The row's mark: a routine's completed run is marked by its outcome (✓ only when done)."""
+    state = session.get("state", "")
+    if state == "completed" and session.get("outcome"):
+        return OUTCOME_MARKS.get(session["outcome"], "?")
+    return STATE_MARKS.get(state, " ")
 
 
 def cost_text(session: dict) -> str:
@@ -274,7 +285,7 @@ def row_cells(session: dict, now: datetime, width: int) -> list[tuple[str, str]]
     badge = loop_badge(session, now)
     detail_width = lay.detail - (len(badge) + 1 if badge else 0)
     cells = [
-        (STATE_MARKS.get(state, " ") + " ", style),
+        (mark_of(session) + " ", style),
         (clip(title_of(session), lay.title).ljust(lay.title) + " ", "bold" if state == "needs_input" else ""),
         (short_dir(session.get("cwd") or "", lay.dir).ljust(lay.dir) + " ", "dim"),
     ]

@@ -26,20 +26,33 @@ def title(session: dict, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+# A routine's run is green only when its agent reported it done (SPEC §8: status is not outcome).
+OUTCOME_MARKS = {"done": "✓", "nothing_to_do": "–", "failed": "✗", "needs_attention": "!", "unreported": "?"}
+
+
+def state_cell(s: dict) -> str:
+    """The state column: a routine session's outcome beside its state, marked by the outcome."""
+    state = s["state"] + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")
+    outcome = s.get("outcome")
+    if outcome is None or (outcome == "unreported" and s["state"] in ("working", "needs_input", "sleeping")):
+        return f"{STATE_MARKS.get(s['state'], ' ')} {state}"
+    mark = STATE_MARKS.get(s["state"], " ") if s["state"] not in ("completed",) else OUTCOME_MARKS.get(outcome, "?")
+    return f"{mark} {state} · {outcome.replace('_', ' ')}"
+
+
 def session_table(sessions: list[dict]) -> str:
     if not sessions:
         return "no sessions"
     rows = [("ID", "STATE", "NAME", "AGE", "COST", "DIR", "LAST")]
     for s in sessions:
-        state = s["state"] + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")
-        rows.append((s["id"], f"{STATE_MARKS.get(s['state'], ' ')} {state}", title(s, 30), age(s["created_at"]),
+        rows.append((s["id"], state_cell(s), title(s, 30), age(s["created_at"]),
                      cost(s), _short_dir(s["cwd"]), one_line(s.get("error") or s.get("last_message") or "", 50)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:-1])) + "  " + r[-1] for r in rows)
 
 
 def session_detail(s: dict) -> str:
-    lines = [f"{s['id']}  {STATE_MARKS.get(s['state'], '')} {s['state']}" + (f" ({s['waiting_for']})" if s.get("waiting_for") else "")]
+    lines = [f"{s['id']}  {state_cell(s)}"]
     for key in ("name", "cwd", "agent", "origin", "permission_mode", "model", "agent_session_id", "created_at",
                 "updated_at", "pid", "turns", "next_wake_at", "loop_runs"):
         if s.get(key) not in (None, ""):
@@ -88,6 +101,9 @@ def transcript_entry(entry: dict) -> str | None:
     if kind == "raw":
         return f"! {one_line(data.get('text', ''), 200)}"
     if kind == "control":
+        if data.get("decision") == "allow" and data.get("rule") == "auto":
+            answered = f" (answered: {data['answer']})" if data.get("answer") else ""
+            return f"✓ auto-allowed {data.get('tool_name')}{answered} (nobody is watching this run)"
         if data.get("decision") == "allow":
             extra = f" ({data['answer']})" if data.get("answer") else (" (always)" if data.get("always") else "")
             return f"✓ allowed {data.get('tool_name')}{extra}"

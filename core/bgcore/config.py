@@ -53,6 +53,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class RoutinesConfig:
+    """[routines] and [github]: what all routines share (SPEC §8, docs/routines.md)."""
+    max_concurrent_runs: int = 4        # runs at once; the rest are queued
+    keep_workspaces_days: float = 7.0   # an ended run's workspace is deleted after this (its session stays)
+    stagger: bool = True                # schedule fires offset by up to 5 minutes per routine (off in tests)
+    webhook_secret_file: str | None = None  # [github]: the webhook secret; relative to the config dir
+
+
+@dataclass(frozen=True)
 class Config:
     default_agent: str = "claude"
     permission_mode: str = "default"
@@ -67,6 +76,7 @@ class Config:
     web_enabled: bool = True
     keep_worktrees_days: float = 7.0
     http: HttpConfig = field(default_factory=HttpConfig)
+    routines: RoutinesConfig = field(default_factory=RoutinesConfig)
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -105,6 +115,8 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "web": dict,
     "tasks": dict,
     "http": dict,
+    "routines": dict,
+    "github": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings", bool: "true or false"}
@@ -206,6 +218,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     if not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool) or keep_days < 0:
         raise ConfigError(f"{where('keep_worktrees_days')}: tasks.keep_worktrees_days must be a number of days, 0 or more")
     http = _parse_http(raw.get("http", {}), where, check_type, warnings)
+    routines = _parse_routines(raw.get("routines", {}), raw.get("github", {}), where, check_type, warnings)
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -220,6 +233,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         web_enabled=web_enabled,
         keep_worktrees_days=float(keep_days),
         http=http,
+        routines=routines,
         agents=agents,
         warnings=tuple(warnings),
     )
@@ -253,6 +267,34 @@ def _parse_http(raw: dict, where, check_type, warnings: list[str]) -> HttpConfig
         body_timeout_s=float(raw.get("body_timeout_s", HttpConfig.body_timeout_s)),
         keep_alive_timeout_s=float(raw.get("keep_alive_timeout_s", HttpConfig.keep_alive_timeout_s)),
     )
+
+
+_ROUTINES_KEYS: dict[str, type | tuple[type, ...]] = {
+    "max_concurrent_runs": int, "keep_workspaces_days": (int, float), "stagger": bool}
+_GITHUB_KEYS: dict[str, type | tuple[type, ...]] = {"webhook_secret_file": str}
+
+
+def _parse_routines(raw: dict, github: dict, where, check_type, warnings: list[str]) -> RoutinesConfig:
+    for table, keys, values in (("routines", _ROUTINES_KEYS, raw), ("github", _GITHUB_KEYS, github)):
+        for key, value in values.items():
+            if key not in keys:
+                hint = difflib.get_close_matches(key, list(keys), n=1)
+                warnings.append(f"{where(key)}: unknown key {key!r} in [{table}]"
+                                + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                continue
+            check_type(key, value, keys[key], f"{table}.{key}")
+    runs = raw.get("max_concurrent_runs", RoutinesConfig.max_concurrent_runs)
+    if runs < 1:
+        raise ConfigError(f"{where('max_concurrent_runs')}: routines.max_concurrent_runs must be at least 1")
+    keep = raw.get("keep_workspaces_days", RoutinesConfig.keep_workspaces_days)
+    if keep < 0:
+        raise ConfigError(f"{where('keep_workspaces_days')}: routines.keep_workspaces_days must be 0 or more "
+                          "(0: delete a run's workspace as soon as it ends)")
+    secret = github.get("webhook_secret_file")
+    if secret is not None and not secret.strip():
+        raise ConfigError(f"{where('webhook_secret_file')}: github.webhook_secret_file must be a path")
+    return RoutinesConfig(max_concurrent_runs=runs, keep_workspaces_days=float(keep),
+                          stagger=raw.get("stagger", True), webhook_secret_file=secret)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -42,6 +42,7 @@ CONFLICT = -32006
 PERMISSION_DENIED = -32007
 TASKS_FILE_ERROR = -32008
 SHUTTING_DOWN = -32009
+ROUTINES_FILE_ERROR = -32010
 
 ERROR_NAMES: dict[int, str] = {
     PARSE_ERROR: "parse error",
@@ -59,6 +60,7 @@ ERROR_NAMES: dict[int, str] = {
     PERMISSION_DENIED: "permission denied",
     TASKS_FILE_ERROR: "tasks file error",
     SHUTTING_DOWN: "shutting down",
+    ROUTINES_FILE_ERROR: "routines file error",
 }
 
 NEED_DATA = object()

@@ -67,7 +67,43 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
-    # 2 -> 3: the web page's logins (the SHA-256 of each login cookie, never the cookie).
+    # 2 -> 3: routines: their runs, state (token hash, schedule bookkeeping), GitHub deliveries and
+    # Idempotency-Keys.
+    """
+    CREATE TABLE routine_runs (
+        id TEXT PRIMARY KEY,
+        routine TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        session_id TEXT,
+        workspace_live INTEGER NOT NULL DEFAULT 0,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX routine_runs_by_routine ON routine_runs (routine, created_at);
+    CREATE INDEX routine_runs_by_time ON routine_runs (created_at);
+    CREATE INDEX routine_runs_by_status ON routine_runs (status);
+    CREATE INDEX routine_runs_by_session ON routine_runs (session_id);
+    CREATE INDEX routine_runs_with_workspace ON routine_runs (workspace_live);
+    CREATE TABLE routine_state (
+        routine TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE routine_deliveries (
+        id TEXT PRIMARY KEY,
+        received_at REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX routine_deliveries_by_time ON routine_deliveries (received_at);
+    CREATE TABLE routine_idempotency (
+        routine TEXT NOT NULL,
+        key TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        digest TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        PRIMARY KEY (routine, key)
+    );
+    """,
+    # 3 -> 4: the web page's logins (the SHA-256 of each login cookie, never the cookie).
     """
     CREATE TABLE web_logins (
         token_hash TEXT PRIMARY KEY,
@@ -239,6 +275,96 @@ class Store:
 
     def load_task_states(self) -> dict[str, dict]:
         return {task: loads(data) for task, data in self.db.execute("SELECT task, data FROM task_state")}
+
+    # -- routines ---------------------------------------------------------------
+
+    def save_routine_run(self, data: dict) -> None:
+        """Insert or update a run record (its id, routine, creation time, status, session and whether its
+        workspace still exists are columns too, for the queries below)."""
+        text = dumps_text(data)
+        live = 1 if data.get("workspace") and not data.get("workspace_removed_at") else 0
+        if self.db.execute("UPDATE routine_runs SET status = ?, session_id = ?, workspace_live = ?, data = ? "
+                           "WHERE id = ?", (data["status"], data.get("session_id"), live, text, data["id"])).rowcount == 0:
+            self.db.execute("INSERT INTO routine_runs (id, routine, created_at, status, session_id, workspace_live, data) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (data["id"], data["routine"], data["created_at"],
+                                                             data["status"], data.get("session_id"), live, text))
+
+    def routine_runs(self, routine: str | None = None, limit: int = 1000) -> list[dict]:
+        """Run records, newest first (of one routine, or of all)."""
+        if routine is None:
+            rows = self.db.execute("SELECT data FROM routine_runs ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                   (limit,))
+        else:
+            rows = self.db.execute("SELECT data FROM routine_runs WHERE routine = ? "
+                                   "ORDER BY created_at DESC, rowid DESC LIMIT ?", (routine, limit))
+        return [loads(row[0]) for row in rows]
+
+    def routine_runs_with_status(self, statuses: tuple[str, ...]) -> list[dict]:
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(f"SELECT data FROM routine_runs WHERE status IN ({marks}) ORDER BY created_at, rowid",
+                               statuses)
+        return [loads(row[0]) for row in rows]
+
+    def routine_run_sessions(self) -> list[tuple[str, str]]:
+        """(session id, run id) of every run that had a session."""
+        return list(self.db.execute("SELECT session_id, id FROM routine_runs WHERE session_id IS NOT NULL"))
+
+    def routine_runs_with_workspace(self) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM routine_runs WHERE workspace_live = 1 ORDER BY created_at")
+        return [loads(row[0]) for row in rows]
+
+    def routine_runs_since(self, created_at: str) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM routine_runs WHERE created_at >= ? ORDER BY created_at, rowid",
+                               (created_at,))
+        return [loads(row[0]) for row in rows]
+
+    def routine_run(self, run_id: str) -> dict | None:
+        row = self.db.execute("SELECT data FROM routine_runs WHERE id = ?", (run_id,)).fetchone()
+        return loads(row[0]) if row else None
+
+    def delete_routine_state(self, routine: str) -> None:
+        self.db.execute("DELETE FROM routine_state WHERE routine = ?", (routine,))
+
+    def save_routine_state(self, routine: str, data: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO routine_state (routine, data) VALUES (?, ?)",
+                        (routine, dumps_text(data)))
+
+    def load_routine_states(self) -> dict[str, dict]:
+        return {name: loads(data) for name, data in self.db.execute("SELECT routine, data FROM routine_state")}
+
+    def save_delivery(self, delivery_id: str, received_at: float, data: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO routine_deliveries (id, received_at, data) VALUES (?, ?, ?)",
+                        (delivery_id, received_at, dumps_text(data)))
+
+    def update_delivery(self, delivery_id: str, data: dict) -> None:
+        self.db.execute("UPDATE routine_deliveries SET data = ? WHERE id = ?", (dumps_text(data), delivery_id))
+
+    def delivery(self, delivery_id: str) -> dict | None:
+        row = self.db.execute("SELECT data FROM routine_deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return loads(row[0]) if row else None
+
+    def deliveries(self, limit: int = 100) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM routine_deliveries ORDER BY received_at DESC LIMIT ?", (limit,))
+        return [loads(row[0]) for row in rows]
+
+    def delivery_ids_since(self, received_at: float) -> list[tuple[str, float]]:
+        return list(self.db.execute("SELECT id, received_at FROM routine_deliveries WHERE received_at > ? "
+                                    "ORDER BY received_at", (received_at,)))
+
+    def prune_deliveries(self, before: float) -> None:
+        self.db.execute("DELETE FROM routine_deliveries WHERE received_at <= ?", (before,))
+
+    def save_idempotency(self, routine: str, key: str, created_at: float, digest: str, answer: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO routine_idempotency (routine, key, created_at, digest, answer) "
+                        "VALUES (?, ?, ?, ?, ?)", (routine, key, created_at, digest, dumps_text(answer)))
+
+    def idempotency_since(self, created_at: float) -> list[tuple[str, str, float, str, Any]]:
+        rows = self.db.execute("SELECT routine, key, created_at, digest, answer FROM routine_idempotency "
+                               "WHERE created_at > ? ORDER BY created_at", (created_at,))
+        return [(r, k, at, d, loads(a)) for r, k, at, d, a in rows]
+
+    def prune_idempotency(self, before: float) -> None:
+        self.db.execute("DELETE FROM routine_idempotency WHERE created_at <= ?", (before,))
 
     # -- web logins -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ A new command is a module here plus its words in the table.
 from __future__ import annotations
 
 # In the order `bgctl --help` lists them.
-MODULES = ("daemon", "doctor", "sessions", "raw", "loops", "tasks", "schedule", "agents", "web")
+MODULES = ("daemon", "doctor", "sessions", "raw", "loops", "tasks", "routines", "schedule", "agents", "web")
 
 COMMANDS = {
     "daemon": "daemon",
@@ -20,6 +20,7 @@ COMMANDS = {
     "loop": "loops",
     "remind": "loops",
     "task": "tasks",
+    "routine": "routines",
     "schedule": "schedule",
     "agents": "agents",
     "web": "web",

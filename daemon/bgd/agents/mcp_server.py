@@ -1,9 +1,9 @@
 """The daemon's MCP tools (SPEC §5.4): a stdio MCP server each Claude session gets via --mcp-config.
 
-    python -m bgd.agents.mcp_server --session ID [--socket PATH]
+    python -m bgd.agents.mcp_server --session ID [--socket PATH] [--routine]
 
 It owns no state and no timers: every tool is one call to a daemon method (`loop.wakeup`,
-`loop.create`, `loop.list`, `loop.stop`, `task.edit`) over the daemon socket with the shared
+`loop.create`, `loop.list`, `loop.stop`, `task.edit`, `routine.report_outcome`) over the daemon socket with the shared
 codec, so the daemon is the one place loops live. It runs on the official `mcp` package (anyio);
 the socket calls are short and blocking, so they run in a worker thread.
 
@@ -34,6 +34,11 @@ every timer: use these tools instead of sleeping or any built-in scheduler.
   if that one does not reschedule either, the loop ends.
 - cron_create / cron_list / cron_delete manage this session's scheduled prompts (at most 50).
 - update_scheduled_task changes the desktop task that started this session (schedule or prompt)."""
+ROUTINE_INSTRUCTIONS = """
+- This session is an autonomous run of a routine: nobody is watching. When you are done, call
+  report_outcome once with status "done" (you did what was asked), "nothing_to_do", "failed" or
+  "needs_attention" (a person must look), a one-line summary, and links (pull requests, commits) if
+  any. A run that does not report shows as "unreported", never as a success."""
 
 
 # -- the daemon side ----------------------------------------------------------------
@@ -95,13 +100,14 @@ def _loop_line(loop: dict) -> str:
     return f"{loop['id']}  {loop['human']}  next: {when}  runs: {loop['runs']}  prompt: {prompt[:80]}"
 
 
-def build_server(session_id: str, link: DaemonLink):
-    """The MCPServer with the five tools, each bound to `session_id`."""
+def build_server(session_id: str, link: DaemonLink, routine: bool = False):
+    """The MCPServer with the five tools (six for a routine's run: report_outcome), each bound to `session_id`."""
     import anyio.to_thread
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 
-    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, log_level="WARNING")
+    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS + (ROUTINE_INSTRUCTIONS if routine else ""),
+                       log_level="WARNING")
 
     async def call(method: str, params: dict) -> Any:
         try:
@@ -159,6 +165,17 @@ def build_server(session_id: str, link: DaemonLink):
         await call("task.edit", params)
         return f"task {params['name']} updated"
 
+    if routine:
+        @server.tool(description="Report what this routine run achieved, once, at the end: status is "
+                                 "\"done\", \"failed\", \"nothing_to_do\" or \"needs_attention\"; summary is "
+                                 "one line; links are URLs of what it made (pull requests, commits).")
+        async def report_outcome(status: str, summary: str, links: list[str] | None = None) -> str:
+            params = {"session": session_id, "status": status, "summary": summary}
+            if links:
+                params["links"] = links
+            run = await call("routine.report_outcome", params)
+            return f"outcome of run {run['id']} recorded: {run['outcome']}"
+
     return server
 
 
@@ -166,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bgd.agents.mcp_server", description=__doc__.splitlines()[0])
     parser.add_argument("--session", required=True, help="the session these tools act for")
     parser.add_argument("--socket", help="daemon socket (default: $BGD_SOCKET)")
+    parser.add_argument("--routine", action="store_true", help="a routine's run: add the report_outcome tool")
     args = parser.parse_args(argv)
-    server = build_server(args.session, DaemonLink(str(paths.socket_path(args.socket))))
+    server = build_server(args.session, DaemonLink(str(paths.socket_path(args.socket))), routine=args.routine)
     server.run("stdio")
     return 0
 

@@ -64,6 +64,14 @@ class SessionManager:
         self.on_permission: list[Callable[[Session, dict], bool]] = []
         self.on_always: list[Callable[[Session, str], None]] = []    # (session, tool name) after approve --always
         self.mcp_config_for: Callable[[Session], str | None] = lambda s: None
+        # More environment and agent arguments at each start of a session's agent (routines: their
+        # run's variables and env_file, kept in memory only; args_for also gets the backend's name,
+        # since arguments are a backend's own), and what hides secrets in everything a session
+        # keeps (its transcript, last message, error): session id -> mask(value). A masked session's
+        # requests are answered by a hook (routines), so none waits in `pending` unmasked.
+        self.env_for: list[Callable[[Session], dict[str, str]]] = []
+        self.args_for: list[Callable[[Session, str], list[str]]] = []
+        self.masks: dict[str, Callable[[Any], Any]] = {}
 
     # -- loading ----------------------------------------------------------------
 
@@ -105,7 +113,8 @@ class SessionManager:
     async def dispatch(self, prompt: str, cwd: str, *, agent: str | None = None, name: str | None = None,
                        permission_mode: str | None = None, model: str | None = None,
                        origin: str = "dispatch", env: dict | None = None,
-                       always_allow: list[str] | None = None, start: bool = True) -> Session:
+                       always_allow: list[str] | None = None, start: bool = True,
+                       prepare: Callable[[Session], None] | None = None) -> Session:
         config = self.config()
         if not isinstance(prompt, str) or not prompt.strip():
             raise RpcError(INVALID_PARAMS, "prompt must be a non-empty string")
@@ -126,6 +135,8 @@ class SessionManager:
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
                           always_allow=list(always_allow or []), state="working" if start else "completed")
+        if prepare is not None:  # e.g. a routine's run learns its session (and its mask) before it starts
+            prepare(session)
         self.sessions[session.id] = session
         self.transcript_len[session.id] = 0
         self.store.save_session(session.id, session.to_record())
@@ -175,6 +186,10 @@ class SessionManager:
         env.update(agent_cfg.env)
         env.update(session.env)
         env.update(launch.env)
+        for hook in self.env_for:
+            env.update(hook(session))
+        for hook in self.args_for:
+            launch.argv += hook(session, agent_cfg.backend)
         env["BGD_SESSION_ID"] = session.id
         binary = launch.argv[0]
         if shutil.which(binary, path=env.get("PATH")) is None:
@@ -225,8 +240,18 @@ class SessionManager:
         session.waiting_for = pending.get("kind", "permission")
         self._changed(session)
 
-    async def _answer_quietly(self, run: Run, pending: dict) -> None:
-        await run.driver.answer(pending, "allow", always=False, message=None, answer=None)
+    async def _answer_quietly(self, run: Run, pending: dict, answer: str | None = None) -> None:
+        await run.driver.answer(pending, "allow", always=False, message=None, answer=answer)
+
+    def auto_answer(self, session: Session, pending: dict, *, answer: str | None = None, why: str = "auto") -> None:
+        """Allow a request at once with nobody asked (an autonomous run); `answer` answers a
+        question. For an `on_permission` hook, which then returns True."""
+        run = self.runs.get(session.id)
+        if run is None:
+            return
+        self.nursery.start_soon(self._answer_quietly, run, pending, answer)
+        self._record(session, "control", {"decision": "allow", "tool_name": pending["tool_name"],
+                                          "request_id": pending["request_id"], "rule": why, "answer": answer})
 
     def _withdraw(self, session: Session, request_id: str) -> None:
         if session.pending and session.pending.get("request_id") == request_id:
@@ -244,6 +269,9 @@ class SessionManager:
             session.turns += turns
         session.pending = None
         session.waiting_for = None
+        mask = self.masks.get(session.id)
+        if mask is not None:
+            text, error = mask(text), mask(error)
         if text:
             session.last_message = one_line(text)
         if run.stopping:
@@ -399,6 +427,9 @@ class SessionManager:
             self._stop_run(run)
 
     def _set_failed(self, session: Session, error: str) -> None:
+        mask = self.masks.get(session.id)
+        if mask is not None:
+            error = mask(error)
         session.state = "failed"
         session.error = error
         session.waiting_for = None
@@ -433,6 +464,9 @@ class SessionManager:
         return self._counts.copy()
 
     def _record(self, session: Session, kind: str, data: Any) -> None:
+        mask = self.masks.get(session.id)
+        if mask is not None:
+            data = mask(data)
         n = self.transcript_len.get(session.id, 0)
         self.transcript_len[session.id] = n + 1
         ts = clock.now_iso()

@@ -52,6 +52,7 @@ class Session:
     loop_runs: int = 0
     env: dict[str, str] = field(default_factory=dict)
     usage: dict | None = None       # token counts summed over turns, when the agent reports them
+    outcome: str | None = None      # a routine run's outcome (SPEC §8); None for other sessions
 
     # Bumped whenever any session's state is set (its creation included), so
     # SessionManager.state_counts can keep its tally until something changes.
@@ -64,7 +65,7 @@ class Session:
 
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "usage")
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "usage", "outcome")
 
     def to_json(self) -> dict:
         data = {key: getattr(self, key) for key in self.PUBLIC}

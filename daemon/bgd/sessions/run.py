@@ -40,7 +40,8 @@ class Run:
 
     def assistant(self, text: str) -> None:
         if self.current and text:
-            self.session.last_message = text
+            mask = self.manager.masks.get(self.session.id)
+            self.session.last_message = text if mask is None else mask(text)
             self.manager._touched(self.session)
 
     def ask(self, pending: dict) -> None:

@@ -30,7 +30,7 @@ from bgcore.jsonrpc import (BAD_SCHEDULE, CONFLICT, INVALID_PARAMS, NOT_FOUND, T
 from bgcore.schedule import ScheduleError, jitter_seconds, parse_schedule
 
 from bgd import clock
-from bgd.tasks.scheduler import Fire, Queued, RunGate, Scheduler, Skip, Skipped, Start, Stop
+from bgcore.scheduler import Fire, Queued, RunGate, Scheduler, Skip, Skipped, Start, Stop
 from bgcore.tasks_file import (FIELDS, Task, TaskFileError, add_task_text, edit_task_text, find_section, has_task,
                          load_tasks, remove_task_text, validate_name)
 

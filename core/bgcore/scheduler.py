@@ -1,4 +1,5 @@
-"""When desktop tasks fire, and whether a fire may start a run now (SPEC §7). Pure: no trio, no I/O.
+"""When desktop tasks (SPEC §7) and routines' schedule triggers (§8) fire, and whether a fire may
+start a run now. Pure: no trio, no I/O. ("task" below is whatever the caller schedules by name.)
 
 `Scheduler` keeps a heap of (when, task) and answers two questions, as aioquic's timer does:
 `next_deadline()` (when the shell must wake next) and `due(now)` (what fires or is skipped now). It
