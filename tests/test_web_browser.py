@@ -346,3 +346,38 @@ def test_an_acp_agents_transcript(bgd, browser):
     expect(page.locator("#transcript details.tool summary").first).to_contain_text("Clear")
     expect(page.locator("#transcript")).to_contain_text("allowed Clear")
     assert not browser.errors
+
+
+def test_routine_runs_show_status_and_outcome(bgd, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from routine_helpers import make_remote, wait_run
+
+    remote = make_remote(tmp_path)
+    report = ('mcp mcp__bgagents__report_outcome {"status": "needs_attention", "summary": "tests fail on main"}; '
+              "say reported")
+    (bgd.config_dir / "routines.toml").write_text(
+        f'[routines.reporter]\nprompt = "{report.replace(chr(34), chr(92) + chr(34))}"\nrepos = ["{remote}"]\n'
+        '[[routines.reporter.triggers]]\nschedule = "daily at 03:00"\n'
+        f'[routines.quiet]\nprompt = "say nothing to report"\nrepos = ["{remote}"]\n'
+        '[[routines.quiet.triggers]]\napi = true\n')
+    start_web_daemon(bgd, extra="[routines]\nstagger = false\n")
+    runs = {name: bgd.rpc("routine.run", {"name": name}) for name in ("reporter", "quiet")}
+    reported = wait_run(bgd, runs["reporter"]["id"], lambda r: r["outcome"] != "unreported" and r["status"] == "finished")
+    quiet = wait_run(bgd, runs["quiet"]["id"])
+    page = browser.page
+    page.goto(login_url(bgd))
+    row = page.locator(f"#row-{reported['session_id']}")
+    expect(row.locator(".runline")).to_contain_text("finished")
+    expect(row.locator(".runline .oc")).to_have_text("needs_attention")
+    expect(row.locator(".runline")).to_contain_text("tests fail on main")
+    expect(page.locator(f"#row-{quiet['session_id']} .runline .oc")).to_have_text("unreported")
+    page.goto(reported["session_url"])                     # what a routine's fire answers with
+    expect(page.locator("#session-head .runline")).to_contain_text("needs_attention")
+    page.goto(page.url.split("/s/")[0] + "/routines")
+    expect(page.locator("#routine-reporter")).to_contain_text("schedule at 03:00 every day")
+    expect(page.locator("#routine-reporter")).to_contain_text("next fire")
+    expect(page.locator("#routine-quiet")).to_contain_text("API")
+    expect(page.locator("table.runs").first).to_contain_text("needs_attention")
+    expect(page.locator("table.runs").first).to_contain_text("tests fail on main")
+    assert not browser.errors
