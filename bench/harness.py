@@ -29,7 +29,7 @@ TERMINAL = ("completed", "failed", "stopped")
 class Daemon:
     """One bgd process with its own socket, config and state dirs under /tmp."""
 
-    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = ""):
+    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = "", web: bool = False):
         # /tmp, not a deep pytest-style path: Unix socket paths are short.
         self.base = Path(tempfile.mkdtemp(prefix=f"bgbench-{name}-", dir="/tmp"))
         self.socket = self.base / "bgd.sock"
@@ -40,7 +40,9 @@ class Daemon:
             d.mkdir()
         (self.config_dir / "config.toml").write_text(
             f"stop_grace_s = 1\nidle_timeout_s = {idle_timeout_s}\n"
-            f"[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_CLAUDE))}]\n"
+            # The web page (and its TCP listener) only where a benchmark measures it.
+            + ("" if web else "[web]\nenabled = false\n")
+            + f"[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_CLAUDE))}]\n"
             f'[agents.acp]\nbackend = "acp"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_ACP))}]\n'
             + extra_config)
         self.env = dict(os.environ, BGD_SOCKET=str(self.socket), BGD_CONFIG_DIR=str(self.config_dir),

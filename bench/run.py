@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,cluster] [--quick]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,web_dom,cluster] [--quick]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -33,6 +33,7 @@ import bench_rpc  # noqa: E402
 import bench_rss  # noqa: E402
 import bench_schedule  # noqa: E402
 import bench_tasks  # noqa: E402
+import bench_web  # noqa: E402
 
 BENCHMARKS = {
     "cli": (bench_cli.run, {}, {"rounds": 10}),
@@ -44,6 +45,9 @@ BENCHMARKS = {
     "editor": (bench_editor.run, {}, {"changes": 5}),
     "schedule": (bench_schedule.run, {}, {"count": 3000}),
     "http": (bench_http.run, {}, {"seconds": 2.0, "rounds": 2}),
+    "web_render": (bench_web.run_render, {}, {"sessions": 200, "requests": 10}),
+    "web_dom": (bench_web.run_dom, {}, {"sessions": 20, "lines": 10, "pages": 3}),
+    "web_idle": (bench_web.run_idle, {}, {"idle_s": 10.0, "sessions": 5}),
     "cluster": (bench_cluster.run, {}, {"sessions": 12, "lines": 20, "victims": 2}),
 }
 

@@ -88,6 +88,7 @@ class Config:
     loop_jitter: bool = True
     task_jitter: bool = True
     max_concurrent_runs: int = 4
+    web_enabled: bool = True
     keep_worktrees_days: float = 7.0
     http: HttpConfig = field(default_factory=HttpConfig)
     routines: RoutinesConfig = field(default_factory=RoutinesConfig)
@@ -127,6 +128,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "agents": dict,
     "loops": dict,
     "scheduler": dict,
+    "web": dict,
     "tasks": dict,
     "http": dict,
     "routines": dict,
@@ -222,6 +224,13 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     max_runs = scheduler.get("max_concurrent_runs", 4)
     if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
         raise ConfigError(f"{where('max_concurrent_runs')}: scheduler.max_concurrent_runs must be a positive integer")
+    web = raw.get("web", {})
+    for key in web:
+        if key != "enabled":
+            warnings.append(f"{where(key)}: unknown key {key!r} in [web] (it has only 'enabled')")
+    web_enabled = web.get("enabled", True)
+    if not isinstance(web_enabled, bool):
+        raise ConfigError(f"{where('enabled')}: web.enabled must be true or false")
     tasks = raw.get("tasks", {})
     keep_days = tasks.get("keep_worktrees_days", 7)
     if not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool) or keep_days < 0:
@@ -240,6 +249,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         loop_jitter=bool(loops.get("jitter", True)),
         task_jitter=bool(scheduler.get("jitter", True)),
         max_concurrent_runs=max_runs,
+        web_enabled=web_enabled,
         keep_worktrees_days=float(keep_days),
         http=http,
         routines=routines,

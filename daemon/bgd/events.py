@@ -37,6 +37,11 @@ def event_frame(event: dict, body: bytes | None = None) -> bytes:
     return _FRAME_HEAD + (fastjson.dumps(event) if body is None else body) + b"}\n"
 
 
+def frame_event(frame: bytes) -> dict:
+    """The event inside a frame `event_frame` made (for in-process subscribers such as the web page)."""
+    return fastjson.loads(frame[len(_FRAME_HEAD):-2])
+
+
 class Subscriber:
     """A subscriber's filter and queue; the queue holds encoded notification frames."""
 

@@ -103,7 +103,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (routine, key)
     );
     """,
-    # 3 -> 4: cluster runs (SPEC §14): each run's applied record offset, the log segment each
+    # 3 -> 4: the web page's logins (the SHA-256 of each login cookie, never the cookie).
+    """
+    CREATE TABLE web_logins (
+        token_hash TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        used_at TEXT NOT NULL
+    );
+    """,
+    # 4 -> 5: cluster runs (SPEC §14): each run's applied record offset, the log segment each
     # worker's log is read from, and this daemon's owner name.
     """
     CREATE TABLE cluster_runs (
@@ -411,6 +419,26 @@ class Store:
 
     def prune_idempotency(self, before: float) -> None:
         self.db.execute("DELETE FROM routine_idempotency WHERE created_at <= ?", (before,))
+
+    # -- web logins -------------------------------------------------------------
+
+    def add_web_login(self, token_hash: str, created_at: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO web_logins (token_hash, created_at, used_at) VALUES (?, ?, ?)",
+                        (token_hash, created_at, created_at))
+
+    def touch_web_login(self, token_hash: str, used_at: str) -> None:
+        self.db.execute("UPDATE web_logins SET used_at = ? WHERE token_hash = ?", (used_at, token_hash))
+
+    def web_logins(self) -> dict[str, str]:
+        """Every login's hash and when it was last used."""
+        return dict(self.db.execute("SELECT token_hash, used_at FROM web_logins"))
+
+    def delete_web_logins(self, token_hashes: list[str] | None = None) -> int:
+        """Delete the given logins, or all of them; returns how many went."""
+        if token_hashes is None:
+            return self.db.execute("DELETE FROM web_logins").rowcount
+        return sum(self.db.execute("DELETE FROM web_logins WHERE token_hash = ?", (h,)).rowcount
+                   for h in token_hashes)
 
     def transaction(self) -> "_Transaction":
         """One commit for the writes inside; inside another transaction it joins that one."""
