@@ -136,7 +136,14 @@ def _owner(bgd, cluster, heartbeat_s: float = HEARTBEAT_S):
 
 @pytest.fixture
 def owner(bgd, cluster):
-    return _owner(bgd, cluster)
+    yield _owner(bgd, cluster)
+    # Cluster runs outlive their daemon: stop this test's, so they hold no worker's slot afterwards.
+    try:
+        for session in bgd.rpc("session.list", {"all": True}):
+            if session["where"] == "cluster" and session["state"] in ("working", "needs_input", "completed"):
+                bgd.rpc("session.stop", {"id": session["id"]})
+    except Exception:
+        pass
 
 
 def dispatch(bgd, prompt: str, **params) -> dict:
