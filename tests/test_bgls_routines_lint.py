@@ -268,7 +268,7 @@ def test_hover_on_events_filters_operators_and_fields():
 def test_completion_of_field_names_by_table():
     text = HEAD + '\n[routines.r.environment]\n\n[routines.r.connectors]\n\n[[routines.r.triggers]]\n\n'
     main = complete(text, 3)
-    assert set(main) == {"description", "agent", "model", "push", "timeout", "overlap", "enabled", "timezone"}
+    assert set(main) == {"description", "agent", "model", "push", "timeout", "overlap", "enabled", "timezone", "where"}
     assert main["timeout"].insert_text == 'timeout = "4h"'
     assert set(complete(text, 5)) == {"env_file", "network"}  # setup is not available in this version
     assert set(complete(text, 7)) == {"mcp_config"}

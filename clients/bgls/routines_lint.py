@@ -51,6 +51,7 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
               "remote's default branch).", '[""]'),
     "agent": ("The agent to run (from config.toml), e.g. `claude`.", '""'),
     "model": ("The model to ask the agent for, e.g. `sonnet`.", '""'),
+    "where": ("Where runs go: `local` (default) or `cluster` (the workers of config.toml's [cluster]).", '"local"'),
     "push": ("The branch patterns a run may push (default `[\"claude/*\"]`): the clone's hooks refuse other "
              "pushes, and a push outside them is flagged in the run record.", '["claude/*"]'),
     "timeout": ("How long a run may take: `\"4h\"` (the default), `\"30m\"`, `\"90s\"` or seconds; at most 7 days.",

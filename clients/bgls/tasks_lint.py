@@ -72,6 +72,8 @@ FIELDS: dict[str, FieldSpec] = {
     "overlap": FieldSpec(str, "What to do when a run is due while the last one still runs "
                               "(default `skip`).", OVERLAPS),
     "timezone": FieldSpec(str, "The IANA zone the schedule's times are in (default: local)."),
+    "where": FieldSpec(str, "Where runs go: `local` (default) or `cluster` (the workers of config.toml's "
+                            "[cluster]).", ("local", "cluster")),
 }
 REQUIRED = ("cwd", "schedule")
 
@@ -111,6 +113,8 @@ FIELDS: dict[str, FieldSpec] = {
     "overlap": FieldSpec(str, "What to do when a run is due while the last one still runs "
                               "(default `skip`).", OVERLAPS),
     "timezone": FieldSpec(str, "The IANA zone the schedule's times are in (default: local)."),
+    "where": FieldSpec(str, "Where runs go: `local` (default) or `cluster` (the workers of config.toml's "
+                            "[cluster]).", ("local", "cluster")),
 }
 REQUIRED = ("cwd", "schedule")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..main import ExitStatus
+from ..cli_common import ExitStatus
 
 
 def register(sub, add_common) -> None:
