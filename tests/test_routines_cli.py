@@ -140,7 +140,7 @@ def test_run_token_runs_and_json(cli):
     assert runs[0]["id"] == run_id and runs[0]["trigger"] == "manual"
     table = bgd.ctl("routine", "runs", "nightly").stdout
     assert table.splitlines()[0].split() == ["RUN", "ROUTINE", "TRIGGER", "WHEN", "STATUS", "OUTCOME", "SESSION",
-                                             "PUSHED"]
+                                             "PREPARED", "BLOCKED", "PUSHED"]
     assert bgd.ctl("routine", "deliveries").stdout.strip() == "no GitHub delivery yet"
     assert json.loads(bgd.ctl("--json", "routine", "ls").stdout)["routines"][0]["name"] == "nightly"
 

@@ -5,7 +5,7 @@ A *confined* sandbox (network policy other than "full"):
   program) listening on 127.0.0.1:PROXY_PORT and forwarding to the filtering proxy's Unix socket,
   bound in at PROXY_SOCKET; the program gets HTTP_PROXY and friends pointing there;
 - the whole file system read-only, with a private /tmp (a directory of the run), the workspace
-  read-write, and hidden behind empty directories (or /dev/null for files): bgd's state dir (every
+  read-write, and hidden behind empty directories (or an empty file): bgd's state dir (every
   run's workspace, the setup caches, the database), its config dir (env files, secrets), the
   user's runtime dir (agent sockets, bgd's own socket) and the credential files of
   bgcore.confinement.CREDENTIAL_PATHS, except what the routine grants (read-only) and the
@@ -45,6 +45,7 @@ class Sandbox:
     daemon_socket: str | None = None                             # host path of the run's daemon socket
     proxy_port: int = 3128
     chdir: str | None = None
+    empty: str = "/dev/null"                                     # an empty file, put over hidden files
 
 
 def _under(path: str, parent: str) -> bool:
@@ -63,7 +64,7 @@ def bwrap_argv(sandbox: Sandbox, command: list[str]) -> list[str]:
         for path, is_dir in s.hidden:
             if s.tmp is not None and _under(path, INSIDE_TMP):
                 continue  # the private /tmp already hides it
-            argv += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
+            argv += ["--tmpfs", path] if is_dir else ["--ro-bind", s.empty, path]
         for path in s.readable:
             argv += ["--ro-bind", path, path]
         for path in s.writable:

@@ -216,7 +216,7 @@ class Environments:
             proxy = await self._start_proxy(env, "setup", allowed_names(routine.network))
             try:
                 sandbox = Sandbox(settings.bwrap, confined=True, binds=[(str(template), str(template))], tmp=str(tmp),
-                                  hidden=self._hidden(), readable=list(env.grant),
+                                  hidden=self._hidden(), readable=list(env.grant), empty=self._empty_file(),
                                   proxy_socket=str(proxy.socket_path), proxy_port=settings.proxy_port, chdir=str(first))
                 argv = bwrap_argv(sandbox, [*bash, "/tmp/.bgagents-setup.sh"])
                 return await run_script(argv, cwd=str(first), env=process_env, timeout_s=timeout, on_line=on_line,
@@ -271,6 +271,15 @@ class Environments:
             if os.path.lexists(path) and not any(path == p for p, _ in out):
                 out.append((path, os.path.isdir(path) and not os.path.islink(path)))
         return out
+
+    def _empty_file(self) -> str:
+        """An empty, read-only file to put over hidden files (a device node such as /dev/null would
+        read as "permission denied" there: bubblewrap's mounts are nodev)."""
+        path = self.socket_path.parent / "env-empty"
+        if not path.is_file() or path.stat().st_size:
+            path.write_bytes(b"")
+            path.chmod(0o444)
+        return str(path)
 
     @staticmethod
     def _strip_sockets(env: dict[str, str]) -> None:
@@ -352,7 +361,7 @@ class Environments:
                                                              agent.state_paths if agent else (), home)
                     if os.path.exists(p)]
         sandbox = Sandbox(settings.bwrap, confined=True, binds=binds, tmp=str(tmp), hidden=self._hidden(),
-                          readable=list(run.grant), writable=writable, proxy_socket=str(proxy.socket_path),
+                          readable=list(run.grant), writable=writable, empty=self._empty_file(), proxy_socket=str(proxy.socket_path),
                           daemon_socket=str(proxy.directory / "daemon.sock") if scope is not None else None,
                           proxy_port=settings.proxy_port, chdir=inside)
         self._strip_sockets(env)

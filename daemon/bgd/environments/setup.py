@@ -71,6 +71,7 @@ class ScriptResult:
     output: str
     duration_s: float
     timed_out: bool = False
+    limit_s: float = 0.0        # the time limit it ran under
 
 
 @dataclass
@@ -150,7 +151,7 @@ async def run_script(argv: list[str], *, cwd: str, env: dict[str, str], timeout_
     code = None if timed_out else proc.returncode
     if code is not None and code < 0:
         code = 128 - code  # killed by a signal: as a shell reports it
-    return ScriptResult(code, "\n".join(tail), time.monotonic() - started, timed_out)
+    return ScriptResult(code, "\n".join(tail), time.monotonic() - started, timed_out, timeout_s)
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -245,7 +246,7 @@ class SetupCache:
         lines = setup_cache.last_lines(output, TAIL_LINES)
         if result.timed_out or result.exit_code != 0:
             if result.timed_out:
-                error = f"the setup script did not finish within {_minutes(result.duration_s)}; it was stopped"
+                error = f"the setup script did not finish within {_minutes(result.limit_s)}; it was stopped"
             else:
                 error = f"the setup script exited with code {result.exit_code}"
             if lines:
@@ -263,7 +264,8 @@ def _minutes(seconds: float) -> str:
     if seconds >= 60:
         minutes = round(seconds / 60)
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
-    return f"{seconds:.0f} seconds"
+    whole = max(1, round(seconds))
+    return f"{whole} second{'s' if whole != 1 else ''}"
 
 
 def _empty(path: Path) -> None:
