@@ -20,7 +20,7 @@ import trio
 from bgcore.confinement import probe, probe_argv
 from bgd.environments.proxy import FilteringProxy, ProxyError
 from bgd.environments.sandbox import Sandbox, bwrap_argv, proxy_env
-from bgd.environments.setup import check_syntax, copy_workspace, run_script
+from bgd.environments.setup import check_syntax, copy_workspace, make_template, run_script
 from env_helpers import Servers, hosts_file, named_prefix, need_confinement, need_names, servers  # noqa: F401
 from routine_helpers import git, make_remote
 
@@ -232,7 +232,7 @@ async def test_a_copy_shares_only_immutable_objects_and_is_brought_up_to_date(tm
     from bgd.routines.workspace import Clone, prepare
     remote = make_remote(tmp_path)
     template = tmp_path / "template"
-    clones = await prepare(template, (Repo(str(remote)),), ("claude/*",))
+    clones = await make_template(template, (Repo(str(remote)),), ("claude/*",), prepare)
     (template / "app" / "node_modules").mkdir()
     (template / "app" / "node_modules" / "dep.js").write_text("made by the setup")
     (template / "app" / "README.md").write_text("changed by the setup\n")
@@ -247,7 +247,8 @@ async def test_a_copy_shares_only_immutable_objects_and_is_brought_up_to_date(tm
     assert copied[0].commit == git("rev-parse", "main", cwd=remote) != clones[0].commit
     assert (app / "NEW.md").exists() and (app / "README.md").read_text() == "# app\n"   # reset to the fresh ref
     assert (app / "node_modules" / "dep.js").read_text() == "made by the setup"          # the setup's work kept
-    assert git("config", "core.hooksPath", cwd=app) == str(run / ".bgagents-hooks")
+    assert git("config", "core.hooksPath", cwd=app) == "../.bgagents-hooks"
+    assert git("rev-parse", "--git-path", "hooks", cwd=app) == "../.bgagents-hooks"
     assert "fix/*" in (run / ".bgagents-hooks" / "pre-push").read_text()
     assert git("status", "--porcelain", cwd=app) == "?? node_modules/"
     objects = [p for p in (template / "app" / ".git" / "objects").rglob("*") if p.is_file()]

@@ -81,6 +81,14 @@ def test_a_setup_runs_once_for_two_runs_and_again_when_it_changes(bgd, tmp_path)
     third = run(bgd, "build")
     assert (third["cache"], third["cache_reason"]) == ("hit", "the cached setup is current")
     assert count.read_text() == "run\n"
+    # The copy's branch guard is this run's: a push to main is refused and recorded.
+    guard = bgd.rpc("session.reply", {"id": third["session_id"], "text": "sh git -c user.name=T -c user.email=t@x commit -q --allow-empty -m x && "
+                                                              "git push origin HEAD:main; say pushed"})
+    assert guard is not None
+    bgd.wait_state(third["session_id"], "completed")
+    assert said(bgd, third["session_id"])[-2].startswith("sh exit 1: bgagents: this run may push only to claude/*")
+    log = (bgd.state_dir / "runs" / third["id"] / "app" / ".git" / "bgagents-pushes.log").read_text()
+    assert log.startswith("refused origin refs/heads/main")
 
     path = bgd.config_dir / "routines.toml"
     path.write_text(path.read_text().replace("mkdir -p .venv", "mkdir -p  .venv"))

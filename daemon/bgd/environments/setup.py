@@ -236,7 +236,7 @@ class SetupCache:
         # A build that fails half-way must never be taken for a good one.
         self.write_meta(routine, setup_cache.meta_for(key, **meta_args, ok=False, built_at=started, duration_s=0,
                                                       exit_code=None, error="being built"))
-        await prepare_workspace(template, repos, push, exist_ok=True)
+        await make_template(template, repos, push, prepare_workspace)
         try:
             result = await build(template, tmp)
         finally:
@@ -282,6 +282,17 @@ def _empty(path: Path) -> None:
                 pass
 
 
+async def make_template(template: Path, repos: tuple, push: tuple[str, ...],
+                        prepare_workspace: Callable[..., Awaitable[list]]) -> list:
+    """Clone the routine's repositories into the (empty) template, as a run's workspace."""
+    clones = await prepare_workspace(template, repos, push, exist_ok=True)
+    for repo in repos:
+        # Relative, so every copy finds its own run's hooks (git runs hooks from the top of the
+        # working tree) with no `git config` per run.
+        await _git(template / clone_name(repo.url), "config", "core.hooksPath", f"../{HOOKS_DIR}")
+    return clones
+
+
 async def copy_workspace(template: Path, run_dir: Path, repos: tuple, push: tuple[str, ...],
                          make_clone: Callable[..., Any]) -> list:
     """Make `run_dir` a copy of `template`, then bring every clone to its fresh ref and give it this
@@ -297,7 +308,7 @@ async def copy_workspace(template: Path, run_dir: Path, repos: tuple, push: tupl
     clones = []
     for repo in repos:
         path = run_dir / clone_name(repo.url)
-        commit = await refresh(path, repo.ref, hooks)
+        commit = await refresh(path, repo.ref)
         clones.append(make_clone(repo, path, commit))
     return clones
 
@@ -318,7 +329,7 @@ def _copy_clone(src: Path, dst: Path) -> None:
     dst.mkdir()
     _cp([e.path for e in os.scandir(src) if e.name != ".git"], dst)
     (dst / ".git").mkdir()
-    _cp([e.path for e in os.scandir(src / ".git") if e.name != "objects"], dst / ".git")
+    _cp([e.path for e in os.scandir(src / ".git") if e.name not in ("objects", "hooks")], dst / ".git")
     objects = src / ".git" / "objects"
     if objects.is_dir():
         result = subprocess.run(["cp", "-al", str(objects), str(dst / ".git" / "objects")], capture_output=True)
@@ -360,23 +371,30 @@ async def _git(path: Path, *args: str, check: bool = True) -> tuple[int, str, st
     return result.returncode, out, err
 
 
-async def refresh(path: Path, ref: str | None, hooks: Path) -> str | None:
+async def refresh(path: Path, ref: str | None) -> str | None:
     """Fetch the clone's remote and reset it to `ref` (None: the branch the template checked out,
-    the remote's default); point it at this run's hooks; its HEAD commit."""
-    await _git(path, "config", "core.hooksPath", str(hooks))
+    the remote's default; a branch of the remote; else a tag or commit, detached); its HEAD commit.
+    Three git processes: a run's preparation is mostly these and the copy."""
     await _git(path, "fetch", "--quiet", "--prune", "--tags", "--force", "origin")
-    if ref is None:
-        code, branch, _ = await _git(path, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
-        if code != 0:
-            return await _head(path)  # an empty repository
-        await _git(path, "checkout", "--quiet", "--force", "-B", branch, f"refs/remotes/origin/{branch}")
-    else:
-        code, _, _ = await _git(path, "rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{ref}", check=False)
-        if code == 0:
-            await _git(path, "checkout", "--quiet", "--force", "-B", ref, f"refs/remotes/origin/{ref}")
-        else:
-            await _git(path, "checkout", "--quiet", "--force", "--detach", ref)
+    branch = ref if ref is not None else _current_branch(path)
+    if branch is None:
+        return await _head(path)  # an empty repository (or a detached template): nothing to move
+    code, _, _ = await _git(path, "checkout", "--quiet", "--force", "-B", branch, f"refs/remotes/origin/{branch}",
+                            check=False)
+    if code != 0:
+        if ref is None:
+            raise RefreshFailed(f"the remote no longer has the branch {branch!r} the cached setup was made from; "
+                                "rebuild it (bgctl routine run NAME --rebuild)")
+        await _git(path, "checkout", "--quiet", "--force", "--detach", ref)
     return await _head(path)
+
+
+def _current_branch(path: Path) -> str | None:
+    try:
+        head = (path / ".git" / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    return head.removeprefix("ref: refs/heads/") if head.startswith("ref: refs/heads/") else None
 
 
 async def _head(path: Path) -> str | None:
