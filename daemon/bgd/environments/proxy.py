@@ -34,7 +34,6 @@ START_TIMEOUT_S = 10.0
 BIND_ATTEMPTS = 3
 _REFUSED_RE = re.compile(r'Proxying refused on filtered (?:domain|url) "([^"]*)"')
 _BIND_FAILED = "Could not create listening sockets"
-_READY = "Starting main loop. Accepting connections."
 
 
 class ProxyError(Exception):
@@ -79,7 +78,7 @@ def tinyproxy_conf(port: int, filter_path: Path, error_page: Path) -> str:
         "Allow 127.0.0.1",
         "Timeout 600",
         "MaxClients 100",
-        "LogLevel Info",      # its "Accepting connections" line says it listens
+        "LogLevel Notice",     # refusals and errors only: every line is read by bgd
         f'Filter "{filter_path}"',
         "FilterType ere",
         "FilterDefaultDeny Yes",
@@ -94,6 +93,48 @@ def blocked_host(line: str) -> str | None:
     """The host a tinyproxy log line says it refused, or None."""
     match = _REFUSED_RE.search(line)
     return match.group(1).lower() if match else None
+
+
+def listens(pgid: int, port: int) -> bool:
+    """Whether a process of group `pgid` (the proxy, or the wrapper that runs it) listens on
+    127.0.0.1:port: the socket's inode in /proc/net/tcp is among that group's open files."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = set()
+    try:
+        with open("/proc/net/tcp") as table:
+            next(table)
+            for row in table:
+                fields = row.split()
+                if fields[1] == wanted and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    except OSError:
+        return False
+    if not inodes:
+        return False
+    return _owns(pgid, inodes) or any(_owns(pid, inodes) for pid in _members(pgid))
+
+
+def _owns(pid: int, inodes: set[str]) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def _members(pgid: int) -> list[int]:
+    """The other pids of process group `pgid` (a wrapper's children)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
 
 
 def free_port() -> int:
@@ -123,7 +164,6 @@ class FilteringProxy:
         self.output: list[str] = []           # tinyproxy's last lines, for an error message
         self._tinyproxy: trio.Process | None = None
         self._socat: trio.Process | None = None
-        self._listening = trio.Event()
         self.on_close: Callable[[], None] | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -161,7 +201,6 @@ class FilteringProxy:
         conf = self.directory / "tinyproxy.conf"
         conf.write_text(tinyproxy_conf(port, self.directory / "filter", self.directory / "refused.html"))
         self.output = []
-        self._listening = trio.Event()
         try:
             proc = await trio.lowlevel.open_process([*self.command, "-d", "-c", str(conf)],
                                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -175,11 +214,12 @@ class FilteringProxy:
         async def wait_exit() -> None:
             await proc.wait()
             exited.set()
-            self._listening.set()
 
         nursery.start_soon(wait_exit)
         with trio.move_on_after(START_TIMEOUT_S):
-            await self._listening.wait()
+            # Listening means its own socket is there: another program on the port does not count.
+            while not exited.is_set() and not listens(proc.pid, port):
+                await trio.sleep(0.005)
             if not exited.is_set():
                 return None
             await trio.sleep(0.05)  # its last lines
@@ -196,8 +236,6 @@ class FilteringProxy:
             for raw in lines:
                 line = raw.decode("utf-8", "replace")
                 self.output = (self.output + [line])[-20:]
-                if _READY in line:
-                    self._listening.set()
                 host = blocked_host(line)
                 if host is not None:
                     self.blocked[host] += 1
@@ -210,7 +248,7 @@ class FilteringProxy:
         except FileNotFoundError:
             pass
         argv = [self.socat, f"UNIX-LISTEN:{self.socket_path},fork,mode=600,unlink-early",
-                f"TCP:127.0.0.1:{self.port}"]
+                f"TCP:127.0.0.1:{self.port},nodelay"]
         try:
             self._socat = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
                                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -94,7 +94,7 @@ def _bridge_script(port: int) -> str:
     # listens (its LISTEN line in /proc/net/tcp), so its first request never finds nothing there.
     listen = f":{port:04X} 00000000:0000 0A"
     tries = BRIDGE_WAIT_S * 100
-    return (f"socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{PROXY_SOCKET} & "
+    return (f"socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay UNIX-CONNECT:{PROXY_SOCKET} & "
             f"i=0; until grep -q '{listen}' /proc/net/tcp; do i=$((i+1)); "
             f"if [ $i -gt {tries} ]; then echo 'bgagents: the proxy bridge did not start' >&2; break; fi; "
             f"sleep 0.01; done; exec \"$@\"")
