@@ -210,7 +210,8 @@ def test_a_routine_asking_for_confinement_is_refused_where_there_is_none(bgd, tm
 def test_a_confined_run_sees_its_workspace_and_not_the_rest(tmp_path):
     need_confinement()
     base = Path(tempfile.mkdtemp(prefix="bgagents-e2e-", dir="/var/tmp"))   # outside /tmp: hidden by the list
-    sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
+    sock_dir = base / "run"
+    sock_dir.mkdir()
     bgd = Bgd(base, sock_dir)
     home = base / "home"
     (home / ".ssh").mkdir(parents=True)
@@ -219,13 +220,16 @@ def test_a_confined_run_sees_its_workspace_and_not_the_rest(tmp_path):
     remote = make_remote(tmp_path)
     prompt = ("sh ls {state}/runs | wc -l; sh cat {home}/.ssh/id_ed25519; sh cat {home}/.netrc | wc -c; "
               "sh cat {config}/routines.toml; sh touch {home}/new 2>&1 | grep -c Read-only; "
-              "sh echo w > made.txt && cat made.txt; sh test -e {sock} && echo visible || echo hidden; "
+              "sh echo w > made.txt && cat made.txt; "
+              """sh {py} -c "__import__('socket').socket(1).connect('{sock}')" 2>&1 | tail -1; """
+              "sh ls -A {sock_dir}/env | wc -l; "
               "sh {py} -m bgctl --no-spawn --socket /tmp/.bgagents-daemon.sock ls; "
               'mcp report_outcome {{"status": "done", "summary": "confined and done"}}; say done')
     try:
         bgd.write_config(CONFIG)
         (bgd.config_dir / "routines.toml").write_text(routine("closed", remote, prompt.format(
-            state=bgd.state_dir, home=home, config=bgd.config_dir, sock=bgd.socket, py=os.sys.executable),
+            state=bgd.state_dir, home=home, config=bgd.config_dir, sock=bgd.socket, sock_dir=sock_dir,
+            py=os.sys.executable),
             'network = "none"'))
         bgd.start(extra_env={"HOME": str(home)})
         first = run(bgd, "closed")
@@ -238,9 +242,10 @@ def test_a_confined_run_sees_its_workspace_and_not_the_rest(tmp_path):
         assert lines[3].startswith("sh exit 1: cat: ")                      # bgd's config dir: empty
         assert lines[4] == "sh exit 0: 1"                                   # the rest: read-only
         assert lines[5] == "sh exit 0: w"                                   # its workspace: writable
-        assert lines[6] == "sh exit 0: hidden"                              # bgd's own socket: not there
-        assert "not available to a confined run" in lines[7]                # its scoped socket: its own calls only
-        assert lines[8].startswith("mcp: ") and "recorded: done" in lines[8]
+        assert lines[6] == "sh exit 0: ConnectionRefusedError: [Errno 111] Connection refused"  # bgd's socket
+        assert lines[7] == "sh exit 0: 0"                                   # other runs' proxy sockets: hidden
+        assert "not available to a confined run" in lines[8]                # its scoped socket: its own calls only
+        assert lines[9].startswith("mcp: ") and "recorded: done" in lines[9]
         assert bgd.rpc("routine.get_run", {"id": second["id"]})["outcome"] == "done"
         assert "hunter2" not in transcript_text(bgd, second["session_id"])
     finally:

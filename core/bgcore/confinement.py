@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["AGENT_STATE_PATHS", "CREDENTIAL_PATHS", "Probe", "agent_state_paths", "credential_paths", "probe",
+__all__ = ["AGENT_STATE_PATHS", "CREDENTIAL_PATHS", "Probe", "SOCKET_VARIABLES", "SYSTEM_SOCKETS", "agent_state_paths", "credential_paths", "probe",
            "probe_argv"]
 
 # Under $HOME: what a confined run cannot read unless its routine grants it (`grant = [...]`),
@@ -30,6 +30,14 @@ CREDENTIAL_PATHS: tuple[str, ...] = (
     ".m2/settings.xml", ".gradle/gradle.properties", ".terraform.d/credentials.tfrc.json", ".vault-token",
     ".password-store", ".local/share/keyrings", ".config/op", ".config/rclone", ".s3cfg", ".boto",
     ".config/doctl", ".config/heroku", ".netlify", ".config/netlify", ".config/vercel",
+)
+
+# Unix sockets of system services that could reach the network (or the machine) on a confined
+# run's behalf, a network namespace does not cover them: hidden. (Its /tmp is its own, so /tmp's
+# sockets, X11's among them, are gone too; abstract sockets belong to the network namespace.)
+SYSTEM_SOCKETS: tuple[str, ...] = (
+    "/run/user", "/run/dbus", "/var/run/dbus", "/run/docker.sock", "/var/run/docker.sock", "/run/containerd",
+    "/run/podman", "/run/snapd.socket", "/run/snapd-snap.socket", "/run/libvirt", "/run/cups",
 )
 
 # Where an agent keeps its own state (login, settings, conversation files): writable in a confined

@@ -83,6 +83,8 @@ class Environments:
         self.state_dir = Path(state_dir)
         self.config_dir = Path(config_dir)
         self.socket_path = Path(socket_path)
+        # Beside bgd's socket (short paths: a Unix socket's is at most 107 bytes; private to the user).
+        self.runtime = self.socket_path.parent / "env"
         self.config = config
         self.daemon = daemon
         self.probe = probe
@@ -252,30 +254,38 @@ class Environments:
         return proxy
 
     def _runtime_dir(self, run_id: str, phase: str) -> Path:
-        # Beside bgd's socket: short paths (a Unix socket's path is at most 107 bytes), private to the user.
-        directory = self.socket_path.parent / f"env-{run_id}-{phase}"
+        directory = self.runtime / f"{run_id}-{phase}"
         shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(mode=0o700, parents=True)
+        self.runtime.mkdir(mode=0o700, exist_ok=True)
+        directory.mkdir(mode=0o700)
         return directory
 
     def _hidden(self) -> list[tuple[str, bool]]:
         """What a confined run cannot see (see docs/routines.md, "What a confined run sees")."""
         home = os.path.expanduser("~")
-        paths = [str(self.state_dir), str(self.config_dir), str(self.socket_path.parent)]
+        # Every run's proxy and scoped sockets (each sandbox gets its own bound in), bgd's socket and
+        # its lock, and the user's runtime dir.
+        paths = [str(self.state_dir), str(self.config_dir), str(self.runtime), str(self.socket_path),
+                 str(self.socket_path) + ".lock"]
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         if runtime:
             paths.append(runtime)
+        paths += confinement.SYSTEM_SOCKETS
         paths += confinement.credential_paths(home)
         out: list[tuple[str, bool]] = []
         for path in paths:
-            if os.path.lexists(path) and not any(path == p for p, _ in out):
-                out.append((path, os.path.isdir(path) and not os.path.islink(path)))
+            if not os.path.exists(path):
+                continue
+            real = os.path.realpath(path)   # a symlink's target is what must not be seen
+            if not any(real == p for p, _ in out):
+                out.append((real, os.path.isdir(real)))
         return out
 
     def _empty_file(self) -> str:
         """An empty, read-only file to put over hidden files (a device node such as /dev/null would
         read as "permission denied" there: bubblewrap's mounts are nodev)."""
-        path = self.socket_path.parent / "env-empty"
+        self.runtime.mkdir(mode=0o700, exist_ok=True)
+        path = self.runtime / "empty"
         if not path.is_file() or path.stat().st_size:
             path.write_bytes(b"")
             path.chmod(0o444)
