@@ -3,7 +3,8 @@ from a copy of the template, fetched and reset to their fresh ref.
 
     <state>/setup-cache/<routine>/
         template/     the workspace the script ran in: the clones and what it added to them
-        meta.json     the key it was built for, when, and whether it worked (bgcore.setup_cache)
+        meta.json     the key it was built for, when, whether it worked (bgcore.setup_cache), and
+                      what in each clone git does not track
         setup.log     the last build's output (env_file values masked)
         tmp/          the script's private /tmp, emptied after each build
 
@@ -12,9 +13,11 @@ workspace at the template's path (sandbox.py binds it there, so paths the script
 it made, such as a virtualenv's, hold in every run), and removing a directory another mount
 namespace uses as a mount point would take the mount from under that run.
 
-A copy is a reflink where the file system has them (`cp --reflink=auto`), else a plain copy, except
-each clone's object store, which is hard-linked as `git clone` itself does for a local clone (git
-never changes an object file in place, so sharing them is safe). Mutable files are never shared.
+A run's copy: each clone's .git (its object store hard-linked, as `git clone` itself does for a
+local clone: git never changes an object file in place, so sharing them is safe) and what the
+script made that git does not track (listed once, when the template is built) are copied, as
+reflinks where the file system has them (`cp --reflink=auto`), else plainly; then a fetch and a
+`git reset --hard` to the fresh ref write the tracked files. Mutable files are never shared.
 
 The script runs with bash (`-e -o pipefail`, as CI runners do), its stdin at end of file, its
 output kept, under a time limit; when it ends, everything it started ends too (its sandbox's pid
@@ -207,21 +210,22 @@ class SetupCache:
             changed = setup_cache.what_changed(meta, script, [(r.url, r.ref) for r in repos], network) if meta else None
             decision = setup_cache.decide(meta, key, self.now(), rebuild=rebuild, max_age_s=max_age_s, changed=changed)
             setup: dict = {}
+            untracked = meta.get("untracked") if meta and not decision.build else None
             if decision.build:
                 try:
-                    setup = await self._build(routine, key, script, repos, push, network, prepare_workspace, build,
-                                              mask)
+                    setup, untracked = await self._build(routine, key, script, repos, push, network,
+                                                         prepare_workspace, build, mask)
                 except SetupFailed as exc:
                     exc.cache = decision.cache
                     raise
             else:
                 setup = {"built_at": meta.get("built_at"), "duration_s": meta.get("duration_s"),
                          "exit_code": meta.get("exit_code"), "log": str(self.slot(routine) / "setup.log")}
-            clones = await copy_workspace(template, run_dir, repos, push, make_clone)
+            clones = await copy_workspace(template, run_dir, repos, push, make_clone, untracked)
         return Prepared(clones, decision.cache, decision.reason, template, setup)
 
     async def _build(self, routine: str, key: str, script: str, repos: tuple, push: tuple[str, ...],
-                     network, prepare_workspace, build, mask) -> dict:
+                     network, prepare_workspace, build, mask) -> tuple[dict, dict[str, list[str]]]:
         slot = self.slot(routine)
         template = self.template(routine)
         tmp = slot / "tmp"
@@ -255,9 +259,13 @@ class SetupCache:
                                                           duration_s=result.duration_s, exit_code=result.exit_code,
                                                           error=error))
             raise SetupFailed(error, exit_code=result.exit_code, lines=lines, duration_s=result.duration_s)
-        self.write_meta(routine, setup_cache.meta_for(key, **meta_args, ok=True, built_at=started,
-                                                      duration_s=result.duration_s, exit_code=0, error=None))
-        return {"built_at": started, "duration_s": round(result.duration_s, 3), "exit_code": 0, "log": str(log_path)}
+        # What the script made that git does not track: what each run copies beside the fresh checkout.
+        untracked = await untracked_of(template, [clone_name(r.url) for r in repos])
+        meta = setup_cache.meta_for(key, **meta_args, ok=True, built_at=started, duration_s=result.duration_s,
+                                    exit_code=0, error=None)
+        self.write_meta(routine, {**meta, "untracked": untracked})
+        return ({"built_at": started, "duration_s": round(result.duration_s, 3), "exit_code": 0, "log": str(log_path)},
+                untracked)
 
 
 def _minutes(seconds: float) -> str:
@@ -294,42 +302,53 @@ async def make_template(template: Path, repos: tuple, push: tuple[str, ...],
 
 
 async def copy_workspace(template: Path, run_dir: Path, repos: tuple, push: tuple[str, ...],
-                         make_clone: Callable[..., Any]) -> list:
-    """Make `run_dir` a copy of `template`, then bring every clone to its fresh ref and give it this
-    run's branch guard."""
+                         make_clone: Callable[..., Any], untracked: dict[str, list[str]] | None = None) -> list:
+    """Make `run_dir` the template's copy at the repositories' fresh refs, with this run's branch
+    guard. Per clone: its .git copied (the object store hard-linked), what the setup made that git
+    does not track (`untracked`, as `untracked_of` lists it) copied, then a fetch and `git reset
+    --hard` to the fresh ref, which writes the tracked files from the objects: git's index then
+    knows every file as written (a copied file's new inode would make the agent's first `git
+    status` read the whole tree again), and nothing of the template's tracked files survives."""
     run_dir.mkdir(parents=True, exist_ok=False)
-    await trio.to_thread.run_sync(_copy_tree, template, run_dir)
+    names = [clone_name(repo.url) for repo in repos]
+    if untracked is None:
+        untracked = await untracked_of(template, names)
+    await trio.to_thread.run_sync(_copy_tree, template, run_dir, names, untracked)
     hooks = run_dir / HOOKS_DIR
-    shutil.rmtree(hooks, ignore_errors=True)
     hooks.mkdir()
     for name, text in (("pre-push", pre_push_hook(push)), ("prepare-commit-msg", commit_msg_hook())):
         (hooks / name).write_text(text)
         (hooks / name).chmod(0o755)
     clones = []
-    for repo in repos:
-        path = run_dir / clone_name(repo.url)
+    for repo, name in zip(repos, names):
+        path = run_dir / name
         commit = await refresh(path, repo.ref)
         clones.append(make_clone(repo, path, commit))
     return clones
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    """cp -a with reflinks where possible; each clone's .git/objects hard-linked."""
-    plain: list[str] = []
-    for entry in os.scandir(src):
-        git_dir = Path(entry.path) / ".git"
-        if entry.is_dir(follow_symlinks=False) and git_dir.is_dir():
-            _copy_clone(Path(entry.path), dst / entry.name)
-        else:
-            plain.append(entry.path)
-    _cp(plain, dst)
+async def untracked_of(template: Path, names: list[str]) -> dict[str, list[str]]:
+    """What git does not track in each clone of the template (ignored files included; a directory
+    wholly untracked as one entry): what the setup script made."""
+    out = {}
+    for name in names:
+        _, listing, _ = await _git(template / name, "ls-files", "-z", "--others", "--directory")
+        out[name] = [entry for entry in listing.split("\0") if entry]
+    return out
 
 
-def _copy_clone(src: Path, dst: Path) -> None:
-    dst.mkdir()
-    _cp([e.path for e in os.scandir(src) if e.name != ".git"], dst)
-    (dst / ".git").mkdir()
-    _cp([e.path for e in os.scandir(src / ".git") if e.name not in ("objects", "hooks")], dst / ".git")
+def _copy_tree(src: Path, dst: Path, names: list[str], untracked: dict[str, list[str]]) -> None:
+    """The template's files outside the clones and the guard's hooks, and each clone's .git and
+    untracked files: cp -a with reflinks where possible, the object stores hard-linked."""
+    _cp([e.path for e in os.scandir(src) if e.name not in (*names, HOOKS_DIR)], dst)
+    for name in names:
+        _copy_clone(src / name, dst / name, untracked.get(name, []))
+
+
+def _copy_clone(src: Path, dst: Path, untracked: list[str]) -> None:
+    (dst / ".git").mkdir(parents=True)
+    # Not the index (the reset makes it), nor the unused sample hooks.
+    _cp([e.path for e in os.scandir(src / ".git") if e.name not in ("objects", "hooks", "index")], dst / ".git")
     objects = src / ".git" / "objects"
     if objects.is_dir():
         result = subprocess.run(["cp", "-al", str(objects), str(dst / ".git" / "objects")], capture_output=True)
@@ -342,12 +361,15 @@ def _copy_clone(src: Path, dst: Path) -> None:
         (dst / ".git" / HOOK_LOG).unlink()
     except FileNotFoundError:
         pass
+    if untracked:
+        _cp(untracked, dst, cwd=src, parents=True)
 
 
-def _cp(sources: list[str], dest: Path) -> None:
+def _cp(sources: list[str], dest: Path, *, cwd: Path | None = None, parents: bool = False) -> None:
     if not sources:
         return
-    result = subprocess.run(["cp", "-a", "--reflink=auto", "-t", str(dest), "--", *sources], capture_output=True)
+    argv = ["cp", "-a", "--reflink=auto", *(["--parents"] if parents else []), "-t", str(dest), "--", *sources]
+    result = subprocess.run(argv, capture_output=True, cwd=cwd)
     if result.returncode != 0:
         raise OSError(result.stderr.decode("utf-8", "replace").strip() or "cp failed")
 
@@ -358,9 +380,7 @@ def _git_env() -> dict[str, str]:
 
 
 async def _git(path: Path, *args: str, check: bool = True) -> tuple[int, str, str]:
-    # The copy has the template's file stats (mtime and size kept by cp -a; inode and ctime new):
-    # compare only those, so git does not read every file again to see that nothing changed.
-    result = await trio.run_process(["git", "-c", "core.checkStat=minimal", "-c", "core.trustctime=false", *args],
+    result = await trio.run_process(["git", *args],
                                     cwd=str(path), capture_stdout=True, capture_stderr=True, check=False,
                                     env=_git_env(), stdin=b"")
     out = result.stdout.decode("utf-8", "replace").strip()
@@ -373,19 +393,18 @@ async def _git(path: Path, *args: str, check: bool = True) -> tuple[int, str, st
 
 async def refresh(path: Path, ref: str | None) -> str | None:
     """Fetch the clone's remote and reset it to `ref` (None: the branch the template checked out,
-    the remote's default; a branch of the remote; else a tag or commit, detached); its HEAD commit.
-    Three git processes: a run's preparation is mostly these and the copy."""
+    the remote's default; a branch of the remote; else a tag or commit); its HEAD commit. Three git
+    processes: with the copy, this is a run's preparation."""
     await _git(path, "fetch", "--quiet", "--prune", "--tags", "--force", "origin")
     branch = ref if ref is not None else _current_branch(path)
     if branch is None:
-        return await _head(path)  # an empty repository (or a detached template): nothing to move
-    code, _, _ = await _git(path, "checkout", "--quiet", "--force", "-B", branch, f"refs/remotes/origin/{branch}",
-                            check=False)
+        return await _head(path)  # an empty repository: nothing to check out
+    code, _, _ = await _git(path, "reset", "--quiet", "--hard", f"refs/remotes/origin/{branch}", check=False)
     if code != 0:
         if ref is None:
             raise RefreshFailed(f"the remote no longer has the branch {branch!r} the cached setup was made from; "
                                 "rebuild it (bgctl routine run NAME --rebuild)")
-        await _git(path, "checkout", "--quiet", "--force", "--detach", ref)
+        await _git(path, "reset", "--quiet", "--hard", ref)   # a tag or a commit (HEAD stays detached)
     return await _head(path)
 
 
