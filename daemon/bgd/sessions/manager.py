@@ -241,7 +241,8 @@ class SessionManager:
             except LaunchRefused as exc:
                 self._fail(session, str(exc))
                 return
-            if self.sessions.get(session.id) is not session or session.state != "working":
+            if argv is not launch.argv and (self.sessions.get(session.id) is not session
+                                            or session.state == "stopped"):
                 await run.end()  # stopped or removed while its sandbox was being made
                 return
         run.process = AgentProcess(argv, session.cwd, env,
