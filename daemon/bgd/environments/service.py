@@ -90,8 +90,12 @@ class Environments:
         self.probe = probe
         self.cache = SetupCache(self.state_dir / "setup-cache", now=now)
         self.lookup: Callable[[str], dict | None] = lambda session_id: None   # session id -> its run's record
+        self.lookup_run: Callable[[str], dict | None] = lambda run_id: None   # run id -> its record
         self.report: Callable[[str, dict[str, int]], None] = lambda run_id, blocked: None
+        # Refused requests of the runs that have a proxy up (from their record's count on): a run's
+        # counter goes once its last proxy stops, after its count is in the record.
         self.blocked: dict[str, Counter[str]] = {}
+        self._live: Counter[str] = Counter()
         self._pending_reports: set[str] = set()
         self.proxies: set[FilteringProxy] = set()   # running ones, stopped with the service at the latest
         self._probe: tuple[float, tuple, confinement.Probe] | None = None
@@ -147,7 +151,6 @@ class Environments:
         grant = self._grants(routine)
         script = self._script(routine)
         env = RunEnv(rec["id"], routine.name, routine.network, run_dir, None, grant)
-        self.blocked[rec["id"]] = Counter(rec.get("blocked") or {})
         rec["cache"] = None
         if script is None:
             clones = await prepare_workspace(run_dir, routine.repos, routine.push)
@@ -176,7 +179,6 @@ class Environments:
             rec.update(cache=prepared.cache, cache_reason=prepared.reason, setup=prepared.setup)
         rec["prepare_s"] = round(time.monotonic() - started, 3)
         rec["environment"] = env.to_json()
-        self._flush(rec["id"])
         return clones
 
     def _grants(self, routine) -> tuple[str, ...]:
@@ -215,7 +217,7 @@ class Environments:
         if env.confined:
             self._strip_sockets(process_env)
             process_env.update(proxy_env(settings.proxy_port), TMPDIR="/tmp")
-            proxy = await self._start_proxy(env, "setup", allowed_names(routine.network))
+            proxy = await self._start_proxy(env, "setup", allowed_names(routine.network), self.lookup_run(env.run_id))
             try:
                 sandbox = Sandbox(settings.bwrap, confined=True, binds=[(str(template), str(template))], tmp=str(tmp),
                                   hidden=self._hidden(), readable=list(env.grant), empty=self._empty_file(),
@@ -235,14 +237,27 @@ class Environments:
         return await run_script(command, cwd=str(first), env=process_env, timeout_s=timeout, on_line=on_line,
                                 own_group=True)
 
-    async def _start_proxy(self, env: RunEnv, phase: str, names: tuple[str, ...]) -> FilteringProxy:
+    async def _start_proxy(self, env: RunEnv, phase: str, names: tuple[str, ...], rec: dict | None) -> FilteringProxy:
         settings = self.config().environment
+        run_id = env.run_id
+        if run_id not in self.blocked:
+            self.blocked[run_id] = Counter((rec or {}).get("blocked") or {})
+        self._live[run_id] += 1
         directory = self._runtime_dir(env.run_id, phase)
         proxy = FilteringProxy(names, directory, policy=describe(env.network), command=settings.proxy_command,
                                socat=settings.socat, on_blocked=lambda host: self._on_blocked(env.run_id, host))
         assert self.nursery is not None, "the environments service is not running"
         self.proxies.add(proxy)
-        proxy.on_close = lambda: self.proxies.discard(proxy)
+
+        def closed() -> None:
+            self.proxies.discard(proxy)
+            self._live[run_id] -= 1
+            if self._live[run_id] <= 0:
+                del self._live[run_id]
+                self._flush(run_id)
+                self.blocked.pop(run_id, None)
+
+        proxy.on_close = closed
         try:
             await proxy.start(self.nursery)
         except ProxyError as exc:
@@ -319,19 +334,16 @@ class Environments:
 
     # -- an agent's start -------------------------------------------------------------------------
 
-    def _env_of(self, session_id: str) -> RunEnv | None:
+    def _env_of(self, session_id: str) -> tuple[RunEnv | None, dict | None]:
         rec = self.lookup(session_id)
         if rec is None:
-            return None
-        env = RunEnv.from_record(rec)
-        if env is not None and env.run_id not in self.blocked:
-            self.blocked[env.run_id] = Counter(rec.get("blocked") or {})
-        return env
+            return None, None
+        return RunEnv.from_record(rec), rec
 
     async def wrap(self, session, argv: list[str], env: dict[str, str]):
         """SessionManager.wrap_launch: the agent of a routine run in its sandbox."""
         from bgd.sessions.manager import LaunchRefused
-        run = self._env_of(session.id)
+        run, rec = self._env_of(session.id)
         if run is None or (not run.confined and run.root is None):
             return argv, None
         if not run.run_dir.is_dir():
@@ -360,7 +372,7 @@ class Environments:
         names = allowed_names(run.network, provider_hosts(agent.backend, agent.command, agent.network_hosts, env)
                               if agent is not None else ())
         try:
-            proxy = await self._start_proxy(run, f"agent-{session.id}", names)
+            proxy = await self._start_proxy(run, f"agent-{session.id}", names, rec)
         except SandboxUnavailable as exc:
             raise LaunchRefused(str(exc).replace("the run was not started", "the agent was not started")) from None
         scope = await self._serve_scoped(session.id, proxy.directory / "daemon.sock")
@@ -383,9 +395,8 @@ class Environments:
         async def cleanup() -> None:
             if scope is not None:
                 scope.cancel()
-            await proxy.close()
+            await proxy.close()   # its refusals are in the run's record by then
             shutil.rmtree(proxy.directory, ignore_errors=True)
-            self._flush(run.run_id)
 
         return bwrap_argv(sandbox, argv), cleanup
 
@@ -394,7 +405,7 @@ class Environments:
         socket (the daemon's own socket is hidden from the sandbox)."""
         if not base:
             return base
-        run = self._env_of(session.id)
+        run, _ = self._env_of(session.id)
         if run is None or not run.confined:
             return base
         import json

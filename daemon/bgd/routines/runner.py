@@ -80,6 +80,7 @@ class RoutineService:
         self.environments = environments   # bgd.environments.Environments: setup cache and sandbox
         if environments is not None:
             environments.lookup = self._record_of_session
+            environments.lookup_run = lambda run_id: self.records.get(run_id) or self.store.routine_run(run_id)
             environments.report = self.report_blocked
         self.file = RoutinesFile(self.config_dir / "routines.toml", bus=bus, agents=lambda: set(config().agents),
                                  now=now, tz=self.tz, on_change=self._on_change)
