@@ -105,6 +105,8 @@ def test_a_setup_runs_once_for_two_runs_and_again_when_it_changes(bgd, tmp_path)
     assert rec["cache"] == "rebuilt" and "--rebuild" in rec["cache_reason"] and count.read_text() == "run\n" * 3
     listing = bgd.ctl("routine", "runs", "build").stdout
     assert "PREPARED" in listing and "rebuilt " in listing and "hit " in listing
+    shown = bgd.ctl("routine", "show", "build").stdout
+    assert "  network:        full\n" in shown and f"  setup:          echo run >> {count}" in shown
 
 
 def test_a_failing_setup_is_setup_failed_with_its_code_and_last_lines_and_is_tried_again(bgd, tmp_path):

@@ -373,6 +373,13 @@ def show(args, ctx) -> int:
             ctx.print(f"  {'':16}error: {info['error']}")
         for key, value in (info.get("values") or {}).items():
             ctx.print(f"  {'':16}{key}={value}")
+    network = env.get("network", "full")
+    ctx.print(f"  {'network:':16}" + (", ".join(network) if isinstance(network, list) else network))
+    if env.get("setup") or env.get("setup_file"):
+        setup = env.get("setup_file") or one_line(env["setup"], 90)
+        ctx.print(f"  {'setup:':16}{setup}" + (f" (at most {env['setup_timeout']})" if env.get("setup_timeout") else ""))
+    if env.get("grant"):
+        ctx.print(f"  {'grant:':16}{', '.join(env['grant'])}")
     if r["connectors"].get("mcp_config"):
         ctx.print(f"  {'mcp_config:':16}{r['connectors']['mcp_config']}")
     for t in r["triggers"]:
