@@ -111,13 +111,19 @@ def test_a_setup_runs_once_for_two_runs_and_again_when_it_changes(bgd, tmp_path)
 
 def test_a_failing_setup_is_setup_failed_with_its_code_and_last_lines_and_is_tried_again(bgd, tmp_path):
     remote = make_remote(tmp_path)
-    start(bgd, routine("broken", remote, "say never", 'setup = "echo step one; echo no such thing >&2; exit 3"')
+    (bgd.config_dir / "broken.env").write_text("DEPLOY_TOKEN=s3cr3t-value-42\n")
+    start(bgd, routine("broken", remote, "say never", 'env_file = "broken.env"\n'
+                       'setup = "echo step one with $DEPLOY_TOKEN; echo no such thing >&2; exit 3"')
           + routine("slow", remote, "say never", 'setup = "echo waiting; sleep 60"\nsetup_timeout = "1s"')
           + routine("unparsed", remote, "say never", 'setup = "if true; then echo x"'))
     first = run(bgd, "broken")
     assert first["status"] == "setup_failed" and first["session_id"] is None
     assert first["error"] == "the setup script exited with code 3: no such thing"
-    assert first["setup"]["exit_code"] == 3 and first["setup"]["last_lines"] == ["step one", "no such thing"]
+    assert first["setup"]["exit_code"] == 3
+    assert first["setup"]["last_lines"] == ["step one with ***", "no such thing"]   # env_file values masked
+    assert first["prepare_s"] > 0
+    log = Path(first["setup"]["log"]).read_text()
+    assert "step one with ***" in log and "s3cr3t" not in log
     assert first["cache"] == "built"
     again = run(bgd, "broken")
     assert again["status"] == "setup_failed" and again["cache"] == "rebuilt"

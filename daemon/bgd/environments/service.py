@@ -145,39 +145,41 @@ class Environments:
         or fresh clones. Raises SandboxUnavailable, SetupFailed, RefreshFailed, or what
         `prepare_workspace` raises (routines' CloneFailed)."""
         started = time.monotonic()
-        confined = is_confined(routine.network)
-        if confined:
-            await self._refuse_unless_confinable(routine)
-        grant = self._grants(routine)
-        script = self._script(routine)
-        env = RunEnv(rec["id"], routine.name, routine.network, run_dir, None, grant)
-        rec["cache"] = None
-        if script is None:
-            clones = await prepare_workspace(run_dir, routine.repos, routine.push)
-        else:
-            problem = await check_syntax(script)
-            if problem:
-                raise SetupFailed(f"the setup script is not valid bash (bash -n): {problem}")
-            settings = self.config().environment
-            timeout = routine.setup_timeout_s or settings.setup_timeout_s
+        try:
+            confined = is_confined(routine.network)
+            if confined:
+                await self._refuse_unless_confinable(routine)
+            grant = self._grants(routine)
+            script = self._script(routine)
+            env = RunEnv(rec["id"], routine.name, routine.network, run_dir, None, grant)
+            rec["cache"] = None
+            if script is None:
+                clones = await prepare_workspace(run_dir, routine.repos, routine.push)
+            else:
+                problem = await check_syntax(script)
+                if problem:
+                    raise SetupFailed(f"the setup script is not valid bash (bash -n): {problem}")
+                settings = self.config().environment
+                timeout = routine.setup_timeout_s or settings.setup_timeout_s
 
-            async def build(template: Path, tmp: Path) -> ScriptResult:
-                return await self._run_setup(env, routine, script, values, template, tmp, timeout, mask)
+                async def build(template: Path, tmp: Path) -> ScriptResult:
+                    return await self._run_setup(env, routine, script, values, template, tmp, timeout, mask)
 
-            try:
-                prepared = await self.cache.prepare(
-                    routine.name, script=script, repos=routine.repos, push=routine.push, network=routine.network,
-                    run_dir=run_dir, rebuild=rebuild, max_age_s=settings.setup_cache_days * 86400,
-                    prepare_workspace=prepare_workspace, make_clone=make_clone, build=build, mask=mask)
-            except SetupFailed as exc:
-                rec["cache"] = exc.cache
-                rec["setup"] = {"exit_code": exc.exit_code, "duration_s": exc.duration_s, "last_lines": exc.lines,
-                                "log": str(self.cache.slot(routine.name) / "setup.log")}
-                raise
-            env.root = prepared.root
-            clones = prepared.clones
-            rec.update(cache=prepared.cache, cache_reason=prepared.reason, setup=prepared.setup)
-        rec["prepare_s"] = round(time.monotonic() - started, 3)
+                try:
+                    prepared = await self.cache.prepare(
+                        routine.name, script=script, repos=routine.repos, push=routine.push, network=routine.network,
+                        run_dir=run_dir, rebuild=rebuild, max_age_s=settings.setup_cache_days * 86400,
+                        prepare_workspace=prepare_workspace, make_clone=make_clone, build=build, mask=mask)
+                except SetupFailed as exc:
+                    rec["cache"] = exc.cache
+                    rec["setup"] = {"exit_code": exc.exit_code, "duration_s": exc.duration_s, "last_lines": exc.lines,
+                                    "log": str(self.cache.slot(routine.name) / "setup.log")}
+                    raise
+                env.root = prepared.root
+                clones = prepared.clones
+                rec.update(cache=prepared.cache, cache_reason=prepared.reason, setup=prepared.setup)
+        finally:
+            rec["prepare_s"] = round(time.monotonic() - started, 3)
         rec["environment"] = env.to_json()
         return clones
 
