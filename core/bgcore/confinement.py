@@ -44,7 +44,7 @@ SYSTEM_SOCKETS: tuple[str, ...] = (
 # run so the agent works as it does outside. By backend and by the program's basename; more with
 # `state_paths` under [agents.NAME].
 AGENT_STATE_PATHS: dict[str, tuple[str, ...]] = {
-    "claude": (".claude", ".claude.json"),
+    "claude": (".claude", ".claude.json", ".local/state/claude"),
     "gemini": (".gemini",),
     "codex": (".codex",),
     "aider": (".aider",),
