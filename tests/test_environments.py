@@ -257,3 +257,23 @@ async def test_a_copy_shares_only_immutable_objects_and_is_brought_up_to_date(tm
     assert (app / ".git" / "index").stat().st_ino != (template / "app" / ".git" / "index").stat().st_ino
     assert (app / "node_modules" / "dep.js").stat().st_nlink == 1
 
+
+
+async def test_a_closed_network_is_refused_for_a_routine_run_on_the_cluster(tmp_path):
+    from types import SimpleNamespace
+
+    from bgcore.config import Config
+    from bgd.environments import Environments, SandboxUnavailable
+    environments = Environments(state_dir=tmp_path / "state", config_dir=tmp_path / "config",
+                                socket_path=tmp_path / "bgd.sock", config=Config)
+    routine = SimpleNamespace(name="r", network="none", where="cluster", repos=(), push=(), grant=(), setup=None,
+                              setup_path=None)
+    rec = {"id": "run1", "routine": "r"}
+
+    async def never(*args, **kw):
+        raise AssertionError("nothing is cloned for a refused run")
+
+    with pytest.raises(SandboxUnavailable, match=r"network = \"none\" is enforced only for runs on this machine, "
+                                                 r"and this routine runs on where = 'cluster'"):
+        await environments.prepare(rec, routine, tmp_path / "runs" / "run1", {}, str, rebuild=False,
+                                   prepare_workspace=never, make_clone=None)

@@ -147,6 +147,12 @@ class Environments:
         started = time.monotonic()
         try:
             confined = is_confined(routine.network)
+            where = getattr(routine, "where", "local")
+            if confined and where != "local":
+                raise SandboxUnavailable(f"network = {describe(routine.network)} is enforced only for runs on this "
+                                         f"machine, and this routine runs on where = {where!r} (whose workers do "
+                                         "not confine their runs); the run was not started (never run open); "
+                                         "set where = \"local\" or network = \"full\"")
             if confined:
                 await self._refuse_unless_confinable(routine)
             grant = self._grants(routine)
