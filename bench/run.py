@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,web_dom,cluster] [--quick]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,web_dom,cluster,env] [--quick]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 import bench_cli  # noqa: E402
 import bench_cluster  # noqa: E402
 import bench_editor  # noqa: E402
+import bench_env  # noqa: E402
 import bench_http  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_loops  # noqa: E402
@@ -49,6 +50,7 @@ BENCHMARKS = {
     "web_dom": (bench_web.run_dom, {}, {"sessions": 20, "lines": 10, "pages": 3}),
     "web_idle": (bench_web.run_idle, {}, {"idle_s": 10.0, "sessions": 5}),
     "cluster": (bench_cluster.run, {}, {"sessions": 12, "lines": 20, "victims": 2}),
+    "env": (bench_env.run, {}, {"rounds": 3, "requests": 100, "blocks": 2}),
 }
 
 

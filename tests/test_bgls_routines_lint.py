@@ -131,8 +131,8 @@ def test_a_valid_file_has_no_problems():
     ('[[routines.r.triggers]]\nenabled = false\n', "missing-field", "[[routines.r.triggers]]"),
     ('[[routines.r.triggers]]\napi = true\nrate_limit = 0\n', "bad-limit", "0"),
     ('[routines.r.environment]\nenv_file = "env/r.env"\n', "missing-file", '"env/r.env"'),
-    ('[routines.r.environment]\nnetwork = "none"\n', "not-available", '"none"'),
-    ('[routines.r.environment]\nsetup = "make"\n', "not-available", '"make"'),
+    ('[routines.r.environment]\nnetwork = ["pypi.org", "bad_name.org"]\n', "bad-network",
+     '["pypi.org", "bad_name.org"]'),
     ('[routines.r.environment]\nnetwork = "nones"\n', "bad-network", '"nones"'),
     ('[routines.r.connectors]\nmcp = "x"\n', "unknown-field", "mcp"),
     ('overlap = "queue"\n', "invalid-routine", '"queue"'),
@@ -260,7 +260,7 @@ def test_hover_on_events_filters_operators_and_fields():
     assert "checks out" in at("ref =")[0]
     assert at("# Routines") is None
     setup = HEAD + '[routines.r.environment]\nsetup = "make"\n'
-    assert "Not available in this version" in routines_lint.hover(setup, 4, 1, now=NOW, tz=UTC)[0]
+    assert "template workspace" in routines_lint.hover(setup, 4, 1, now=NOW, tz=UTC)[0]
 
 
 # -- completion ------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_completion_of_field_names_by_table():
     main = complete(text, 3)
     assert set(main) == {"description", "agent", "model", "push", "timeout", "overlap", "enabled", "timezone", "where"}
     assert main["timeout"].insert_text == 'timeout = "4h"'
-    assert set(complete(text, 5)) == {"env_file", "network"}  # setup is not available in this version
+    assert set(complete(text, 5)) == {"env_file", "setup", "setup_file", "setup_timeout", "network", "grant"}
     assert set(complete(text, 7)) == {"mcp_config"}
     kinds = complete(text, 9)
     assert set(kinds) == {"schedule", "api", "github"}
@@ -329,9 +329,8 @@ def test_completion_of_values():
     assert set(complete(text, 3)) == set(routines_file.OVERLAPS)
     assert set(complete(text, 4, context=EditorContext(agents=frozenset({"claude", "codex"})))) == {"claude", "codex"}
     network = list(complete(text, 6).values())
-    assert [c.label for c in network][0] == "full"  # what this bgd accepts first
     assert {c.label for c in network} == set(routines_file.NETWORKS)
-    assert all(c.detail == "refused by this bgd" for c in network[1:])
+    assert all(c.detail == "network" for c in network)   # every policy is one this bgd enforces
     presets = complete(text, 8, len('schedule = "ev'))
     assert set(presets) == set(routines_lint.SCHEDULE_PRESETS)
     assert presets["every 2 hours"].insert_text == '"every 2 hours"'

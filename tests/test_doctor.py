@@ -315,3 +315,20 @@ def test_ready_made_acp_agents_listed_found_or_not_with_their_package(bgd, home,
     assert "agent qwen" in checks and "agent opencode" in checks and "agent codex" in checks
     assert "npm install -g @qwen-code/qwen-code" in checks["agent qwen"][0]["detail"] or \
         checks["agent qwen"][0]["detail"].startswith("/")
+
+
+def test_confinement_is_checked_and_fails_only_for_routines_that_need_it(bgd, home):
+    from bgcore.confinement import probe
+    code, report = doctor(bgd, home)
+    here, = by_name(report)["confinement"]
+    assert here["status"] == ("ok" if probe().ok else "warn"), here
+    bgd.write_config('[environment]\nbwrap = "/nonexistent/bwrap"\n')
+    code, report = doctor(bgd, home)
+    off, = by_name(report)["confinement"]
+    assert off["status"] == "warn" and "'/nonexistent/bwrap') is not installed" in off["detail"]
+    assert "(none asks for one now)" in off["detail"] and "apt-get install bubblewrap" in off["fix"]
+    (bgd.config_dir / "routines.toml").write_text(
+        '[routines.closed]\nprompt = "p"\nrepos = ["/srv/app"]\n[routines.closed.environment]\nnetwork = "none"\n')
+    code, report = doctor(bgd, home)
+    refused, = by_name(report)["confinement"]
+    assert code == 1 and refused["status"] == "fail" and refused["detail"].endswith("(sandbox_unavailable): closed")

@@ -64,6 +64,7 @@ def run_all(socket_arg: str | None = None) -> list[Check]:
     else:
         checks.append(Check("agents", WARN, "not checked: which agents exist depends on config.toml",
                             "fix config.toml, then run bgctl doctor again"))
+    checks += check_confinement(config_dir, config)
     checks += check_systemd()
     checks += check_disk(state_dir)
     return checks
@@ -247,6 +248,42 @@ def check_tasks(config_dir: Path, config) -> list[Check]:
                "its last valid definition")
         return [Check("tasks.toml", FAIL, str(error), fix) for error in errors]
     return [Check("tasks.toml", OK, f"{path}: {len(tasks)} task{'' if len(tasks) == 1 else 's'}, no errors")]
+
+
+# -- routine confinement ------------------------------------------------------------------------
+
+def check_confinement(config_dir: Path, config) -> list[Check]:
+    """Whether routines with a closed network can run here (bgcore.confinement.probe: a test sandbox
+    with the configured bubblewrap, tinyproxy and socat). A failure matters only to routines that ask
+    for one: a warning otherwise, naming which ones would be refused when some do."""
+    from bgcore.confinement import probe
+
+    env = getattr(config, "environment", None)
+    result = probe(env.bwrap, env.proxy_command[0], env.socat) if env is not None else probe()
+    if result.ok:
+        return [Check("confinement", OK, result.reason)]
+    closed = _closed_routines(config_dir, config)
+    detail = f"{result.reason}; routines with network other than \"full\" are refused here (sandbox_unavailable)"
+    if closed:
+        return [Check("confinement", FAIL, detail + f": {', '.join(closed)}", result.fix)]
+    return [Check("confinement", WARN, detail + " (none asks for one now)", result.fix)]
+
+
+def _closed_routines(config_dir: Path, config) -> list[str]:
+    from datetime import datetime
+
+    from bgcore.routines_file import load_routines
+    from bgcore.zones import local_zone
+
+    path = config_dir / "routines.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    tz = local_zone()
+    routines, _ = load_routines(text, str(path), datetime.now(tz), tz,
+                                agents=set(config.agents) if config is not None else None)
+    return sorted(name for name, routine in routines.items() if routine.network != "full")
 
 
 # -- the agents ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from bgcore.github import ACTIONS, EVENTS, OPERATORS, FilterError, compile_filter, parse_event
 from bgcore.github import FIELDS as FILTER_FIELDS
-from bgcore.routines_file import NETWORKS, NOT_YET, OVERLAPS, RoutineFileError, load_routines, stagger_seconds
+from bgcore.routines_file import NETWORKS, OVERLAPS, RoutineFileError, load_routines, stagger_seconds
 
 from .definitions import (ASSIGN, PARTIAL_KEY, Completion, EditorContext, Entry, FileKind, Layout, Problem, Span,
                           contains, key_of_assignment, key_replace, literal_span, locate, read_key, rounded_note, scan,
@@ -59,7 +59,7 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "overlap": ("What to do when the routine fires while a run of it still runs (default `allow`).", '"allow"'),
     "enabled": ("`false` pauses the routine: no trigger fires it (`bgctl routine resume` turns it on).", "true"),
     "timezone": ("The IANA zone of the schedule triggers' times (default: the machine's).", '""'),
-    "environment": ("`[routines.NAME.environment]`: `env_file` and `network` of the runs.", "{}"),
+    "environment": ("`[routines.NAME.environment]`: `env_file`, `setup` and `network` of the runs.", "{}"),
     "connectors": ("`[routines.NAME.connectors]`: `mcp_config`, the MCP servers of the runs.", "{}"),
     "triggers": ("`[[routines.NAME.triggers]]`, one table per trigger: a `schedule`, `api = true` or a "
                  "`github` list of events.", "[]"),
@@ -67,11 +67,17 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
 ENV_DOCS: dict[str, tuple[str, str]] = {
     "env_file": ("A dotenv file (`KEY=VALUE` lines) whose values each run gets in its environment; never "
                  "logged, stored or shown (`***`, and masked in the transcript). Relative to routines.toml.", '""'),
-    "setup": ("A setup script run once in a template workspace whose result later runs reuse.", '""'),
-    "setup_file": ("A file holding the setup script (instead of `setup`).", '""'),
+    "setup": ("A bash script run once in a template workspace (its stdin at end of file, the env_file's values "
+              "in its environment); later runs start from a copy of the result until the script, the "
+              "repositories or the network change, or 7 days pass.", '""'),
+    "setup_file": ("A file holding the setup script (instead of `setup`). Relative to routines.toml.", '""'),
+    "setup_timeout": ("How long the setup script may take: `\"10m\"` (the default), `\"90s\"` or seconds; "
+                      "at most 6 hours.", '"10m"'),
     "network": ("The network a run gets: `\"full\"` (the default), `\"none\"`, `\"trusted\"` (package registries, "
-                "git hosts) or a list of host names such as `[\"pypi.org\", \"*.github.com\"]`; enforced, never "
-                "advisory.", '"full"'),
+                "git hosts) or a list of host names such as `[\"pypi.org\", \"*.github.com\"]`; enforced by a "
+                "sandbox whose only way out is a filtering proxy, never advisory.", '"full"'),
+    "grant": ("Paths a confined run may read that it otherwise cannot (credential files such as "
+              "`\"~/.config/gh\"`), read-only.", "[]"),
 }
 CONNECTOR_DOCS: dict[str, tuple[str, str]] = {
     "mcp_config": ("An MCP config file (JSON) whose servers each run gets beside the daemon's own tools; "
@@ -178,7 +184,6 @@ _CODES = (
     (("unknown agent",), "unknown-agent"),
     (("unknown timezone",), "bad-timezone"),
     (("does not exist",), "missing-file"),
-    (("is not available in this version", "cannot enforce a network policy"), "not-available"),
 )
 
 
@@ -321,8 +326,6 @@ def _doc(entry: Entry) -> str | None:
     section = p[2]
     if len(p) == 4 and section == "environment":
         doc = ENV_DOCS.get(p[3])
-        if doc and p[3] in NOT_YET:
-            return f"{doc[0]}\n\n⚠ Not available in this version of bgd: {NOT_YET[p[3]]}."
         return doc[0] if doc else None
     if len(p) == 4 and section == "connectors":
         return CONNECTOR_DOCS.get(p[3], (None,))[0]
@@ -447,8 +450,7 @@ def _field_completions(table: tuple[str, ...], layout: Layout, ti: int, partial:
                 and not (k in ("prompt", "prompt_file") and {"prompt", "prompt_file"} & used)]
     section = table[2]
     if len(table) == 3 and section == "environment":
-        return [_field(k, doc, ex, "", replace) for k, (doc, ex) in ENV_DOCS.items()
-                if k not in used and k not in NOT_YET]
+        return [_field(k, doc, ex, "", replace) for k, (doc, ex) in ENV_DOCS.items() if k not in used]
     if len(table) == 3 and section == "connectors":
         return [_field(k, doc, ex, "", replace) for k, (doc, ex) in CONNECTOR_DOCS.items() if k not in used]
     if len(table) != 3 or section != "triggers":

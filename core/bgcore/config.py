@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .network_policy import domain_problem
+
 # The agent backends the daemon has (bgd/agents/base.py BACKENDS maps each to its module).
 BACKENDS = ("claude", "command", "acp")
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
@@ -31,6 +33,21 @@ class AgentConfig:
     install: str = ""                # how to install the binary, named when it is not found
     auth_method: str | None = None   # acp: the authenticate method, used only when the agent demands one
     start_timeout_s: float = 30.0    # acp: how long the agent may take to answer initialize
+    # In a confined routine run (docs/environments.md): hosts it needs for its model beyond the
+    # built-in ones, and files or directories (under ~ when relative) it keeps its own state in.
+    network_hosts: tuple[str, ...] = ()
+    state_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """[environment]: how routine environments are made (docs/environments.md)."""
+    bwrap: str = "bwrap"                          # bubblewrap, for confined runs
+    proxy_command: tuple[str, ...] = ("tinyproxy",)  # the filtering proxy (run with -d -c FILE)
+    socat: str = "socat"                          # the bridge between the sandbox and the proxy
+    proxy_port: int = 3128                        # where HTTP_PROXY points inside the sandbox
+    setup_timeout_s: float = 600.0                # a routine's setup script, unless it sets its own
+    setup_cache_days: float = 7.0                 # a cached setup older than this is built again
 
 
 @dataclass(frozen=True)
@@ -92,6 +109,7 @@ class Config:
     keep_worktrees_days: float = 7.0
     http: HttpConfig = field(default_factory=HttpConfig)
     routines: RoutinesConfig = field(default_factory=RoutinesConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     cluster: ClusterConfig | None = None
     warnings: tuple[str, ...] = ()
@@ -134,12 +152,13 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "routines": dict,
     "github": dict,
     "cluster": dict,
+    "environment": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings", bool: "true or false"}
 _CLUSTER_KEYS = {"temporal": str, "namespace": str, "task_queue": str, "heartbeat_s": (int, float)}
 _AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict, "install": str,
-               "auth_method": str, "start_timeout_s": (int, float)}
+               "auth_method": str, "start_timeout_s": (int, float), "network_hosts": list, "state_paths": list}
 _HTTP_KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "enabled": bool, "allow_remote": bool, "tls_cert": str, "tls_key": str,
     "max_body_bytes": int, "body_timeout_s": (int, float), "keep_alive_timeout_s": (int, float),
@@ -204,9 +223,18 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         timeout = spec.get("start_timeout_s", 30.0)
         if timeout <= 0:
             raise ConfigError(f"{where('start_timeout_s')}: agents.{name}.start_timeout_s must be positive")
+        hosts = spec.get("network_hosts", [])
+        problem = next((p for p in map(domain_problem, hosts) if p), None)
+        if problem:
+            raise ConfigError(f"{where('network_hosts')}: agents.{name}.network_hosts: {problem}")
+        state_paths = spec.get("state_paths", [])
+        if not all(isinstance(p, str) and p.strip() for p in state_paths):
+            raise ConfigError(f"{where('state_paths')}: agents.{name}.state_paths must be a list of paths")
         agents[name] = AgentConfig(name, backend, tuple(command), tuple(args), dict(env),
                                    install=spec.get("install", ready.install if ready else ""),
-                                   auth_method=spec.get("auth_method"), start_timeout_s=float(timeout))
+                                   auth_method=spec.get("auth_method"), start_timeout_s=float(timeout),
+                                   network_hosts=tuple(h.strip().lower() for h in hosts),
+                                   state_paths=tuple(state_paths))
 
     default_agent = raw.get("default_agent", "claude")
     if default_agent not in agents:
@@ -238,6 +266,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     http = _parse_http(raw.get("http", {}), where, check_type, warnings)
     cluster = _parse_cluster(raw.get("cluster"), where, check_type, warnings)
     routines = _parse_routines(raw.get("routines", {}), raw.get("github", {}), where, check_type, warnings)
+    environment = _parse_environment(raw.get("environment", {}), where, check_type, warnings)
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -253,6 +282,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         keep_worktrees_days=float(keep_days),
         http=http,
         routines=routines,
+        environment=environment,
         agents=agents,
         cluster=cluster,
         warnings=tuple(warnings),
@@ -342,6 +372,43 @@ def _parse_routines(raw: dict, github: dict, where, check_type, warnings: list[s
         raise ConfigError(f"{where('webhook_secret_file')}: github.webhook_secret_file must be a path")
     return RoutinesConfig(max_concurrent_runs=runs, keep_workspaces_days=float(keep),
                           stagger=raw.get("stagger", True), webhook_secret_file=secret)
+
+
+_ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "bwrap": str, "proxy_command": (str, list), "socat": str, "proxy_port": int,
+    "setup_timeout_s": (int, float), "setup_cache_days": (int, float)}
+
+
+def _parse_environment(raw: dict, where, check_type, warnings: list[str]) -> EnvironmentConfig:
+    for key, value in raw.items():
+        if key not in _ENVIRONMENT_KEYS:
+            hint = difflib.get_close_matches(key, list(_ENVIRONMENT_KEYS), n=1)
+            warnings.append(f"{where(key)}: unknown key {key!r} in [environment]"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        check_type(key, value, _ENVIRONMENT_KEYS[key], f"environment.{key}")
+    d = EnvironmentConfig()
+    command = raw.get("proxy_command", list(d.proxy_command))
+    if isinstance(command, str):
+        command = [command]
+    if not command or not all(isinstance(c, str) and c for c in command):
+        raise ConfigError(f"{where('proxy_command')}: environment.proxy_command must be a non-empty list of strings")
+    for key in ("bwrap", "socat"):
+        if key in raw and not raw[key].strip():
+            raise ConfigError(f"{where(key)}: environment.{key} must be a program name or path")
+    port = raw.get("proxy_port", d.proxy_port)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where('proxy_port')}: environment.proxy_port must be a TCP port (1-65535)")
+    timeout = raw.get("setup_timeout_s", d.setup_timeout_s)
+    if timeout <= 0:
+        raise ConfigError(f"{where('setup_timeout_s')}: environment.setup_timeout_s must be a number of seconds above 0")
+    days = raw.get("setup_cache_days", d.setup_cache_days)
+    if days < 0:
+        raise ConfigError(f"{where('setup_cache_days')}: environment.setup_cache_days must be 0 or more "
+                          "(0: run the setup script for every run)")
+    return EnvironmentConfig(bwrap=raw.get("bwrap", d.bwrap), proxy_command=tuple(command),
+                             socat=raw.get("socat", d.socat), proxy_port=port, setup_timeout_s=float(timeout),
+                             setup_cache_days=float(days))
 
 
 def parse_listen(text: str) -> tuple[str, int]:

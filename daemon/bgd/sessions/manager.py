@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -41,7 +41,12 @@ RESTART_ERROR = "bgd restarted while this session was working; reply to resume i
 SHUTDOWN_ERROR = "bgd shut down while this session was working; reply to resume it"
 TOUCH_FLUSH_S = 0.25  # how late a last_message-only change may be saved and published
 
-__all__ = ["SessionManager", "Session", "STATES", "BUSY", "new_id"]
+
+class LaunchRefused(Exception):
+    """`wrap_launch` says this agent must not start (its message is the session's error)."""
+
+
+__all__ = ["SessionManager", "Session", "STATES", "BUSY", "LaunchRefused", "new_id"]
 
 
 class SessionManager:
@@ -77,6 +82,11 @@ class SessionManager:
         self.env_for: list[Callable[[Session], dict[str, str]]] = []
         self.args_for: list[Callable[[Session, str], list[str]]] = []
         self.masks: dict[str, Callable[[Any], Any]] = {}
+        # Wraps an agent's start (routine environments: a sandbox and its proxy): (session, argv,
+        # env) -> (the argv to run instead, what to await once the process has exited, or None);
+        # it may change env, and raises LaunchRefused when the agent must not start at all.
+        self.wrap_launch: Callable[[Session, list[str], dict[str, str]],
+                                   Awaitable[tuple[list[str], Callable[[], Awaitable[None]] | None]]] | None = None
 
     # -- loading ----------------------------------------------------------------
 
@@ -224,13 +234,25 @@ class SessionManager:
                                 f"command = [\"/full/path/to/{os.path.basename(binary)}\"] under "
                                 f"[agents.{agent_cfg.name}] in {self.config_path}")
             return
-        run.process = AgentProcess(launch.argv, session.cwd, env,
+        argv = launch.argv
+        if self.wrap_launch is not None:
+            try:
+                argv, run.cleanup = await self.wrap_launch(session, argv, env)
+            except LaunchRefused as exc:
+                self._fail(session, str(exc))
+                return
+            if argv is not launch.argv and (self.sessions.get(session.id) is not session
+                                            or session.state == "stopped"):
+                await run.end()  # stopped or removed while its sandbox was being made
+                return
+        run.process = AgentProcess(argv, session.cwd, env,
                                    on_line=lambda line: self._on_line(session, run, line),
                                    on_exit=lambda code: self._on_exit(session, run, code),
                                    stdin_text=launch.stdin)
         try:
             await run.process.start(self.nursery)
         except OSError as exc:
+            await run.end()
             self._fail(session, f"cannot start agent {binary!r}: {exc.strerror or exc}; check [agents.{agent_cfg.name}] "
                                 f"command in {self.config_path}")
             return
@@ -362,6 +384,8 @@ class SessionManager:
                 self._changed(session)
         if self.runs.get(session.id) is run:
             del self.runs[session.id]
+        if run.cleanup is not None:
+            self.nursery.start_soon(run.end)
 
     def _died(self, session: Session, run: Run, code: int) -> None:
         """The process ended on its own: a session mid-turn failed (a reply resumes it)."""
