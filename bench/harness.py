@@ -29,7 +29,8 @@ TERMINAL = ("completed", "failed", "stopped")
 class Daemon:
     """One bgd process with its own socket, config and state dirs under /tmp."""
 
-    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = "", web: bool = False):
+    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = "", web: bool = False,
+                 python: str | Path | None = None):
         # /tmp, not a deep pytest-style path: Unix socket paths are short.
         self.base = Path(tempfile.mkdtemp(prefix=f"bgbench-{name}-", dir="/tmp"))
         self.socket = self.base / "bgd.sock"
@@ -49,11 +50,12 @@ class Daemon:
                         BGD_STATE_DIR=str(self.state_dir))
         self.env.pop("BGCTL_NO_SPAWN", None)
         self.log_path = self.base / "bgd.log"
+        self.python = str(python or sys.executable)  # e.g. a clean venv's (bench_cli.clean_venv)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bgd", "--log-level", "warning"], env=self.env,
+            self.proc = subprocess.Popen([self.python, "-m", "bgd", "--log-level", "warning"], env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while True:

@@ -49,3 +49,16 @@ def test_integers_at_the_64_bit_edges_stay_exact(number):
     assert fastjson.loads(b'{"n": [' + str(number).encode() + b']}') == {"n": [number]}
     assert type(fastjson.loads(str(number))) is int
     assert fastjson.dumps(number) == str(number).encode()
+
+
+def test_a_str_is_checked_for_long_digit_runs_like_bytes():
+    # Store rows come back as str: a big integer in one stays exact, digits of other scripts inside a
+    # string are only text, and a lone surrogate is json's to decide.
+    big = 10 ** 25
+    record = '{"results": [' + ",".join(f'{{"routine": "r-{i:03d}", "reason": "repository is x"}}' for i in range(50))
+    assert fastjson.loads(record + f'], "n": {big}}}') == json.loads(record + f'], "n": {big}}}')
+    assert type(fastjson.loads(record + f'], "n": {big}}}')["n"]) is int
+    arabic = '["' + "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660" * 2 + '"]'
+    assert fastjson.loads(arabic) == json.loads(arabic)
+    assert fastjson.loads('"\ud800"') == json.loads('"\ud800"')
+    assert fastjson.loads('"\\ud800"') == json.loads('"\\ud800"')

@@ -7,8 +7,8 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from bgcore.github import (Match, check_filter, compile_filter, event_context, field_value, match_delivery,
-                           parse_event, sign, verify_signature)
+from bgcore.github import (FIELDS, Match, Matcher, check_filter, compile_filter, event_context, field_value,
+                           match_delivery, parse_event, sign, verify_signature)
 from bgcore.github import FilterError
 
 
@@ -124,6 +124,41 @@ def test_matching_a_delivery():
     both = (("pull_request", None), ("release", None))
     assert match_delivery(both, (compile_filter("labels", "bug"),), "release", "published", release()).matched
     assert not match_delivery(both, (compile_filter("labels", "ui"),), "pull_request", "labeled", pr()).matched
+
+
+def _one_by_one(events, filters, event, action, payload):
+    """What a trigger says, filter by filter (the reference the shared Matcher must agree with)."""
+    if not any(e == event and (a is None or a == action) for e, a in events):
+        wanted = ", ".join(e if a is None else f"{e}.{a}" for e, a in events)
+        return f"event {event if action is None else f'{event}.{action}'} is not one of {wanted}"
+    for flt in filters:
+        if event in FIELDS[flt.field][1] and (why := check_filter(flt, event, payload)) is not None:
+            return why
+    return None
+
+
+def test_one_matcher_for_every_trigger_answers_as_each_filter_would():
+    # The webhook matches a delivery against every routine with one Matcher: the payload's values are
+    # read once and an events list's verdict is reused, so each trigger must still get its own answer.
+    opened = (("pull_request", "opened"), ("pull_request", "synchronize"))
+    both = (("pull_request", None), ("release", None))
+    triggers = [(opened, (compile_filter("repository", f"acme/{name}"), compile_filter("base", "main")))
+                for name in ("api", "web", "API")]
+    triggers += [(opened, (compile_filter("labels", {"exclude": ["wip"]}), compile_filter("draft", False))),
+                 (both, (compile_filter("labels", "bug"), compile_filter("tag", {"starts_with": "v"}))),
+                 (both, (compile_filter("title", {"matches": "Fix.*"}),
+                         compile_filter("author", {"one_of": ["octocat"]}))),
+                 ((("release", "published"),), (compile_filter("prerelease", True),)), (opened, ())]
+    deliveries = [("pull_request", "opened", pr()), ("pull_request", "closed", pr()),
+                  ("pull_request", "synchronize", pr(draft=True, labels=[{"name": "wip"}])),
+                  ("release", "published", release()), ("release", "created", release(name=None))]
+    for event, action, payload in deliveries:
+        matcher = Matcher(event, action, payload)
+        for events, filters in triggers * 2:  # twice: the second time from what the Matcher kept
+            expected = _one_by_one(events, filters, event, action, payload)
+            assert matcher.why_not(events, filters) == expected
+            assert matcher.match(events, filters) == Match(expected is None, expected)
+            assert match_delivery(events, filters, event, action, payload) == Match(expected is None, expected)
 
 
 @pytest.mark.parametrize("name, value, message", [

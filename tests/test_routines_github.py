@@ -77,6 +77,21 @@ def test_every_event_with_its_filters(github):
     assert "d-closed  pull_request.closed  Codertocat/Hello-World" in text
     assert "✗ merged: merged is false, not true" in text and f"✓ opened: run {runs['opened']}" in text
 
+    # The routine.delivery event carries the matched routines' results and how many routines looked;
+    # every routine's reason is in routine.deliveries.
+    seen = {}
+    with bgd.client() as c:
+        c.sock.settimeout(20)
+        c.call("events.subscribe", {"since": 0, "types": ["routine.delivery"]})
+        notes = c.notifications_iter()
+        while "d-closed" not in seen:
+            note = next(notes)
+            if note.method == "event":
+                seen[note.params["delivery"]["id"]] = note.params["delivery"]
+    assert seen["d-opened"]["results"] == [r for r in records["d-opened"]["results"] if r["matched"]]
+    assert [r["routine"] for r in seen["d-opened"]["results"]] == ["opened"]
+    assert seen["d-closed"]["results"] == [] and seen["d-closed"]["routines"] == 7
+
 
 def test_signatures_ping_and_bad_deliveries(github, bgd):
     _, url, client, events = github

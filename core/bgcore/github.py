@@ -20,14 +20,16 @@ its name, or its tag when it has none). A merge arrives as `pull_request.closed`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ACTIONS", "EVENTS", "FIELDS", "OPERATORS", "Filter", "FilterError", "Match", "compile_filter",
-           "event_context", "field_value", "match_delivery", "parse_event", "sign", "verify_signature"]
+__all__ = ["ACTIONS", "EVENTS", "FIELDS", "OPERATORS", "Filter", "FilterError", "Match", "Matcher",
+           "compile_filter", "event_context", "field_value", "match_delivery", "parse_event", "sign",
+           "verify_signature"]
 
 ACTIONS: dict[str, tuple[str, ...]] = {
     "pull_request": ("assigned", "auto_merge_disabled", "auto_merge_enabled", "closed", "converted_to_draft",
@@ -233,7 +235,10 @@ def _get(obj: Any, *keys: str) -> Any:
 
 def check_filter(flt: Filter, event: str, payload: dict) -> str | None:
     """None when the delivery passes `flt`, else why not (one line)."""
-    value = field_value(flt.field, event, payload)
+    return _check(flt, field_value(flt.field, event, payload))
+
+
+def _check(flt: Filter, value: Any) -> str | None:
     if flt.kind == "labels":
         have = set(value or [])
         for op, names in flt.checks:
@@ -251,22 +256,27 @@ def check_filter(flt: Filter, event: str, payload: dict) -> str | None:
     caseless = flt.field in _CASELESS
     seen = text.casefold() if caseless else text
     for op, arg in flt.checks:
-        norm = (lambda s: s.casefold()) if caseless else (lambda s: s)
-        if op == "equals" and seen != norm(arg):
-            return f"{flt.field} is {_clip(text)}, not {arg!r}"
-        if op == "contains" and norm(arg) not in seen:
-            return f"{flt.field} {_clip(text)} does not contain {arg!r}"
-        if op == "starts_with" and not seen.startswith(norm(arg)):
-            return f"{flt.field} {_clip(text)} does not start with {arg!r}"
-        if op == "one_of" and seen not in {norm(a) for a in arg}:
-            return f"{flt.field} is {_clip(text)}, not one of {_show(arg)}"
-        if op == "not_one_of" and seen in {norm(a) for a in arg}:
-            return f"{flt.field} is {_clip(text)}, one of the excluded {_show(arg)}"
-        if op == "matches" and arg.fullmatch(text) is None:
+        if op == "equals":
+            if seen != (arg.casefold() if caseless else arg):
+                return f"{flt.field} is {_clip(text)}, not {arg!r}"
+        elif op == "contains":
+            if (arg.casefold() if caseless else arg) not in seen:
+                return f"{flt.field} {_clip(text)} does not contain {arg!r}"
+        elif op == "starts_with":
+            if not seen.startswith(arg.casefold() if caseless else arg):
+                return f"{flt.field} {_clip(text)} does not start with {arg!r}"
+        elif op == "one_of":
+            if seen not in {a.casefold() for a in arg} if caseless else seen not in arg:
+                return f"{flt.field} is {_clip(text)}, not one of {_show(arg)}"
+        elif op == "not_one_of":
+            if seen in {a.casefold() for a in arg} if caseless else seen in arg:
+                return f"{flt.field} is {_clip(text)}, one of the excluded {_show(arg)}"
+        elif op == "matches" and arg.fullmatch(text) is None:
             return f"{flt.field} {_clip(text)} does not match {arg.pattern!r}"
     return None
 
 
+@functools.lru_cache(maxsize=256)  # one delivery's value is clipped once for all the triggers it fails
 def _clip(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     return repr(text if len(text) <= limit else text[:limit - 1] + "…")
@@ -278,20 +288,59 @@ class Match:
     reason: str | None = None  # which filter said no
 
 
+_MATCHED = Match(True)
+_UNSEEN = object()
+
+
+class Matcher:
+    """One delivery matched against many triggers (a webhook against every routine's): the values
+    the filters read from the payload, and the verdict on each list of events, are worked out once
+    for the delivery instead of once per trigger. `match` answers as `match_delivery` does."""
+
+    __slots__ = ("event", "action", "payload", "_values", "_events")
+
+    def __init__(self, event: str, action: str | None, payload: dict):
+        self.event, self.action, self.payload = event, action, payload
+        self._values: dict[str, Any] = {}
+        self._events: dict[tuple, str | None] = {}
+
+    def match(self, events: tuple[tuple[str, str | None], ...], filters: tuple[Filter, ...]) -> Match:
+        why = self.why_not(events, filters)
+        return _MATCHED if why is None else Match(False, why)
+
+    def why_not(self, events: tuple[tuple[str, str | None], ...], filters: tuple[Filter, ...]) -> str | None:
+        """None when the trigger takes the delivery, else the reason `match` gives."""
+        why = self._events.get(events, _UNSEEN)
+        if why is _UNSEEN:
+            why = self._events[events] = _events_reason(events, self.event, self.action)
+        if why is not None:
+            return why
+        values = self._values
+        for flt in filters:
+            name = flt.field
+            if self.event not in FIELDS[name][1]:
+                continue  # a filter of the other event (the trigger listens to both)
+            value = values.get(name, _UNSEEN)
+            if value is _UNSEEN:
+                value = values[name] = field_value(name, self.event, self.payload)
+            why = _check(flt, value)
+            if why is not None:
+                return why
+        return None
+
+
+def _events_reason(events: tuple[tuple[str, str | None], ...], event: str, action: str | None) -> str | None:
+    if any(e == event and (a is None or a == action) for e, a in events):
+        return None
+    wanted = ", ".join(e if a is None else f"{e}.{a}" for e, a in events)
+    got = event if action is None else f"{event}.{action}"
+    return f"event {got} is not one of {wanted}"
+
+
 def match_delivery(events: tuple[tuple[str, str | None], ...], filters: tuple[Filter, ...], event: str,
                    action: str | None, payload: dict) -> Match:
     """Whether one trigger (its events and filters) takes a delivery of `event`/`action`."""
-    if not any(e == event and (a is None or a == action) for e, a in events):
-        wanted = ", ".join(e if a is None else f"{e}.{a}" for e, a in events)
-        got = event if action is None else f"{event}.{action}"
-        return Match(False, f"event {got} is not one of {wanted}")
-    for flt in filters:
-        if event not in FIELDS[flt.field][1]:
-            continue  # a filter of the other event (the trigger listens to both)
-        why = check_filter(flt, event, payload)
-        if why is not None:
-            return Match(False, why)
-    return Match(True)
+    return Matcher(event, action, payload).match(events, filters)
 
 
 # ---------------------------------------------------------------- the prompt

@@ -20,7 +20,6 @@ non-JSON tokens NaN/Infinity), and small floats as 1e-7 rather than 1e-07 (same 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -29,9 +28,10 @@ import orjson
 # with non-string keys is refused by orjson and encoded by `json` below, as before.
 _OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _LINE_OPTIONS = _OPTIONS | orjson.OPT_APPEND_NEWLINE
-_LONG_DIGITS_S = re.compile(r"\d{19}")
-# For bytes, the same test without the regex engine (about 8x faster on an agent's
-# line): map every digit to "0" and everything else to " ", then look for 19 "0"s.
+# The test for a run of 19 digits, without the regex engine (`\d{19}` took 0.25 ms on a
+# 10 KB stored record, about 25x this): map every digit to "0" and everything else to " ",
+# then look for 19 "0"s. A str is encoded first (surrogatepass: a lone surrogate is still
+# bytes to look at; orjson then refuses it and `json` decides).
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _NINETEEN_ZEROS = b"0" * 19
 
@@ -59,10 +59,8 @@ def dumps_text(obj: Any) -> str:
 
 def loads(data: bytes | str) -> Any:
     """Decode like `json.loads` (same values, same errors), faster."""
-    if isinstance(data, (bytes, bytearray)):
-        plain = _NINETEEN_ZEROS not in data.translate(_DIGITS_AS_ZERO)
-    else:
-        plain = _LONG_DIGITS_S.search(data) is None
+    raw = data if isinstance(data, (bytes, bytearray)) else data.encode("utf-8", "surrogatepass")
+    plain = _NINETEEN_ZEROS not in raw.translate(_DIGITS_AS_ZERO)
     if plain:
         try:
             return orjson.loads(data)

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
-from bgcore.github import event_context, match_delivery, verify_signature
-from bgcore.routines_file import GitHubTrigger
+from bgcore.github import Matcher, event_context, verify_signature
 from bgcore.triggers import Conflict, New, Pending, Replay, body_digest, token_matches
-from bgd import clock
+from bgd import clock, fastjson
 
 log = logging.getLogger("bgd.routines")
 
@@ -179,25 +179,28 @@ class WebhookSecret:
         self.config = config
         self.config_dir = Path(config_dir)
         self._cache: tuple[Any, bytes | None, str | None] | None = None
+        self._path: tuple[str, str] | None = None   # the setting as written, and the file it names
 
     def get(self) -> tuple[bytes | None, str | None]:
-        """(the secret, or None and why not)."""
+        """(the secret, or None and why not). Every delivery asks: one stat while the file is unchanged."""
         name = self.config().routines.webhook_secret_file
         if not name:
             return None, ("no webhook secret is configured; set [github] webhook_secret_file in config.toml to "
                           "the file holding the secret GitHub signs with")
-        path = Path(os.path.expanduser(name))
-        if not path.is_absolute():
-            path = self.config_dir / path
+        if self._path is None or self._path[0] != name:
+            path = Path(os.path.expanduser(name))
+            self._path = (name, str(path if path.is_absolute() else self.config_dir / path))
+        path = self._path[1]
         try:
-            st = path.stat()
-            key = (str(path), st.st_mtime_ns, st.st_size)
+            st = os.stat(path)
+            key = (path, st.st_mtime_ns, st.st_size)
         except OSError as exc:
             return None, f"cannot read the webhook secret file {path}: {exc.strerror or exc}"
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
         try:
-            secret = path.read_bytes().strip()
+            with open(path, "rb") as f:
+                secret = f.read().strip()
             problem = None if secret else f"the webhook secret file {path} is empty"
         except OSError as exc:
             secret, problem = b"", f"cannot read the webhook secret file {path}: {exc.strerror or exc}"
@@ -224,7 +227,14 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
     if not event or not delivery_id:
         raise Refusal(400, "bad_request", "a GitHub delivery needs the X-GitHub-Event and X-GitHub-Delivery headers")
     try:
-        payload = json.loads(body)
+        # orjson at once: the payload is matched and never stored, so fastjson's guard against an integer
+        # past 64 bits (orjson makes it a float) is not needed; whatever orjson refuses, json decides.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    try:
+        if payload is None:
+            payload = fastjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Refusal(400, "bad_request", "the delivery is not JSON; set the webhook's content type to "
                                           "application/json") from None
@@ -234,56 +244,68 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
         return 200, {"type": "ping", "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}
     now = service.now().timestamp()
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
-    if not service.dedupe.first_seen(delivery_id, now):
-        record = service.delivery_seen_again(delivery_id, now)
-        return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
-                     "first_seen_at": record.get("received_at_iso") if record else None, "runs": []}
-    results = _match(service, event, action, payload, delivery_id, now)
-    record = {"id": delivery_id, "event": event, "action": action,
-              "repository": (payload.get("repository") or {}).get("full_name")
-              if isinstance(payload.get("repository"), dict) else None,
-              "received_at_iso": clock.iso(service.now()), "results": results, "duplicates": 0}
-    service.record_delivery(record, now)
+    with service.store.transaction():  # the record, its runs and their events: one commit
+        if not service.dedupe.first_seen(delivery_id, now):
+            record = service.delivery_seen_again(delivery_id, now)
+            return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
+                         "first_seen_at": record.get("received_at_iso") if record else None, "runs": []}
+        results = _match(service, event, action, payload, delivery_id, now)
+        record = {"id": delivery_id, "event": event, "action": action,
+                  "repository": (payload.get("repository") or {}).get("full_name")
+                  if isinstance(payload.get("repository"), dict) else None,
+                  "received_at_iso": clock.iso(service.now()), "results": results, "duplicates": 0}
+        service.record_delivery(record, now)
     return 200, {"type": "github_delivery", "delivery": delivery_id, "event": event if action is None else f"{event}.{action}",
                  "duplicate": False, "matched": [r["routine"] for r in results if r["matched"]],
                  "runs": [r["run_id"] for r in results if r.get("run_id")]}
 
 
 def _match(service, event: str, action: str | None, payload: dict, delivery_id: str, now: float) -> list[dict]:
-    results = []
+    results: list[dict] = []
+    add = results.append
     detail = {"delivery": delivery_id, "event": event if action is None else f"{event}.{action}"}
-    for routine in service.routines.values():
-        triggers = [t for t in routine.triggers if isinstance(t, GitHubTrigger)]
-        if not triggers:
-            continue
+    matcher = Matcher(event, action, payload)
+    other = None if event in ROUTINE_EVENTS else f"routines take pull_request and release events, not {event}"
+    for routine, triggers in service.github_triggers():
         if not routine.enabled:
-            results.append({"routine": routine.name, "matched": False, "reason": "the routine is paused"})
+            add({"routine": routine.name, "matched": False, "reason": "the routine is paused"})
             continue
-        if event not in ROUTINE_EVENTS:
-            results.append({"routine": routine.name, "matched": False,
-                            "reason": f"routines take pull_request and release events, not {event}"})
+        if other is not None:
+            add({"routine": routine.name, "matched": False, "reason": other})
             continue
-        reasons, taken = [], None
-        for trigger in triggers:
-            if not trigger.enabled:
-                reasons.append(f"trigger {trigger.index + 1} is disabled")
+        if len(triggers) == 1 and triggers[0].enabled:  # the usual routine: one GitHub trigger
+            taken = triggers[0]
+            why = matcher.why_not(taken.events, taken.filters)
+            if why is not None:
+                add({"routine": routine.name, "matched": False, "reason": why})
                 continue
-            match = match_delivery(trigger.events, trigger.filters, event, action, payload)
-            if match.matched:
-                taken = trigger
-                break
-            reasons.append(match.reason if len(triggers) == 1 else f"trigger {trigger.index + 1}: {match.reason}")
-        if taken is None:
-            results.append({"routine": routine.name, "matched": False, "reason": "; ".join(reasons)})
-            continue
+        else:
+            taken = _taken(matcher, routine, triggers, add)
+            if taken is None:
+                continue
         wait = service.caps.take((routine.name, "github"), taken.hourly_cap, now)
         if wait is not None:
             rec = service.skipped(routine.name, "github", "rate_limited", detail=detail,
                                   error=f"over the routine's hourly cap of {taken.hourly_cap} GitHub-started runs")
-            results.append({"routine": routine.name, "matched": True, "reason": "rate_limited", "run_id": rec["id"],
-                            "status": "skipped"})
+            add({"routine": routine.name, "matched": True, "reason": "rate_limited", "run_id": rec["id"],
+                 "status": "skipped"})
             continue
         rec = service.offer(routine, "github", context=event_context(event, payload, delivery_id), detail=detail)
-        results.append({"routine": routine.name, "matched": True, "reason": None, "run_id": rec["id"],
-                        "status": rec["status"]})
+        add({"routine": routine.name, "matched": True, "reason": None, "run_id": rec["id"], "status": rec["status"]})
     return results
+
+
+def _taken(matcher: Matcher, routine, triggers: list, add) -> Any:
+    """The first of a routine's GitHub triggers that takes the delivery; None (and the routine's
+    result recorded with every trigger's reason) when none does."""
+    reasons = []
+    for trigger in triggers:
+        if not trigger.enabled:
+            reasons.append(f"trigger {trigger.index + 1} is disabled")
+            continue
+        why = matcher.why_not(trigger.events, trigger.filters)
+        if why is None:
+            return trigger
+        reasons.append(why if len(triggers) == 1 else f"trigger {trigger.index + 1}: {why}")
+    add({"routine": routine.name, "matched": False, "reason": "; ".join(reasons)})
+    return None

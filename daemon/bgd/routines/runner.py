@@ -27,7 +27,7 @@ from typing import Any, Callable
 import trio
 
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
-from bgcore.routines_file import Routine
+from bgcore.routines_file import GitHubTrigger, Routine
 from bgd import clock
 from bgd.routines import workspace
 from bgd.routines.file import RoutinesFile
@@ -102,9 +102,12 @@ class RoutineService:
         self.rejected_deliveries = 0              # forged or unsigned deliveries since start (never stored)
         self.nursery: trio.Nursery | None = None
         self._housekeeping_wake = trio.Event()
+        self._next_look: float | None = None   # when the housekeeper looks again by itself; None: it is looking
         self.schedules = None  # schedules.ScheduleTriggers, made by install (it needs this service)
         self._recovered = False
         self._mounted = False
+        self._github: tuple[Any, list] = (None, [])
+        self._saved: dict[str, trio.Event] = {}     # run id -> set at its record's next save (wait_started)
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(self._on_session_end)
         sessions.on_permission.append(self._on_permission)
@@ -127,6 +130,15 @@ class RoutineService:
     @property
     def routines(self) -> dict[str, Routine]:
         return self.file.routines
+
+    def github_triggers(self) -> list[tuple[Routine, list[GitHubTrigger]]]:
+        """Each routine with GitHub triggers, and those triggers (what every delivery is matched
+        against; worked out again only when the definitions change)."""
+        routines = self.file.routines
+        if self._github[0] is not routines:
+            pairs = [(r, [t for t in r.triggers if isinstance(t, GitHubTrigger)]) for r in routines.values()]
+            self._github = (routines, [(r, triggers) for r, triggers in pairs if triggers])
+        return self._github[1]
 
     def _recover(self) -> None:
         """After a restart: open runs are over (`daemon_restarted`); the session map, the masks of
@@ -252,6 +264,9 @@ class RoutineService:
     def _save(self, rec: dict) -> None:
         self.store.save_routine_run(rec)
         self.bus.publish("routine.run", routine=rec["routine"], run=rec)
+        saved = self._saved.pop(rec["id"], None)
+        if saved is not None:
+            saved.set()
 
     # -- a run ------------------------------------------------------------------------
 
@@ -526,8 +541,10 @@ class RoutineService:
         self.records.pop(run_id, None)
         self.starts.pop(run_id, None)
         if rec.get("workspace"):
-            self.workspaces[run_id] = self.now().timestamp()
-            self._housekeeping_wake.set()
+            ended = self.workspaces[run_id] = self.now().timestamp()
+            due = ended + self.config().routines.keep_workspaces_days * 86400
+            if self._next_look is None or due < self._next_look:
+                self._housekeeping_wake.set()  # due before the housekeeper's next look (or it is looking now)
         if self.nursery is not None:
             self._execute(self.gate.finished(run_id))
 
@@ -566,15 +583,20 @@ class RoutineService:
         return [dict(self.records.get(r["id"], r)) for r in self.store.routine_runs(name, limit)]
 
     async def wait_started(self, rec: dict, timeout: float | None = None) -> dict:
-        """Wait until a run has its session, or ends, or waits in the queue: what a fire answers."""
+        """Wait until a run has its session, or ends, or waits in the queue: what a fire answers (woken
+        by the record's next save, so the answer leaves as soon as the session exists)."""
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
             while rec["status"] == "preparing" or (rec["status"] == "queued" and rec.get("reason") is None):
-                await trio.sleep(0.01)
+                await self._saved.setdefault(rec["id"], trio.Event()).wait()
         return dict(rec)
 
     def record_delivery(self, record: dict, at: float) -> None:
         self.store.save_delivery(record["id"], at, record)
-        self.bus.publish("routine.delivery", delivery=record)
+        # The event has the results of the routines it matched; why each other one did not is in the
+        # stored record (`routine.deliveries`): with a hundred routines that is most of it, every delivery.
+        matched = [r for r in record["results"] if r["matched"]]
+        self.bus.publish("routine.delivery",
+                         delivery={**record, "results": matched, "routines": len(record["results"])})
 
     def delivery_seen_again(self, delivery_id: str, at: float) -> dict | None:
         record = self.store.delivery(delivery_id)
@@ -592,7 +614,9 @@ class RoutineService:
     async def _housekeeping(self) -> None:
         while True:
             self._housekeeping_wake = trio.Event()
+            self._next_look = None
             wait = await self._prune()
+            self._next_look = self.now().timestamp() + min(wait, HOUSEKEEPING_S)
             with trio.move_on_after(min(wait, HOUSEKEEPING_S)):
                 await self._housekeeping_wake.wait()
 

@@ -41,9 +41,9 @@ def _git_env() -> dict[str, str]:
                 GIT_SSH_COMMAND=os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"))
 
 
-async def _git(*args: str, cwd: Path | None = None) -> str:
+async def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     result = await trio.run_process(["git", *args], cwd=str(cwd) if cwd else None, capture_stdout=True,
-                                    capture_stderr=True, check=False, env=_git_env(), stdin=b"")
+                                    capture_stderr=True, check=False, env=env or _git_env(), stdin=b"")
     if result.returncode != 0:
         raise CloneFailed(_git_message(result.stderr) or f"git {args[0]} exited with code {result.returncode}")
     return result.stdout.decode("utf-8", "replace").strip()
@@ -72,15 +72,17 @@ async def prepare(run_dir: Path, repos: tuple[Repo, ...], push: tuple[str, ...],
         (hooks / name).write_text(text)
         (hooks / name).chmod(0o755)
     clones = []
+    env = _git_env()
     with trio.fail_after(CLONE_TIMEOUT_S):
         for repo in repos:
             dest = run_dir / clone_name(repo.url)
             try:
-                await _git("clone", "--quiet", "--", source(repo.url), str(dest), cwd=run_dir)
+                # The guard's hooks are set by the clone itself (-c writes the new repository's config).
+                await _git("clone", "--quiet", "-c", f"core.hooksPath={hooks}", "--", source(repo.url), str(dest),
+                           cwd=run_dir, env=env)
                 if repo.ref:
-                    await _git("checkout", "--quiet", repo.ref, "--", cwd=dest)
-                await _git("config", "core.hooksPath", str(hooks), cwd=dest)
-                commit = await _head(dest)
+                    await _git("checkout", "--quiet", repo.ref, "--", cwd=dest, env=env)
+                commit = await _head(dest, env)
             except CloneFailed as exc:
                 raise CloneFailed(f"cannot clone {repo.url}" + (f" at {repo.ref}" if repo.ref else "")
                                   + f": {exc}") from None
@@ -88,9 +90,9 @@ async def prepare(run_dir: Path, repos: tuple[Repo, ...], push: tuple[str, ...],
     return clones
 
 
-async def _head(path: Path) -> str | None:
+async def _head(path: Path, env: dict[str, str] | None = None) -> str | None:
     try:
-        return await _git("rev-parse", "--verify", "--quiet", "HEAD", cwd=path) or None
+        return await _git("rev-parse", "--verify", "--quiet", "HEAD", cwd=path, env=env) or None
     except CloneFailed:
         return None  # an empty repository has no commit yet
 
