@@ -18,7 +18,7 @@ import math
 import re
 from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Iterator, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -517,6 +517,21 @@ def _resolve_wall(wall: datetime, tz) -> int:
     return hi
 
 
+@lru_cache(maxsize=1024)
+def _day_span(day: date, tz) -> tuple[int, bool] | None:
+    """The instant `day` starts in `tz`, and whether it is steady (24 hours, one UTC offset
+    throughout, so wall minutes map to instants by plain addition); None when the next day is past
+    what datetime can hold. Cached: every fire time of a day asks for the same answer."""
+    day_start = _resolve_wall(datetime.combine(day, time()), tz)
+    try:
+        day_end = _resolve_wall(datetime.combine(day + _DAY, time()), tz)
+    except OverflowError:
+        return None
+    steady = day_end - day_start == 86400 and (
+        datetime.fromtimestamp(day_start, tz).utcoffset() == datetime.fromtimestamp(day_end - 1, tz).utcoffset())
+    return day_start, steady
+
+
 def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
     start = _wall(after_ts, tz).replace(second=0)
     day, first_minute = start.date(), start.hour * 60 + start.minute
@@ -525,16 +540,12 @@ def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
         if match != day:
             first_minute = 0
         day = match
-        day_start = _resolve_wall(datetime.combine(day, time()), tz)
-        try:
-            day_end = _resolve_wall(datetime.combine(day + _DAY, time()), tz)
-        except OverflowError:
+        span = _day_span(day, tz)
+        if span is None:
             return
+        day_start, steady = span
         # A day without a transition maps wall minutes to instants by plain addition (fast path);
         # a transition day resolves every wall time on its own.
-        steady = day_end - day_start == 86400 and (
-            datetime.fromtimestamp(day_start, tz).utcoffset()
-            == datetime.fromtimestamp(day_end - 1, tz).utcoffset())
         for mod in c.minutes_of_day[bisect_left(c.minutes_of_day, first_minute):]:
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
@@ -566,7 +577,10 @@ def _iter_grid(period: int, after_ts: float, tz) -> Iterator[int]:
 
 def _iter_fires(schedule: Schedule, after: datetime, tz) -> Iterator[int]:
     _require_aware(after)
-    after_ts = after.timestamp()
+    return _iter_fires_ts(schedule, after.timestamp(), tz)
+
+
+def _iter_fires_ts(schedule: Schedule, after_ts: float, tz) -> Iterator[int]:
     if schedule.kind == "once":
         if schedule.at.timestamp() > after_ts:
             yield math.floor(schedule.at.timestamp())
@@ -585,6 +599,12 @@ def next_fire_times(schedule: Schedule, after: datetime, tz: ZoneInfo, n: int) -
 def next_fire_time(schedule: Schedule, after: datetime, tz: ZoneInfo) -> datetime | None:
     fires = next_fire_times(schedule, after, tz, 1)
     return fires[0] if fires else None
+
+
+def next_fire_ts(schedule: Schedule, after_ts: float, tz: ZoneInfo) -> int | None:
+    """`next_fire_time` on POSIX timestamps: the first fire strictly after `after_ts` (the daemon's
+    schedulers ask this once per fire, so it skips building datetimes)."""
+    return next(_iter_fires_ts(schedule, after_ts, tz), None)
 
 
 def previous_fire_times(schedule: Schedule, before: datetime, not_before: datetime,

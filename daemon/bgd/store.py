@@ -265,6 +265,11 @@ class Store:
         if self.db.execute("UPDATE loops SET data = ? WHERE id = ?", (text, loop_id)).rowcount == 0:
             self.db.execute("INSERT INTO loops (id, session_id, data) VALUES (?, ?, ?)", (loop_id, session_id, text))
 
+    def add_loop(self, loop_id: str, session_id: str, data: dict) -> None:
+        """A new loop: one statement, without save_loop's UPDATE that would find nothing."""
+        self.db.execute("INSERT OR REPLACE INTO loops (id, session_id, data) VALUES (?, ?, ?)",
+                        (loop_id, session_id, dumps_text(data)))
+
     def delete_loop(self, loop_id: str) -> None:
         self.db.execute("DELETE FROM loops WHERE id = ?", (loop_id,))
 

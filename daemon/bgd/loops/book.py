@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from bgcore.jsonrpc import LIMIT_REACHED, RpcError
-from bgcore.schedule import Schedule, jitter_seconds, next_fire_time
+from bgcore.schedule import Schedule, jitter_seconds, next_fire_ts
 
 MAX_LOOPS_PER_SESSION = 50
 LIFETIME_S = 7 * 86400          # recurring loops expire this long after creation
@@ -32,10 +32,19 @@ WAKEUP_MIN_S, WAKEUP_MAX_S = 60, 3600
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
+_ID_SPACE = len(_ID_ALPHABET) ** 8
+
+
 def new_loop_id(taken=frozenset()) -> str:
-    """`taken`: any container of ids in use (not copied: 10,000 loops must not slow creation)."""
+    """8 random characters of [a-z0-9]. `taken`: any container of ids in use (not copied: 10,000
+    loops must not slow creation). One draw from the OS's random source, not one per character."""
     while True:
-        candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        n = secrets.randbelow(_ID_SPACE)
+        chars = []
+        for _ in range(8):
+            n, digit = divmod(n, 36)
+            chars.append(_ID_ALPHABET[digit])
+        candidate = "".join(chars)
         if candidate not in taken:
             return candidate
 
@@ -96,8 +105,9 @@ class Loop:
                 "suspended": self.suspended, "source": self.source, "note": self.note}
 
     def to_record(self) -> dict:
-        # Every field is a plain value: a shallow copy (dataclasses.asdict recurses, 10x slower).
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        # Every field is a plain value and the instance holds nothing else: a shallow copy of its
+        # dict, in field order (dataclasses.asdict recurses, 10x slower).
+        return self.__dict__.copy()
 
     @classmethod
     def from_record(cls, data: dict) -> "Loop":
@@ -108,8 +118,8 @@ class Loop:
 def next_scheduled(loop: Loop, after: float, tz) -> float:
     """The fixed loop's next fire strictly after `after` (jitter included), never past its expiry:
     the fire at the expiry is its last."""
-    base = next_fire_time(loop.schedule(), datetime.fromtimestamp(after - loop.jitter_s, timezone.utc), tz)
-    fire = base.timestamp() + loop.jitter_s if base is not None else loop.expires_at
+    base = next_fire_ts(loop.schedule(), after - loop.jitter_s, tz)
+    fire = float(base) + loop.jitter_s if base is not None else loop.expires_at
     return min(fire, loop.expires_at)
 
 
@@ -166,7 +176,19 @@ class LoopBook:
         return [loop for loop in self._by_session.get(session_id, {}).values() if loop.suspended == suspended]
 
     def live_count(self, session_id: str) -> int:
-        return len(self.of_session(session_id))
+        return sum(1 for loop in self._by_session.get(session_id, {}).values() if not loop.suspended)
+
+    def live_and_next_wake(self, session_id: str) -> tuple[bool, float | None]:
+        """Whether the session has a live loop, and its next wake (`next_wake_of`): one pass."""
+        live, wake = False, None
+        for loop in self._by_session.get(session_id, {}).values():
+            if loop.suspended:
+                continue
+            live = True
+            fire = loop.next_fire
+            if fire is not None and (wake is None or fire < wake):
+                wake = fire
+        return live, wake
 
     def session_ids(self) -> list[str]:
         return list(self._by_session)
@@ -198,7 +220,7 @@ class LoopBook:
         for session_id, loops in self._by_session.items():
             if busy(session_id):
                 continue
-            best = None
+            best, best_fire = None, 0.0
             for loop in loops.values():
                 if loop.in_flight:
                     best = None
@@ -206,8 +228,9 @@ class LoopBook:
                 fire = loop.next_fire
                 if fire is None or fire > now or loop.suspended:
                     continue
-                if best is None or (fire, loop.created_at, loop.id) < (best.next_fire, best.created_at, best.id):
-                    best = loop
+                if best is None or fire < best_fire or (
+                        fire == best_fire and (loop.created_at, loop.id) < (best.created_at, best.id)):
+                    best, best_fire = loop, fire
             if best is not None:
                 result.append(best)
         return result
@@ -255,6 +278,8 @@ class LoopBook:
     def turn_ended(self, session_id: str, now: float) -> Outcome:
         """The session's turn ended: dynamic loops whose iteration it was pick their next wake."""
         out = Outcome()
+        if session_id not in self._flying:  # no loop of it is in flight (_flying is a superset)
+            return out
         self._flying.discard(session_id)
         for loop in self.of_session(session_id):
             if not loop.in_flight:
