@@ -169,6 +169,7 @@ def _clean_step(values: tuple[int, ...], span: int) -> int:
     return step if step and span % step == 0 and values == tuple(range(0, span, step)) else 0
 
 
+@lru_cache(maxsize=4096)  # like compile_cron: a file of many tasks repeats a few schedules
 def describe(c: Cron) -> str:
     """A short English reading of common cron shapes; anything else is shown as the cron itself."""
     fallback = f"cron {c.text} (minute hour day month weekday)"

@@ -176,7 +176,7 @@ class LoopBook:
         return [loop for loop in self._by_session.get(session_id, {}).values() if loop.suspended == suspended]
 
     def live_count(self, session_id: str) -> int:
-        return sum(1 for loop in self._by_session.get(session_id, {}).values() if not loop.suspended)
+        return len(self.of_session(session_id))
 
     def live_and_next_wake(self, session_id: str) -> tuple[bool, float | None]:
         """Whether the session has a live loop, and its next wake (`next_wake_of`): one pass."""
@@ -249,7 +249,9 @@ class LoopBook:
     # -- changes ------------------------------------------------------------------
 
     def add(self, loop: Loop) -> Loop:
-        if self.live_count(loop.session_id) >= MAX_LOOPS_PER_SESSION:
+        held = self._by_session.get(loop.session_id, ())
+        # Counting the live ones only when the session holds enough loops for it to matter.
+        if len(held) >= MAX_LOOPS_PER_SESSION and self.live_count(loop.session_id) >= MAX_LOOPS_PER_SESSION:
             raise RpcError(LIMIT_REACHED, f"session {loop.session_id} already has {MAX_LOOPS_PER_SESSION} loop "
                                           f"tasks, the most a session may have; stop one first "
                                           f"(`bgctl loop ls --session {loop.session_id}`, `bgctl loop stop ID`)")
