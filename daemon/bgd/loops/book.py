@@ -228,8 +228,10 @@ class LoopBook:
                 fire = loop.next_fire
                 if fire is None or fire > now or loop.suspended:
                     continue
-                if best is None or fire < best_fire or (
-                        fire == best_fire and (loop.created_at, loop.id) < (best.created_at, best.id)):
+                # The most overdue; ties by creation, then id (plain comparisons: no tuples per loop).
+                if best is None or fire < best_fire or fire == best_fire and (
+                        loop.created_at < best.created_at
+                        or loop.created_at == best.created_at and loop.id < best.id):
                     best, best_fire = loop, fire
             if best is not None:
                 result.append(best)
@@ -283,9 +285,8 @@ class LoopBook:
         if session_id not in self._flying:  # no loop of it is in flight (_flying is a superset)
             return out
         self._flying.discard(session_id)
-        for loop in self.of_session(session_id):
-            if not loop.in_flight:
-                continue
+        for loop in [loop for loop in self._by_session.get(session_id, {}).values()
+                     if loop.in_flight and not loop.suspended]:
             loop.in_flight = False
             if loop.kind == "dynamic" and not loop.rescheduled:
                 if loop.fallback:
