@@ -395,14 +395,34 @@ def _day_preset(r: _Reader) -> str | None:
     return None
 
 
+_PARSED: dict[tuple[str, bool], Schedule] = {}
+_PARSED_MAX = 4096
+
+
 def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo, loop_intervals: bool = False) -> Schedule:
     """Read a schedule of the §7 language; raises ScheduleError pointing at what it could not read.
 
     An interval under a minute is an error, as a task schedule must be (§7). With `loop_intervals` every
     interval is read by the reading of parse_interval (§6: `45s` rounds up to every minute, with
     `rounded_from`), so `schedule explain` shows what `bgctl loop` would pick.
+
+    Only a one-shot depends on `now` and `tz`; every other reading is kept (Schedule is immutable), so a
+    tasks.toml of 10,000 tasks that repeats a few hundred schedules reads each once.
     """
     _require_aware(now)
+    key = (spec, loop_intervals)
+    known = _PARSED.get(key)
+    if known is not None:
+        return known
+    result = _parse_schedule(spec, now, tz, loop_intervals)
+    if result.kind != "once":
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = result
+    return result
+
+
+def _parse_schedule(spec: str, now: datetime, tz: ZoneInfo, loop_intervals: bool) -> Schedule:
     r = _Reader(spec)
     word = r.peek()
     if word is None:
