@@ -568,7 +568,8 @@ def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
         day_start, steady = span
         # A day without a transition maps wall minutes to instants by plain addition (fast path);
         # a transition day resolves every wall time on its own.
-        for mod in c.minutes_of_day[bisect_left(c.minutes_of_day, first_minute):]:
+        minutes = c.minutes_of_day
+        for mod in itertools.islice(minutes, bisect_left(minutes, first_minute), None):  # no copy
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
             if ts > last:  # several skipped wall times share one instant: fire it once

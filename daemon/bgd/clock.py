@@ -23,6 +23,30 @@ def iso(dt: datetime | None) -> str | None:
     return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+_SECONDS: dict[int, str] = {}  # whole second -> "YYYY-MM-DDTHH:MM:SS" (UTC)
+_YEAR_10000 = 253402300800
+
+
+def iso_ts(ts: float | None) -> str | None:
+    """`iso` of a POSIX timestamp: exactly datetime.fromtimestamp(ts, utc).isoformat(timespec="milliseconds")
+    (microseconds rounded half to even, as datetime does, then cut to milliseconds), with the text of
+    each second kept, since a loop's times are formatted at every change of it."""
+    if ts is None:
+        return None
+    if not 0 <= ts < _YEAR_10000:  # before 1970, past 9999, inf, nan: datetime says what it says
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+    sec = int(ts)
+    us = round((ts - sec) * 1e6)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    text = _SECONDS.get(sec)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[sec] = datetime.fromtimestamp(sec, timezone.utc).isoformat()[:19]
+    return f"{text}.{us // 1000:03d}+00:00"
+
+
 _last_ms, _last_text = -1, ""
 
 

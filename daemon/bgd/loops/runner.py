@@ -272,7 +272,7 @@ class LoopRunner:
                              "detail": f"next wake of loop {loop.id} in {_duration(delay)}: {reason}"})
         self._refresh_session(session)
         self.poke()
-        return {"loop": loop.to_json(), "delay_seconds": delay, "next_wake_at": clock.iso(_utc(loop.next_fire))}
+        return {"loop": loop.to_json(), "delay_seconds": delay, "next_wake_at": clock.iso_ts(loop.next_fire)}
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class LoopRunner:
             return
         live, next_wake = self.book.live_and_next_wake(session.id)
         if live:
-            wake = clock.iso(_utc(next_wake))
+            wake = clock.iso_ts(next_wake)
             if session.state != "sleeping" or session.next_wake_at != wake:
                 self.sessions.update(session, state="sleeping", next_wake_at=wake)
         elif session.state == "sleeping" or session.next_wake_at is not None:
@@ -325,13 +325,6 @@ class _batch:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.db is not None:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _utc(ts: float | None):
-    if ts is None:
-        return None
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(ts, timezone.utc)
 
 
 def _duration(seconds: float) -> str:
