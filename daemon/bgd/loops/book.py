@@ -349,7 +349,11 @@ class LoopBook:
                 loop.next_fire = min(now + FALLBACK_WAKE_S, loop.expires_at)
                 self._push(loop)
             loop.rescheduled = False
-            out.changed.append(loop)
+            if loop.kind != "fixed":
+                out.changed.append(loop)
+            # A fixed loop changed only in memory (no longer in flight): its record, saved at the
+            # fire, is left as it is; after a restart recover() ends an iteration recorded as in
+            # flight just so. One write less per fire.
         return out
 
     def wakeup_target(self, session_id: str) -> Loop | None:
