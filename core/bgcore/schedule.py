@@ -554,10 +554,38 @@ def _day_span(day: date, tz) -> tuple[int, bool] | None:
     return day_start, steady
 
 
+def _cron_after(c: Cron, after_ts: float, tz) -> int | None:
+    """The first fire of `c` strictly after `after_ts`; None past what datetime can hold."""
+    start = _wall(after_ts, tz)
+    day, first_minute = start.date(), start.hour * 60 + start.minute
+    minutes = c.minutes_of_day
+    while (match := c.next_day(day)) is not None:
+        if match != day:
+            first_minute = 0
+        day = match
+        span = _day_span(day, tz)
+        if span is None:
+            return None
+        day_start, steady = span
+        # A day without a transition maps wall minutes to instants by plain addition (fast path);
+        # a transition day resolves every wall time on its own (several skipped wall times share
+        # one instant, and a repeated hour fires once: the first instant past after_ts is the one).
+        for mod in itertools.islice(minutes, bisect_left(minutes, first_minute), None):  # no copy
+            ts = day_start + mod * 60 if steady else _resolve_wall(
+                datetime.combine(day, time(mod // 60, mod % 60)), tz)
+            if ts > after_ts:
+                return ts
+        day, first_minute = day + _DAY, 0
+    return None
+
+
 def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
+    """Every fire after `after_ts`, in order: _cron_after's walk, kept going (a look-back over days of
+    a minutely schedule must not start over at each fire)."""
     start = _wall(after_ts, tz).replace(second=0)
     day, first_minute = start.date(), start.hour * 60 + start.minute
     last = after_ts
+    minutes = c.minutes_of_day
     while (match := c.next_day(day)) is not None:
         if match != day:
             first_minute = 0
@@ -566,10 +594,7 @@ def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
         if span is None:
             return
         day_start, steady = span
-        # A day without a transition maps wall minutes to instants by plain addition (fast path);
-        # a transition day resolves every wall time on its own.
-        minutes = c.minutes_of_day
-        for mod in itertools.islice(minutes, bisect_left(minutes, first_minute), None):  # no copy
+        for mod in itertools.islice(minutes, bisect_left(minutes, first_minute), None):
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
             if ts > last:  # several skipped wall times share one instant: fire it once
@@ -626,7 +651,9 @@ def next_fire_time(schedule: Schedule, after: datetime, tz: ZoneInfo) -> datetim
 
 def next_fire_ts(schedule: Schedule, after_ts: float, tz: ZoneInfo) -> int | None:
     """`next_fire_time` on POSIX timestamps: the first fire strictly after `after_ts` (the daemon's
-    schedulers ask this once per fire, so it skips building datetimes)."""
+    schedulers ask this once per fire, so it skips building datetimes and iterators)."""
+    if schedule.kind == "cron" and (schedule.interval_s is None or schedule.interval_s >= 86400):
+        return _cron_after(_compile(schedule.cron), after_ts, tz)
     return next(_iter_fires_ts(schedule, after_ts, tz), None)
 
 

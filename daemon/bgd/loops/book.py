@@ -186,6 +186,12 @@ class LoopBook:
         if len(heap) > 2 * len(self._by_session.get(loop.session_id, ())) + 16:
             self._rebuild(loop.session_id)  # stale entries of loops rescheduled again and again
 
+    def reindex(self) -> None:
+        """Read every loop's next_fire and suspended again, after they were changed from outside
+        the book (the loops benchmark parks loops and releases them all at one instant)."""
+        for session_id in self._by_session:
+            self._rebuild(session_id)
+
     def _rebuild(self, session_id: str) -> None:
         entries = []
         for loop in self._by_session.get(session_id, {}).values():
@@ -206,7 +212,7 @@ class LoopBook:
             if self._stamps.get(loop_id) == stamp:
                 if loop.next_fire == fire and not loop.suspended:
                     return loop
-                # Changed without the book (a test or benchmark setting next_fire): look again.
+                # Changed from outside the book, which should have called reindex(): look again.
                 self._rebuild(session_id)
                 heap = self._heaps[session_id]
                 return heap[0][4] if heap else None
