@@ -570,7 +570,8 @@ def _cron_after(c: Cron, after_ts: float, tz) -> int | None:
         # A day without a transition maps wall minutes to instants by plain addition (fast path);
         # a transition day resolves every wall time on its own (several skipped wall times share
         # one instant, and a repeated hour fires once: the first instant past after_ts is the one).
-        for mod in itertools.islice(minutes, bisect_left(minutes, first_minute), None):  # no copy
+        for i in range(bisect_left(minutes, first_minute), len(minutes)):  # by index: no copy, no skipping
+            mod = minutes[i]
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
             if ts > after_ts:
@@ -594,7 +595,8 @@ def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
         if span is None:
             return
         day_start, steady = span
-        for mod in itertools.islice(minutes, bisect_left(minutes, first_minute), None):
+        for i in range(bisect_left(minutes, first_minute), len(minutes)):
+            mod = minutes[i]
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
             if ts > last:  # several skipped wall times share one instant: fire it once

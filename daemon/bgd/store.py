@@ -8,7 +8,8 @@ add a step at the end and never edit an old one.
 Writes are small and frequent; WAL with synchronous=NORMAL makes each commit
 cheap and survives a `kill -9` of the daemon (only a power loss can drop the
 last commits).  The daemon's hot paths group related writes (a transcript entry and its
-event; a pass of loop fires) in one `transaction()`: one commit instead of several.
+event; the agent lines read in one turn of the event loop; a pass of loop fires) in one
+`transaction()`: one commit instead of several.
 
 Checkpoints (copying the WAL back into the database file, with an fsync) are not
 left to SQLite's automatic one, which runs inside whichever commit crosses 1,000

@@ -15,7 +15,8 @@ One exception, for throughput: an assistant line that only changes
 the session is saved and published by a flusher at most TOUCH_FLUSH_S later,
 once for all the lines in between, or at once by the next real change (which
 carries the new `last_message`, so events stay in order).  The line itself is in
-the transcript, stored and published at once.
+the transcript, stored and published within the same turn of the trio loop: the
+lines read in one turn share a commit (`_record_soon`, EventBus.record_soon).
 """
 
 from __future__ import annotations
