@@ -396,7 +396,7 @@ def _day_preset(r: _Reader) -> str | None:
 
 
 _PARSED: dict[tuple[str, bool], Schedule] = {}
-_PARSED_MAX = 4096
+_PARSED_MAX = 16384  # as many as compile_cron keeps
 
 
 def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo, loop_intervals: bool = False) -> Schedule:
