@@ -56,8 +56,13 @@ def now_iso() -> str:
     global _last_ms, _last_text
     ms = time.time_ns() // 1_000_000
     if ms != _last_ms:
-        at = datetime.fromtimestamp(ms // 1000, timezone.utc).replace(microsecond=ms % 1000 * 1000)
-        _last_ms, _last_text = ms, at.isoformat(timespec="milliseconds")
+        sec, milli = divmod(ms, 1000)
+        text = _SECONDS.get(sec)
+        if text is None:
+            if len(_SECONDS) >= 4096:
+                _SECONDS.clear()
+            text = _SECONDS[sec] = datetime.fromtimestamp(sec, timezone.utc).isoformat()[:19]
+        _last_ms, _last_text = ms, f"{text}.{milli:03d}+00:00"
     return _last_text
 
 
