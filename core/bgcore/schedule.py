@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .cron import DAY_NAMES, Cron, CronError, compile_cron, describe
 
 __all__ = [
-    "Schedule", "ScheduleError", "explain", "jitter_seconds", "next_fire_time", "next_fire_times",
+    "Schedule", "ScheduleError", "explain", "jitter_seconds", "next_fire_time", "next_fire_times", "next_fire_ts",
     "parse_interval", "parse_schedule", "parse_when_and_what", "previous_fire_times", "split_loop_args",
 ]
 

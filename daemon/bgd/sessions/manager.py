@@ -572,6 +572,9 @@ class SessionManager:
         if self.nursery is None:
             self._record(session, kind, data)
             return
+        mask = self.masks.get(session.id)
+        if mask is not None:  # as _record: a secret never reaches the transcript or an event
+            data = mask(data)
         session_id = session.id
         n = self.transcript_len.get(session_id, 0)
         self.transcript_len[session_id] = n + 1
