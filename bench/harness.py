@@ -164,6 +164,47 @@ class Watcher:
         self.close()
 
 
+class BusyCore:
+    """Another process keeping one core busy (`python -c "while True: pass"`), for the second
+    measurement pass: the figures as they are while something else runs on the machine."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+
+    def __enter__(self) -> "BusyCore":
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+        time.sleep(0.2)  # running before the measurement starts
+        return self
+
+    def share(self) -> float:
+        """How much of one core the busy process got so far (1.0: all of it)."""
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid) / max(time.monotonic() - self.started, 1e-9)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.got = self.share()
+            self.proc.kill()
+            self.proc.wait()
+
+
+def passes(measure: Callable[[], dict], busy: bool = True) -> dict:
+    """`measure()` as the machine is, then (`busy`) again with one core kept busy: {"quiet": figures,
+    "busy": figures with "busy_share", the part of a core the busy process got}."""
+    print("  -- as the machine is")
+    result = {"quiet": measure()}
+    if busy:
+        print("  -- with one core kept busy by another process")
+        with BusyCore() as hog:
+            figures = measure()
+        figures["busy_share"] = round(hog.got, 2)
+        print(f"  (the busy process got {hog.got:.0%} of a core)")
+        result["busy"] = figures
+    return result
+
+
 def rss_kb(pid: int) -> int:
     """VmRSS of a process, in KiB, from /proc."""
     with open(f"/proc/{pid}/status") as f:

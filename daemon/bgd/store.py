@@ -8,7 +8,8 @@ add a step at the end and never edit an old one.
 Writes are small and frequent; WAL with synchronous=NORMAL makes each commit
 cheap and survives a `kill -9` of the daemon (only a power loss can drop the
 last commits).  The daemon's hot paths group related writes (a transcript entry and its
-event; a pass of loop fires) in one `transaction()`: one commit instead of several.
+event; the agent lines read in one turn of the event loop; a pass of loop fires) in one
+`transaction()`: one commit instead of several.
 
 Checkpoints (copying the WAL back into the database file, with an fsync) are not
 left to SQLite's automatic one, which runs inside whichever commit crosses 1,000
@@ -264,6 +265,11 @@ class Store:
         text = dumps_text(data)
         if self.db.execute("UPDATE loops SET data = ? WHERE id = ?", (text, loop_id)).rowcount == 0:
             self.db.execute("INSERT INTO loops (id, session_id, data) VALUES (?, ?, ?)", (loop_id, session_id, text))
+
+    def add_loop(self, loop_id: str, session_id: str, data: dict) -> None:
+        """A new loop: one statement, without save_loop's UPDATE that would find nothing."""
+        self.db.execute("INSERT OR REPLACE INTO loops (id, session_id, data) VALUES (?, ?, ?)",
+                        (loop_id, session_id, dumps_text(data)))
 
     def delete_loop(self, loop_id: str) -> None:
         self.db.execute("DELETE FROM loops WHERE id = ?", (loop_id,))

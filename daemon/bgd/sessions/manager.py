@@ -15,7 +15,8 @@ One exception, for throughput: an assistant line that only changes
 the session is saved and published by a flusher at most TOUCH_FLUSH_S later,
 once for all the lines in between, or at once by the next real change (which
 carries the new `last_message`, so events stay in order).  The line itself is in
-the transcript, stored and published at once.
+the transcript, stored and published within the same turn of the trio loop: the
+lines read in one turn share a commit (`_record_soon`, EventBus.record_soon).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class SessionManager:
         self.runs: dict[str, Run] = {}
         self.transcript_len: dict[str, int] = {}
         self._touched_ids: set[str] = set()   # last_message changed, not yet saved (see _touched)
+        self._flush_wake: trio.Event | None = None  # wakes _flusher (see _record_soon)
         self._counts: dict[str, int] = {}
         self._counts_key: tuple[int, int] | None = None
         self.nursery: trio.Nursery | None = None
@@ -123,6 +125,7 @@ class SessionManager:
         return session
 
     def transcript(self, session: Session, since: int = -1, limit: int | None = None) -> list[dict]:
+        self.bus.flush()  # entries waiting for their group commit are part of it
         return self.store.transcript(session.id, since, limit)
 
     # -- creating ---------------------------------------------------------------
@@ -467,6 +470,7 @@ class SessionManager:
         await run.process.shutdown(self.config().stop_grace_s)
 
     async def remove(self, session: Session) -> None:
+        self.bus.flush()  # no entry of it may be written after it is deleted
         run = self.runs.pop(session.id, None)
         if run is not None:
             self._stop_run(run)
@@ -489,6 +493,7 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         """Ask every agent to stop (daemon exit); sessions mid-turn fail with a clear reason."""
+        self.bus.flush()
         self._flush_touched()
         for session_id, run in list(self.runs.items()):
             if getattr(run.process, "detached", False):
@@ -560,6 +565,42 @@ class SessionManager:
             event = self.bus.record("session.transcript", id=session.id,
                                     entry={"n": n, "ts": ts, "kind": kind, "data": clip(data, encoded)})
         self.bus.deliver(*event)
+
+    def _record_soon(self, session: Session, kind: str, data: Any) -> None:
+        """`_record` for the agent's output: the entry and its event wait for the group commit of
+        everything recorded so in this turn of the trio loop (EventBus.record_soon)."""
+        if self.nursery is None:
+            self._record(session, kind, data)
+            return
+        mask = self.masks.get(session.id)
+        if mask is not None:  # as _record: a secret never reaches the transcript or an event
+            data = mask(data)
+        session_id = session.id
+        n = self.transcript_len.get(session_id, 0)
+        self.transcript_len[session_id] = n + 1
+        ts = clock.now_iso()
+        encoded = fastjson.dumps(data)
+        text = encoded.decode()
+
+        def write() -> None:
+            self.store.append_transcript(session_id, n, ts, kind, data, text)
+
+        if self.bus.record_soon(write, "session.transcript", id=session_id,
+                                entry={"n": n, "ts": ts, "kind": kind, "data": clip(data, encoded)}):
+            if self._flush_wake is None:
+                # A system task: it lives as long as the trio run, and keeps no nursery open.
+                self._flush_wake = trio.Event()
+                trio.lowlevel.spawn_system_task(self._flusher, name="bgd transcript flusher")
+            self._flush_wake.set()
+
+    async def _flusher(self) -> None:
+        try:
+            while True:
+                await self._flush_wake.wait()
+                self._flush_wake = trio.Event()
+                self.bus.flush()
+        finally:
+            self._flush_wake = None
 
     def _changed(self, session: Session) -> None:
         with self.store.transaction():

@@ -43,7 +43,7 @@ class Run:
 
     def record(self, kind: str, data: Any) -> None:
         if self.current:
-            self.manager._record(self.session, kind, data)
+            self.manager._record_soon(self.session, kind, data)
 
     def assistant(self, text: str) -> None:
         if self.current and text:
