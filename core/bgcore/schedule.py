@@ -653,7 +653,9 @@ def next_fire_time(schedule: Schedule, after: datetime, tz: ZoneInfo) -> datetim
 
 def next_fire_ts(schedule: Schedule, after_ts: float, tz: ZoneInfo) -> int | None:
     """`next_fire_time` on POSIX timestamps: the first fire strictly after `after_ts` (the daemon's
-    schedulers ask this once per fire, so it skips building datetimes and iterators)."""
+    schedulers ask this once per fire, so it skips building datetimes and iterators). `after_ts` is taken
+    as it is: a datetime would round it to the microsecond, which differs only within half a
+    microsecond before a fire (then this one gives that fire, the datetime the next)."""
     if schedule.kind == "cron" and (schedule.interval_s is None or schedule.interval_s >= 86400):
         return _cron_after(_compile(schedule.cron), after_ts, tz)
     return next(_iter_fires_ts(schedule, after_ts, tz), None)
