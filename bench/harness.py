@@ -29,7 +29,7 @@ TERMINAL = ("completed", "failed", "stopped")
 class Daemon:
     """One bgd process with its own socket, config and state dirs under /tmp."""
 
-    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = "",
+    def __init__(self, name: str, *, idle_timeout_s: float = 1.0, extra_config: str = "", web: bool = False,
                  python: str | Path | None = None):
         # /tmp, not a deep pytest-style path: Unix socket paths are short.
         self.base = Path(tempfile.mkdtemp(prefix=f"bgbench-{name}-", dir="/tmp"))
@@ -41,7 +41,9 @@ class Daemon:
             d.mkdir()
         (self.config_dir / "config.toml").write_text(
             f"stop_grace_s = 1\nidle_timeout_s = {idle_timeout_s}\n"
-            f"[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_CLAUDE))}]\n"
+            # The web page (and its TCP listener) only where a benchmark measures it.
+            + ("" if web else "[web]\nenabled = false\n")
+            + f"[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_CLAUDE))}]\n"
             f'[agents.acp]\nbackend = "acp"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_ACP))}]\n'
             + extra_config)
         self.env = dict(os.environ, BGD_SOCKET=str(self.socket), BGD_CONFIG_DIR=str(self.config_dir),
@@ -160,6 +162,47 @@ class Watcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class BusyCore:
+    """Another process keeping one core busy (`python -c "while True: pass"`), for the second
+    measurement pass: the figures as they are while something else runs on the machine."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+
+    def __enter__(self) -> "BusyCore":
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+        time.sleep(0.2)  # running before the measurement starts
+        return self
+
+    def share(self) -> float:
+        """How much of one core the busy process got so far (1.0: all of it)."""
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid) / max(time.monotonic() - self.started, 1e-9)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.got = self.share()
+            self.proc.kill()
+            self.proc.wait()
+
+
+def passes(measure: Callable[[], dict], busy: bool = True) -> dict:
+    """`measure()` as the machine is, then (`busy`) again with one core kept busy: {"quiet": figures,
+    "busy": figures with "busy_share", the part of a core the busy process got}."""
+    print("  -- as the machine is")
+    result = {"quiet": measure()}
+    if busy:
+        print("  -- with one core kept busy by another process")
+        with BusyCore() as hog:
+            figures = measure()
+        figures["busy_share"] = round(hog.got, 2)
+        print(f"  (the busy process got {hog.got:.0%} of a core)")
+        result["busy"] = figures
+    return result
 
 
 def rss_kb(pid: int) -> int:

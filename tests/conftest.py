@@ -29,9 +29,11 @@ FAKE_CLAUDE = TESTS / "fake_claude.py"
 ROOT = TESTS.parent
 
 
-def config_text(extra: str = "", fake: Path = FAKE_CLAUDE) -> str:
+def config_text(extra: str = "", fake: Path = FAKE_CLAUDE, web: bool = False) -> str:
+    # The web page is off unless a test asks for it: test daemons then bind no TCP port.
     return (f'stop_grace_s = 1\nidle_timeout_s = 30\n[loops]\njitter = false\n[scheduler]\njitter = false\n'
-            f'[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(fake))}]\n' + extra)
+            + ('' if web else '[web]\nenabled = false\n')
+            + f'[agents.claude]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(fake))}]\n' + extra)
 
 
 class Bgd:
@@ -51,8 +53,8 @@ class Bgd:
                         BGD_STATE_DIR=str(self.state_dir), PYTHONUNBUFFERED="1")
         self.env.pop("BGCTL_NO_SPAWN", None)
 
-    def write_config(self, extra: str = "") -> None:
-        (self.config_dir / "config.toml").write_text(config_text(extra))
+    def write_config(self, extra: str = "", web: bool = False) -> None:
+        (self.config_dir / "config.toml").write_text(config_text(extra, web=web))
 
     def start(self, extra_env: dict | None = None, wait: bool = True, args: list[str] | None = None,
               prefix: list[str] | None = None) -> subprocess.Popen:

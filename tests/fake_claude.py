@@ -16,6 +16,10 @@ Directives:
                            session's directory and environment; prints
                            "sh exit N: OUTPUT" (stdout and stderr, one line)
   ask QUESTION             AskUserQuestion through can_use_tool; prints "answer: X"
+  fetch URL                the WebFetch tool for real: ask permission for {"url": URL},
+                           then GET it with urllib (which takes HTTP_PROXY, HTTPS_PROXY
+                           and NO_PROXY from the environment, as the real CLI does);
+                           prints "fetch URL: STATUS" or "fetch URL: error: REASON"
   cancel-after SECONDS     (right after tool/ask/mcp) withdraw the pending request
                            with a control_cancel_request after SECONDS, then say
                            "withdrawn"
@@ -662,6 +666,26 @@ class Agent:
             code, out = self.turn.pop("sh")
             self.say("sh exit %d: %s" % (code, " | ".join(out.splitlines())))
 
+    def d_fetch(self, url, cancel_after):
+        import urllib.error
+        import urllib.request
+
+        def runner(updated):
+            target = updated.get("url", url)
+            try:
+                with urllib.request.urlopen(target, timeout=30) as response:
+                    out = "%d" % response.status
+            except urllib.error.HTTPError as e:
+                out = "%d" % e.code
+            except (urllib.error.URLError, OSError) as e:
+                out = "error: %s" % getattr(e, "reason", e)
+            self.turn["fetch"] = out
+            return out, False, {"result": out, "url": target}
+
+        r = self.run_tool("WebFetch", {"url": url, "prompt": "fetch it"}, cancel_after, runner)
+        if r is not None:
+            self.say("fetch %s: %s" % (url, self.turn.pop("fetch")))
+
     def d_ask(self, question, cancel_after):
         inp = {"questions": [{"question": question, "header": "Q",
                               "options": [{"label": "yes", "description": ""},
@@ -740,7 +764,7 @@ class Agent:
                 cmd, _, arg = d.partition(" ")
                 arg = arg.strip()
                 cancel_after = None
-                if cmd in ("tool", "ask", "mcp", "sh") and i < len(directives):
+                if cmd in ("tool", "ask", "mcp", "sh", "fetch") and i < len(directives):
                     nxt, _, narg = directives[i].partition(" ")
                     if nxt == "cancel-after":
                         try:
@@ -759,6 +783,8 @@ class Agent:
                     self.d_ask(arg, cancel_after)
                 elif cmd == "sh":
                     self.d_sh(arg, cancel_after)
+                elif cmd == "fetch":
+                    self.d_fetch(arg, cancel_after)
                 elif cmd == "mcp":
                     self.d_mcp(arg, cancel_after)
                 elif cmd == "cancel-after":

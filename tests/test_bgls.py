@@ -516,8 +516,150 @@ def test_completion_of_schedule_presets_field_names_and_values(running_bgd):
             assert presets["daily"].text_edit.new_text == '"daily"'
             fields = await complete(4, 0)
             assert {"description", "agent", "permission_mode", "worktree", "enabled", "timezone", "model",
-                    "prompt_file"} == set(fields)  # prompt, cwd, schedule and overlap are there already
+                    "prompt_file", "where"} == set(fields)  # prompt, cwd, schedule and overlap are there already
             assert fields["worktree"].text_edit.new_text == "worktree = false"
             overlap = await complete(5, 10)
             assert set(overlap) == {"skip", "buffer_one", "replace", "allow"}
+    run(scenario())
+
+
+# -- routines.toml ---------------------------------------------------------------------------
+
+ROUTINES = """\
+# what runs by itself
+[routines.pr-review]
+prompt = "Review the pull request"
+repos = ["{work}"]
+timezone = "Europe/Paris"
+
+[routines.pr-review.environment]
+env_file = "env/pr-review.env"
+
+[[routines.pr-review.triggers]]
+schedule = "every 5 blargs"
+
+[[routines.pr-review.triggers]]
+github = ["pull_request.opened", "pull_request.opend"]
+
+[[routines.pr-review.triggers]]
+github = ["pull_request.opened"]
+titel = "hotfix"
+title = {{ matches = "(hotfix" }}
+labels = {{ include = ["a"], exlude = ["wip"] }}
+"""
+
+
+def test_routines_toml_diagnostics_have_exact_ranges(bgd):
+    path = bgd.config_dir / "routines.toml"
+    path.write_text(ROUTINES.format(work=bgd.work))
+
+    async def scenario():
+        async with editor_session(bgd, "--no-spawn") as ed:
+            uri = await ed.open(path)
+            diags = await ed.diagnostics(uri, lambda d: len(d) >= 6)
+            lines = path.read_text().split("\n")
+
+            def covered(d):
+                assert d.range.start.line == d.range.end.line
+                return lines[d.range.start.line][d.range.start.character:d.range.end.character]
+            found = sorted((d.range.start.line, d.code, covered(d)) for d in diags)
+            assert found == [
+                (7, "missing-file", '"env/pr-review.env"'),  # relative to the config dir, as the daemon reads it
+                (10, "bad-schedule", "blargs"),
+                (13, "bad-event", '"pull_request.opend"'),
+                (17, "unknown-filter", "titel"),
+                (18, "bad-regex", "("),
+                (19, "unknown-operator", "exlude"),
+            ]
+            by_code = {d.code: d for d in diags}
+            assert "did you mean 'opened'" in by_code["bad-event"].message
+            assert "did you mean 'exclude'" in by_code["unknown-operator"].message
+            assert all(d.source == "bgagents" and d.severity == lsp.DiagnosticSeverity.Error for d in diags)
+
+            # fixed as they are typed; a created env_file counts on the next save
+            text = path.read_text().replace("every 5 blargs", "every 2 hours").replace('"(hotfix"', '".*hotfix.*"')
+            ed.change(uri, text, 2)
+            diags = await ed.diagnostics(uri, lambda d: not any(x.code in ("bad-schedule", "bad-regex") for x in d))
+            assert {d.code for d in diags} == {"missing-file", "bad-event", "unknown-filter", "unknown-operator"}
+            (bgd.config_dir / "env").mkdir()
+            (bgd.config_dir / "env" / "pr-review.env").write_text("TOKEN=x\n")
+            ed.client.text_document_did_save(lsp.DidSaveTextDocumentParams(
+                text_document=lsp.TextDocumentIdentifier(uri=uri)))
+            await ed.diagnostics(uri, lambda d: not any(x.code == "missing-file" for x in d))
+
+            ed.client.text_document_did_close(lsp.DidCloseTextDocumentParams(
+                text_document=lsp.TextDocumentIdentifier(uri=uri)))
+            await ed.diagnostics(uri, lambda d: d == [])
+    run(scenario())
+
+
+def test_hover_on_a_routine_schedule_shows_its_next_fires(bgd):
+    from bgcore.routines_file import stagger_seconds
+
+    path = bgd.config_dir / "routines.toml"
+    path.write_text(f'[routines.standup]\nprompt = "x"\nrepos = ["{bgd.work}"]\ntimezone = "Europe/Paris"\n\n'
+                    '[[routines.standup.triggers]]\nschedule = "weekdays at 9:30"\n\n'
+                    '[[routines.standup.triggers]]\ngithub = ["release.published"]\n')
+
+    async def scenario():
+        async with editor_session(bgd, "--no-spawn") as ed:
+            uri = await ed.open(path)
+
+            async def hover(line, col):
+                return await ed.client.text_document_hover_async(lsp.HoverParams(
+                    text_document=lsp.TextDocumentIdentifier(uri=uri), position=lsp.Position(line, col)))
+
+            shown = await hover(6, 16)
+            text = shown.contents.value
+            assert "`30 9 * * 1-5`" in text and "Europe/Paris" in text
+            offset = stagger_seconds("standup")
+            fires = [line for line in text.splitlines() if line.startswith("- ") and "+0" in line]
+            minute, second = divmod(30 * 60 + offset, 60)
+            assert len(fires) == 3 and all(f"09:{minute:02d}:{second:02d}+0" in f for f in fires), fires
+            assert (shown.range.start.line, shown.range.start.character) == (6, 11)
+
+            # the offset follows config.toml
+            bgd.write_config("[routines]\nstagger = false\n")
+            text = (await hover(6, 16)).contents.value
+            fires = [line for line in text.splitlines() if line.startswith("- ") and "+0" in line]
+            assert len(fires) == 3 and all("09:30:00+0" in f for f in fires) and "offset" not in text
+
+            event = (await hover(9, 15)).contents.value
+            assert "release.published" in event and "`tag`" in event
+            field = (await hover(2, 1)).contents.value
+            assert "cloned fresh for every run" in field
+    run(scenario())
+
+
+def test_completion_in_routines_toml(bgd):
+    path = bgd.config_dir / "routines.toml"
+    text = (f'[routines.r]\nprompt = "x"\nrepos = ["{bgd.work}"]\n\n'
+            '[routines.r.environment]\nnetwork = \n\n'
+            '[[routines.r.triggers]]\ngithub = ["pull_request.closed", "pull_request.op"]\n\ntitle = { \n')
+    path.write_text(text)
+
+    async def scenario():
+        async with editor_session(bgd, "--no-spawn") as ed:
+            uri = await ed.open(path)
+
+            async def complete(line, col):
+                result = await ed.client.text_document_completion_async(lsp.CompletionParams(
+                    text_document=lsp.TextDocumentIdentifier(uri=uri), position=lsp.Position(line, col)))
+                return {item.label: item for item in result.items}
+
+            typed = 'github = ["pull_request.closed", "pull_request.op'
+            events = await complete(8, len(typed))
+            assert {"pull_request.opened", "pull_request.synchronize", "release.published"} <= set(events)
+            edit = events["pull_request.opened"].text_edit
+            assert edit.new_text == '"pull_request.opened"'
+            assert (edit.range.start.character, edit.range.end.character) == (len(typed) - 16, len(typed) + 1)
+            fields = await complete(9, 0)
+            assert {"base", "head", "labels", "draft", "merged", "hourly_cap", "enabled"} <= set(fields)
+            assert not {"tag", "prerelease", "schedule"} & set(fields)
+            assert set(await complete(10, 10)) == {"equals", "contains", "starts_with", "one_of", "not_one_of",
+                                                   "matches"}
+            network = await complete(5, 10)
+            assert set(network) == {"full", "none", "trusted"}
+            assert all(item.detail == "network" for item in network.values())  # each one this bgd runs
+            assert set(await complete(1, 0)) >= {"description", "agent", "timeout", "overlap"}
     run(scenario())

@@ -59,6 +59,14 @@ def test_status_orders_needs_input_first_and_hides_old_ended_sessions():
     assert "input" not in json.dumps(params["sessions"][0]["pending"])  # tool input stays out of the status
 
 
+def test_a_routine_sessions_outcome_is_in_the_status():
+    book = status.SessionBook()
+    book.reset([session("aaaa0001", "completed", origin="routine:pr-review", outcome="failed"),
+                session("aaaa0002", "completed")])
+    views = {s["id"]: s for s in book.status(NOW)["sessions"]}
+    assert views["aaaa0001"]["outcome"] == "failed" and views["aaaa0002"]["outcome"] is None
+
+
 def test_disconnected_status_shows_nothing_stale():
     book = status.SessionBook()
     book.reset([session("aaaa0001", "working")])

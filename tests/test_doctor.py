@@ -297,3 +297,38 @@ def test_doctor_stays_off_the_other_commands_path():
             "print(sorted(m for m in sys.modules if m in ('bgctl.health', 'bgcore.config', 'bgcore.tasks_file')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_ready_made_acp_agents_listed_found_or_not_with_their_package(bgd, home, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gemini = bin_dir / "gemini"
+    gemini.write_text("#!/bin/sh\necho 0.99.1\n")
+    gemini.chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin{os.pathsep}/bin"
+    code, report = doctor(bgd, home, env={"PATH": path})
+    checks = by_name(report)
+    found, = checks["agent gemini"]
+    assert found["status"] == "ok" and found["detail"] == f"{gemini} · 0.99.1"
+    missing, = checks["agent goose"]
+    assert missing["status"] == "ok" and missing["detail"].startswith("goose not installed (optional; ")
+    assert "agent qwen" in checks and "agent opencode" in checks and "agent codex" in checks
+    assert "npm install -g @qwen-code/qwen-code" in checks["agent qwen"][0]["detail"] or \
+        checks["agent qwen"][0]["detail"].startswith("/")
+
+
+def test_confinement_is_checked_and_fails_only_for_routines_that_need_it(bgd, home):
+    from bgcore.confinement import probe
+    code, report = doctor(bgd, home)
+    here, = by_name(report)["confinement"]
+    assert here["status"] == ("ok" if probe().ok else "warn"), here
+    bgd.write_config('[environment]\nbwrap = "/nonexistent/bwrap"\n')
+    code, report = doctor(bgd, home)
+    off, = by_name(report)["confinement"]
+    assert off["status"] == "warn" and "'/nonexistent/bwrap') is not installed" in off["detail"]
+    assert "(none asks for one now)" in off["detail"] and "apt-get install bubblewrap" in off["fix"]
+    (bgd.config_dir / "routines.toml").write_text(
+        '[routines.closed]\nprompt = "p"\nrepos = ["/srv/app"]\n[routines.closed.environment]\nnetwork = "none"\n')
+    code, report = doctor(bgd, home)
+    refused, = by_name(report)["confinement"]
+    assert code == 1 and refused["status"] == "fail" and refused["detail"].endswith("(sandbox_unavailable): closed")

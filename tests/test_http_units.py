@@ -179,6 +179,7 @@ async def test_413_when_declared_too_large_even_unread(autojump_clock):
 def test_a_daemon_that_does_not_listen_does_not_import_the_http_stack(tmp_path):
     import subprocess
     import sys
+    (tmp_path / "config.toml").write_text("[web]\nenabled = false\n")   # the web page is on by default
     code = ("import sys\nfrom pathlib import Path\nfrom bgd import features\nfrom bgd.daemon import Daemon\n"
             "features.register_methods()\n"
             f"d = Daemon(Path({str(tmp_path / 's.sock')!r}), Path({str(tmp_path)!r}), Path({str(tmp_path)!r}))\n"

@@ -80,8 +80,8 @@ def test_add_edit_pause_resume_rm_keep_the_file_as_written(cli, tmp_path):
     (["--github", "push"], "unknown GitHub event 'push'"),
     (["--github", "pull_request.opened", "--filter", "colour=red"], "unknown GitHub filter 'colour'"),
     (["--github", "pull_request.opened", "--filter", "title:matches=(hotfix"], "not a valid regular expression"),
-    (["--setup", "make deps"], "setup in the environment of routine 'x': the setup script is not available"),
-    (["--network", "trusted"], 'network = "trusted" in the environment of routine \'x\''),
+    (["--setup", "   "], "setup of routine 'x' is empty"),
+    (["--network", "pypi.org,bad_name.com"], "network: 'bad_name.com' is not a host name"),
     (["--push", "main branch"], "characters a branch name cannot have"),
     (["--schedule", "every fortnight"], "could not read"),
 ])
@@ -140,7 +140,7 @@ def test_run_token_runs_and_json(cli):
     assert runs[0]["id"] == run_id and runs[0]["trigger"] == "manual"
     table = bgd.ctl("routine", "runs", "nightly").stdout
     assert table.splitlines()[0].split() == ["RUN", "ROUTINE", "TRIGGER", "WHEN", "STATUS", "OUTCOME", "SESSION",
-                                             "PUSHED"]
+                                             "PREPARED", "BLOCKED", "PUSHED"]
     assert bgd.ctl("routine", "deliveries").stdout.strip() == "no GitHub delivery yet"
     assert json.loads(bgd.ctl("--json", "routine", "ls").stdout)["routines"][0]["name"] == "nightly"
 

@@ -174,18 +174,30 @@ def test_two_api_triggers_are_refused():
     assert "two api triggers" in error.reason and error.line == 7
 
 
-def test_the_environment_of_a_later_version_is_refused_naming_the_field():
+def test_the_environment_fields_are_validated_naming_the_field():
     base = '[routines.a]\nprompt = "p"\nrepos = ["/a"]\n[routines.a.environment]\n'
-    error = only_error(base + 'setup = "pip install -r requirements.txt"\n')
-    assert error.reason.startswith("setup in the environment of routine 'a'") and error.line == 5
-    error = only_error(base + 'setup_file = "setup.sh"\n')
-    assert error.reason.startswith("setup_file in the environment") and error.line == 5
-    error = only_error(base + 'network = "trusted"\n')
-    assert error.reason.startswith('network = "trusted" in the environment') and "never run open" in error.reason
-    error = only_error(base + 'network = ["pypi.org", "*.github.com"]\n')
-    assert error.reason.startswith('network = ["pypi.org", "*.github.com"]')
-    error = only_error(base + 'network = "some"\n')
-    assert 'must be "none", "trusted", "full"' in error.reason
+    routines, errors = load(base + 'setup = "pip install -r requirements.txt"\nsetup_timeout = "20m"\n'
+                                   'network = "trusted"\ngrant = ["~/.config/gh"]\n')
+    assert errors == []
+    a = routines["a"]
+    assert (a.setup, a.setup_timeout_s, a.network, a.grant) == ("pip install -r requirements.txt", 1200.0, "trusted",
+                                                                 ("~/.config/gh",))
+    routines, errors = load(base + 'network = ["PyPI.org", "*.github.com", "pypi.org"]\nsetup_file = "s.sh"\n',
+                            isfile=lambda p: True)
+    assert errors == [] and routines["a"].network == ("pypi.org", "*.github.com")
+    assert routines["a"].setup_path.endswith("/s.sh")
+    error = only_error(base + 'network = ["pypi.org", "bad_name.org"]\n')
+    assert "network: 'bad_name.org' is not a host name" in error.reason and error.line == 5
+    assert "a wildcard may only open a name" in only_error(base + 'network = ["*.*.com"]\n').reason
+    assert "is a URL" in only_error(base + 'network = ["https://pypi.org/simple"]\n').reason
+    assert 'say network = "none"' in only_error(base + 'network = []\n').reason
+    assert 'must be "none", "trusted", "full"' in only_error(base + 'network = "some"\n').reason
+    error = only_error(base + 'setup = "a"\nsetup_file = "s.sh"\n', isfile=lambda p: True)
+    assert "both setup and setup_file" in error.reason
+    assert "does not exist" in only_error(base + 'setup_file = "s.sh"\n', isfile=lambda p: False).reason
+    assert "has no setup script to limit" in only_error(base + 'setup_timeout = "5m"\n').reason
+    assert "over 6 hours" in only_error(base + 'setup = "a"\nsetup_timeout = "7h"\n').reason
+    assert "absolute paths" in only_error(base + 'grant = ["relative/path"]\n').reason
     routines, errors = load(base + 'network = "full"\n')
     assert errors == [] and routines["a"].network == "full"
 

@@ -22,7 +22,7 @@ if importlib.util.find_spec("bgcore") is None:  # a bare checkout that is not pi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
 from bgcore.schedule import (  # noqa: E402
-    Schedule, ScheduleError, explain, jitter_seconds, next_fire_time, next_fire_times, parse_interval,
+    Schedule, ScheduleError, explain, jitter_seconds, next_fire_time, next_fire_times, next_fire_ts, parse_interval,
     parse_schedule, parse_when_and_what, previous_fire_times, split_loop_args,
 )
 
@@ -777,3 +777,50 @@ def test_any_interval_bgctl_loop_reads_explain_reads_the_same(words):
         assert parse_schedule(interval, now=NOW, tz=BERLIN, loop_intervals=True) == loop
         out = explain(interval, now=NOW, tz=BERLIN, count=1)
         assert (out["cron"], out["rounded_from"]) == (loop.cron, loop.rounded_from)
+
+
+# -- the daemon's fast paths give the same answers -------------------------------------------------
+
+FAST_ZONES = [UTC, BERLIN, NEW_YORK, LORD_HOWE, ZoneInfo("Asia/Kolkata"), ZoneInfo("Pacific/Chatham")]
+FAST_CRONS = ["* * * * *", "*/7 * * * *", "30 1 * * *", "30 2 * * *", "0 0 29 2 *", "15 3 * * 0", "0 9 * * 1-5",
+         "*/20 1-3 * * *", "0 2 * 3,10 0", "45 1 * * *", "every 5 minutes", "every 90 minutes", "hourly"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.sampled_from(FAST_CRONS), tz=st.sampled_from(FAST_ZONES),
+       after=st.floats(min_value=1.7e9, max_value=1.95e9, allow_nan=False))
+def test_next_fire_ts_is_the_first_of_next_fire_times(spec, tz, after):
+    # An instant a datetime holds (whole microseconds): next_fire_ts takes `after` exactly, where a
+    # datetime would round 1949999999.9999998 up to the minute and skip that fire.
+    after = datetime.fromtimestamp(after, UTC).timestamp()
+    schedule = parse(spec, tz)
+    expected = next_fire_times(schedule, datetime.fromtimestamp(after, UTC), tz, 1)
+    got = next_fire_ts(schedule, after, tz)
+    assert got == (expected[0].timestamp() if expected else None)
+
+
+def test_next_fire_ts_across_the_transitions():
+    # Spring forward and fall back in Berlin and New York, Lord Howe's half hour, every minute around them.
+    for tz, start in ((BERLIN, utc(2026, 3, 29, 0, 30)), (BERLIN, utc(2026, 10, 25, 0, 0)),
+                      (NEW_YORK, utc(2026, 3, 8, 6, 30)), (NEW_YORK, utc(2026, 11, 1, 5, 0)),
+                      (LORD_HOWE, utc(2026, 4, 4, 14, 0))):
+        for spec in ("* * * * *", "30 2 * * *", "30 1 * * *", "*/20 1-3 * * *"):
+            schedule = parse(spec, tz)
+            for minute in range(0, 240, 7):
+                after = start.timestamp() + minute * 60 + 13
+                expected = next_fire_times(schedule, datetime.fromtimestamp(after, UTC), tz, 1)
+                assert next_fire_ts(schedule, after, tz) == expected[0].timestamp()
+
+
+def test_a_reading_that_does_not_depend_on_now_is_kept():
+    assert parse("0 9 * * 1-5") is parse("0 9 * * 1-5", NEW_YORK, NOW + timedelta(days=3))
+    assert parse("every 5 minutes") is parse("every 5 minutes")
+    # A one-shot depends on now and the zone: read each time.
+    first = parse("in 45 minutes")
+    later = parse("in 45 minutes", now=NOW + timedelta(hours=1))
+    assert first is not later and later.at - first.at == timedelta(hours=1)
+    assert parse("tomorrow at 9:00", NEW_YORK).at != parse("tomorrow at 9:00", BERLIN).at
+    # Errors are raised each time, with their words.
+    for _ in range(2):
+        with pytest.raises(ScheduleError):
+            parse("every 0 minutes")

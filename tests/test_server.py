@@ -14,6 +14,8 @@ from bgd import features
 from bgd.rpc import server
 from bgd.rpc.table import METHODS
 
+features.register_methods()
+
 
 def connect(bgd) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -282,7 +282,7 @@ def row_cells(session: dict, now: datetime, width: int) -> list[tuple[str, str]]
     lay = layout(width)
     state = session.get("state", "")
     style = STATE_STYLES.get(state, "")
-    badge = loop_badge(session, now)
+    badge = " ".join(b for b in (where_badge(session), loop_badge(session, now)) if b)
     detail_width = lay.detail - (len(badge) + 1 if badge else 0)
     cells = [
         (mark_of(session) + " ", style),
@@ -296,6 +296,13 @@ def row_cells(session: dict, now: datetime, width: int) -> list[tuple[str, str]]
     cells.append((age(session.get("updated_at") or session.get("created_at"), now).rjust(4) + " ", "dim"))
     cells.append((cost_text(session).rjust(7), "dim"))
     return cells
+
+
+def where_badge(session: dict) -> str:
+    """Where a cluster session runs ("@worker", or "@cluster" before a worker took it); local: nothing."""
+    if session.get("where", "local") == "local":
+        return ""
+    return "@" + (session.get("worker") or session["where"])
 
 
 def row_text(session: dict, now: datetime, width: int) -> str:

@@ -64,6 +64,7 @@ def run_all(socket_arg: str | None = None) -> list[Check]:
     else:
         checks.append(Check("agents", WARN, "not checked: which agents exist depends on config.toml",
                             "fix config.toml, then run bgctl doctor again"))
+    checks += check_confinement(config_dir, config)
     checks += check_systemd()
     checks += check_disk(state_dir)
     return checks
@@ -249,6 +250,42 @@ def check_tasks(config_dir: Path, config) -> list[Check]:
     return [Check("tasks.toml", OK, f"{path}: {len(tasks)} task{'' if len(tasks) == 1 else 's'}, no errors")]
 
 
+# -- routine confinement ------------------------------------------------------------------------
+
+def check_confinement(config_dir: Path, config) -> list[Check]:
+    """Whether routines with a closed network can run here (bgcore.confinement.probe: a test sandbox
+    with the configured bubblewrap, tinyproxy and socat). A failure matters only to routines that ask
+    for one: a warning otherwise, naming which ones would be refused when some do."""
+    from bgcore.confinement import probe
+
+    env = getattr(config, "environment", None)
+    result = probe(env.bwrap, env.proxy_command[0], env.socat) if env is not None else probe()
+    if result.ok:
+        return [Check("confinement", OK, result.reason)]
+    closed = _closed_routines(config_dir, config)
+    detail = f"{result.reason}; routines with network other than \"full\" are refused here (sandbox_unavailable)"
+    if closed:
+        return [Check("confinement", FAIL, detail + f": {', '.join(closed)}", result.fix)]
+    return [Check("confinement", WARN, detail + " (none asks for one now)", result.fix)]
+
+
+def _closed_routines(config_dir: Path, config) -> list[str]:
+    from datetime import datetime
+
+    from bgcore.routines_file import load_routines
+    from bgcore.zones import local_zone
+
+    path = config_dir / "routines.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    tz = local_zone()
+    routines, _ = load_routines(text, str(path), datetime.now(tz), tz,
+                                agents=set(config.agents) if config is not None else None)
+    return sorted(name for name, routine in routines.items() if routine.network != "full")
+
+
 # -- the agents ---------------------------------------------------------------------------------
 
 def check_agents(config) -> list[Check]:
@@ -270,9 +307,12 @@ def check_agent(agent, *, optional: bool = False) -> Check:
         program if os.path.isfile(program) and os.access(program, os.X_OK) else None)
     if found is None:
         where = "on PATH" if os.sep not in program else "(no such executable)"
-        fix = (f"install {program}, or point [agents.{agent.name}] command at it in config.toml"
-               + (" (npm install -g @anthropic-ai/claude-code installs claude)" if program == "claude" else ""))
-        return Check(label, WARN if optional else FAIL, f"{program} not found {where}", fix)
+        install = getattr(agent, "install", "")
+        fix = (f"install {program}" + (f" ({install})" if install else "")
+               + f", or point [agents.{agent.name}] command at it in config.toml")
+        if optional:  # a ready-made agent nobody chose: listed, not a problem
+            return Check(label, OK, f"{program} not installed (optional" + (f"; {install}" if install else "") + ")")
+        return Check(label, FAIL, f"{program} not found {where}", fix)
     version = _version_of(found)
     return Check(label, OK, f"{found}" + (f" · {version}" if version else " · `--version` gave no version"))
 

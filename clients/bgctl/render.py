@@ -43,12 +43,19 @@ def state_cell(s: dict) -> str:
 def session_table(sessions: list[dict]) -> str:
     if not sessions:
         return "no sessions"
-    rows = [("ID", "STATE", "NAME", "AGE", "COST", "DIR", "LAST")]
+    rows = [("ID", "STATE", "WHERE", "NAME", "AGE", "COST", "DIR", "LAST")]
     for s in sessions:
-        rows.append((s["id"], state_cell(s), title(s, 30), age(s["created_at"]),
+        rows.append((s["id"], state_cell(s), where_cell(s), title(s, 30), age(s["created_at"]),
                      cost(s), _short_dir(s["cwd"]), one_line(s.get("error") or s.get("last_message") or "", 50)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:-1])) + "  " + r[-1] for r in rows)
+
+
+def where_cell(s: dict) -> str:
+    """Where a session's process runs: "here", or on the cluster (with its worker once one took it)."""
+    if s.get("where", "local") == "local":
+        return "here"
+    return f"{s['where']}:{s['worker']}" if s.get("worker") else s["where"]
 
 
 def session_detail(s: dict) -> str:
@@ -57,6 +64,7 @@ def session_detail(s: dict) -> str:
                 "updated_at", "pid", "turns", "next_wake_at", "loop_runs"):
         if s.get(key) not in (None, ""):
             lines.append(f"  {key + ':':18}{s[key]}")
+    lines.append(f"  {'runs:':18}{where_cell(s)}")
     lines.append(f"  {'cost:':18}{cost(s, 4)}")
     if s.get("usage"):
         lines.append(f"  {'usage:':18}" + ", ".join(f"{k} {v}" for k, v in s["usage"].items()))

@@ -1,7 +1,8 @@
 """The LSP wiring of bgls: handlers translate and delegate.
 
 Sessions and what to show about them live in `status`, the daemon link in
-`daemon_link`, the command arguments in `commands`, tasks.toml in `tasks_lint`.
+`daemon_link`, the command arguments in `commands`, the definitions files in
+`tasks_lint` (tasks.toml) and `routines_lint` (routines.toml), on `definitions`.
 This module turns their results into LSP messages, and keeps the per-editor
 state (what was asked, the progress token) on the server object.
 """
@@ -23,10 +24,13 @@ from pygls.uris import from_fs_path, to_fs_path
 from pygls.workspace.position_codec import ServerTextPosition, ServerTextRange
 
 from bgcore import paths
+from bgcore.config import ConfigError, load_config
 from bgcore.jsonrpc import INVALID_STATE, METHOD_NOT_FOUND, NOT_FOUND, RpcError
+from bgcore.zones import local_zone
 
-from . import __version__, commands, status, tasks_lint
+from . import __version__, commands, routines_lint, status, tasks_lint
 from .daemon_link import DaemonLink, DaemonUnreachable
+from .definitions import EditorContext, FileKind, Span
 
 log = logging.getLogger("bgls")
 
@@ -35,6 +39,23 @@ REPLY_REQUESTED = "bgagents/replyRequested"
 REQUEST_FAILED = -32803  # LSP's RequestFailed: the daemon said no; its own code is in data
 _SEVERITY = {"error": lsp.DiagnosticSeverity.Error, "warning": lsp.DiagnosticSeverity.Warning,
              "information": lsp.DiagnosticSeverity.Information}
+FILE_KINDS: tuple[FileKind, ...] = (tasks_lint.KIND, routines_lint.KIND)
+
+
+def file_kind(uri: str) -> FileKind | None:
+    """The definitions file a document is (by its name), or None for any other file."""
+    path = to_fs_path(uri)
+    return next((kind for kind in FILE_KINDS if kind.handles(path)), None)
+
+
+def editor_context() -> EditorContext:
+    """What the user's config.toml says that the definitions files depend on (defaults when unreadable:
+    the daemon then reports config.toml itself)."""
+    try:
+        config = load_config(paths.config_dir())
+    except (ConfigError, OSError):
+        return EditorContext()
+    return EditorContext(frozenset(config.agents), config.routines.stagger)
 
 
 class BglsServer(LanguageServer):
@@ -329,13 +350,15 @@ class BglsServer(LanguageServer):
             self.show_message(f"bgagents: transcript of {session['id']} is in {path}")
         return {"uri": uri, "path": str(path), "shown": shown}
 
-    # -- tasks.toml ---------------------------------------------------------------------------
+    # -- tasks.toml and routines.toml ----------------------------------------------------------
 
     def lint_document(self, uri: str) -> None:
-        if not tasks_lint.is_tasks_file(to_fs_path(uri)):
+        kind = file_kind(uri)
+        if kind is None:
             return
         doc = self.workspace.get_text_document(uri)
-        problems = tasks_lint.lint(doc.source, now=datetime.now(timezone.utc), tz=tasks_lint.local_zone())
+        problems = kind.lint(doc.source, now=datetime.now(timezone.utc), tz=local_zone(),
+                             path=to_fs_path(uri) or kind.file_name, context=editor_context())
         diagnostics = [lsp.Diagnostic(range=to_client_range(doc, p.span), message=p.message,
                                       severity=_SEVERITY[p.severity], code=p.code, source="bgagents")
                        for p in problems]
@@ -343,12 +366,13 @@ class BglsServer(LanguageServer):
             uri=uri, diagnostics=diagnostics, version=doc.version))
 
     def hover(self, uri: str, position: lsp.Position) -> lsp.Hover | None:
-        if not tasks_lint.is_tasks_file(to_fs_path(uri)):
+        kind = file_kind(uri)
+        if kind is None:
             return None
         doc = self.workspace.get_text_document(uri)
         pos = doc.position_from_client_units(position)
-        found = tasks_lint.hover(doc.source, pos.line, pos.character, now=datetime.now(timezone.utc),
-                                 tz=tasks_lint.local_zone())
+        found = kind.hover(doc.source, pos.line, pos.character, now=datetime.now(timezone.utc), tz=local_zone(),
+                           context=editor_context())
         if found is None:
             return None
         text, span = found
@@ -356,25 +380,26 @@ class BglsServer(LanguageServer):
                          range=to_client_range(doc, span))
 
     def completion(self, uri: str, position: lsp.Position) -> lsp.CompletionList | None:
-        if not tasks_lint.is_tasks_file(to_fs_path(uri)):
+        kind = file_kind(uri)
+        if kind is None:
             return None
         doc = self.workspace.get_text_document(uri)
         pos = doc.position_from_client_units(position)
         items = []
-        for n, c in enumerate(tasks_lint.complete(doc.source, pos.line, pos.character,
-                                                  now=datetime.now(timezone.utc), tz=tasks_lint.local_zone())):
-            kind = {"field": lsp.CompletionItemKind.Field, "schedule": lsp.CompletionItemKind.Value,
-                    "value": lsp.CompletionItemKind.EnumMember}[c.kind]
+        for n, c in enumerate(kind.complete(doc.source, pos.line, pos.character, now=datetime.now(timezone.utc),
+                                            tz=local_zone(), context=editor_context())):
+            item_kind = {"field": lsp.CompletionItemKind.Field, "schedule": lsp.CompletionItemKind.Value,
+                         "value": lsp.CompletionItemKind.EnumMember}[c.kind]
             edit = lsp.TextEdit(range=to_client_range(doc, c.replace), new_text=c.insert_text) if c.replace else None
             items.append(lsp.CompletionItem(
-                label=c.label, kind=kind, detail=c.detail or None, sort_text=f"{n:03d}",
+                label=c.label, kind=item_kind, detail=c.detail or None, sort_text=f"{n:03d}",
                 documentation=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=c.documentation)
                 if c.documentation else None,
                 insert_text=c.insert_text, text_edit=edit, filter_text=c.insert_text if edit else None))
         return lsp.CompletionList(is_incomplete=False, items=items)
 
 
-def to_client_range(doc, span: tasks_lint.Span) -> lsp.Range:
+def to_client_range(doc, span: Span) -> lsp.Range:
     lines = doc.lines
     end_line = min(span.end_line, max(len(lines) - 1, 0))
     return doc.range_to_client_units(ServerTextRange(
@@ -407,11 +432,11 @@ def build_server(socket_path: Path, *, spawn: bool = True) -> BglsServer:
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: BglsServer, params: lsp.DidSaveTextDocumentParams) -> None:
-        ls.lint_document(params.text_document.uri)  # a cwd may have been created since
+        ls.lint_document(params.text_document.uri)  # a cwd or an env_file may have been created since
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: BglsServer, params: lsp.DidCloseTextDocumentParams) -> None:
-        if tasks_lint.is_tasks_file(to_fs_path(params.text_document.uri)):
+        if file_kind(params.text_document.uri) is not None:
             ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(
                 uri=params.text_document.uri, diagnostics=[]))
 
@@ -419,7 +444,8 @@ def build_server(socket_path: Path, *, spawn: bool = True) -> BglsServer:
     def hover(ls: BglsServer, params: lsp.HoverParams) -> lsp.Hover | None:
         return ls.hover(params.text_document.uri, params.position)
 
-    @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=['"', "=", " "]))
+    @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=['"', "=", " ", "{", ",",
+                                                                                          "[", "."]))
     def completion(ls: BglsServer, params: lsp.CompletionParams) -> lsp.CompletionList | None:
         return ls.completion(params.text_document.uri, params.position)
 

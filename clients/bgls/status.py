@@ -136,7 +136,7 @@ def session_view(session: dict) -> dict:
     pending = session.get("pending")
     view = {key: session.get(key) for key in (
         "id", "name", "state", "waiting_for", "cwd", "agent", "origin", "last_message", "error",
-        "created_at", "updated_at", "pinned", "next_wake_at", "cost_usd")}
+        "created_at", "updated_at", "pinned", "next_wake_at", "cost_usd", "outcome")}
     view["title"] = title(session, 60)
     view["pending"] = ({"request_id": pending.get("request_id"), "kind": pending.get("kind"),
                         "tool_name": pending.get("tool_name"), "text": waiting_text(pending)}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .network_policy import domain_problem
+
 # The agent backends the daemon has (bgd/agents/base.py BACKENDS maps each to its module).
 BACKENDS = ("claude", "command", "acp")
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
@@ -31,6 +33,21 @@ class AgentConfig:
     install: str = ""                # how to install the binary, named when it is not found
     auth_method: str | None = None   # acp: the authenticate method, used only when the agent demands one
     start_timeout_s: float = 30.0    # acp: how long the agent may take to answer initialize
+    # In a confined routine run (docs/environments.md): hosts it needs for its model beyond the
+    # built-in ones, and files or directories (under ~ when relative) it keeps its own state in.
+    network_hosts: tuple[str, ...] = ()
+    state_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """[environment]: how routine environments are made (docs/environments.md)."""
+    bwrap: str = "bwrap"                          # bubblewrap, for confined runs
+    proxy_command: tuple[str, ...] = ("tinyproxy",)  # the filtering proxy (run with -d -c FILE)
+    socat: str = "socat"                          # the bridge between the sandbox and the proxy
+    proxy_port: int = 3128                        # where HTTP_PROXY points inside the sandbox
+    setup_timeout_s: float = 600.0                # a routine's setup script, unless it sets its own
+    setup_cache_days: float = 7.0                 # a cached setup older than this is built again
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,21 @@ class HttpConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]` (SPEC §14): where the Temporal server is and how runs on workers are watched."""
+
+    temporal: str                    # host:port of the Temporal frontend
+    namespace: str = "default"
+    task_queue: str = "bgagents"
+    heartbeat_s: float = 10.0        # how often a run's activity heartbeats
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """A run whose worker has not heartbeated for this long is lost (three missed heartbeats)."""
+        return self.heartbeat_s * 3
 
 
 @dataclass(frozen=True)
@@ -73,10 +105,13 @@ class Config:
     loop_jitter: bool = True
     task_jitter: bool = True
     max_concurrent_runs: int = 4
+    web_enabled: bool = True
     keep_worktrees_days: float = 7.0
     http: HttpConfig = field(default_factory=HttpConfig)
     routines: RoutinesConfig = field(default_factory=RoutinesConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     agents: dict[str, AgentConfig] = field(default_factory=dict)
+    cluster: ClusterConfig | None = None
     warnings: tuple[str, ...] = ()
 
     def agent(self, name: str | None) -> AgentConfig | None:
@@ -89,7 +124,7 @@ def _acp(name: str, command: tuple[str, ...], install: str) -> AgentConfig:
 
 # Ready-made agents (SPEC §5.5), each overridable under [agents.NAME].
 DEFAULT_AGENTS = {
-    "claude": AgentConfig("claude", "claude", ("claude",)),
+    "claude": AgentConfig("claude", "claude", ("claude",), install="Claude Code: npm install -g @anthropic-ai/claude-code"),
     "gemini": _acp("gemini", ("gemini", "--acp"), "Gemini CLI: npm install -g @google/gemini-cli"),
     "qwen": _acp("qwen", ("qwen", "--acp"), "Qwen Code: npm install -g @qwen-code/qwen-code"),
     "opencode": _acp("opencode", ("opencode", "acp"), "OpenCode: npm install -g opencode-ai"),
@@ -111,15 +146,19 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "agents": dict,
     "loops": dict,
     "scheduler": dict,
+    "web": dict,
     "tasks": dict,
     "http": dict,
     "routines": dict,
     "github": dict,
+    "cluster": dict,
+    "environment": dict,
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings", bool: "true or false"}
+_CLUSTER_KEYS = {"temporal": str, "namespace": str, "task_queue": str, "heartbeat_s": (int, float)}
 _AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict, "install": str,
-               "auth_method": str, "start_timeout_s": (int, float)}
+               "auth_method": str, "start_timeout_s": (int, float), "network_hosts": list, "state_paths": list}
 _HTTP_KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "enabled": bool, "allow_remote": bool, "tls_cert": str, "tls_key": str,
     "max_body_bytes": int, "body_timeout_s": (int, float), "keep_alive_timeout_s": (int, float),
@@ -184,9 +223,18 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         timeout = spec.get("start_timeout_s", 30.0)
         if timeout <= 0:
             raise ConfigError(f"{where('start_timeout_s')}: agents.{name}.start_timeout_s must be positive")
+        hosts = spec.get("network_hosts", [])
+        problem = next((p for p in map(domain_problem, hosts) if p), None)
+        if problem:
+            raise ConfigError(f"{where('network_hosts')}: agents.{name}.network_hosts: {problem}")
+        state_paths = spec.get("state_paths", [])
+        if not all(isinstance(p, str) and p.strip() for p in state_paths):
+            raise ConfigError(f"{where('state_paths')}: agents.{name}.state_paths must be a list of paths")
         agents[name] = AgentConfig(name, backend, tuple(command), tuple(args), dict(env),
                                    install=spec.get("install", ready.install if ready else ""),
-                                   auth_method=spec.get("auth_method"), start_timeout_s=float(timeout))
+                                   auth_method=spec.get("auth_method"), start_timeout_s=float(timeout),
+                                   network_hosts=tuple(h.strip().lower() for h in hosts),
+                                   state_paths=tuple(state_paths))
 
     default_agent = raw.get("default_agent", "claude")
     if default_agent not in agents:
@@ -204,12 +252,21 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     max_runs = scheduler.get("max_concurrent_runs", 4)
     if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
         raise ConfigError(f"{where('max_concurrent_runs')}: scheduler.max_concurrent_runs must be a positive integer")
+    web = raw.get("web", {})
+    for key in web:
+        if key != "enabled":
+            warnings.append(f"{where(key)}: unknown key {key!r} in [web] (it has only 'enabled')")
+    web_enabled = web.get("enabled", True)
+    if not isinstance(web_enabled, bool):
+        raise ConfigError(f"{where('enabled')}: web.enabled must be true or false")
     tasks = raw.get("tasks", {})
     keep_days = tasks.get("keep_worktrees_days", 7)
     if not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool) or keep_days < 0:
         raise ConfigError(f"{where('keep_worktrees_days')}: tasks.keep_worktrees_days must be a number of days, 0 or more")
     http = _parse_http(raw.get("http", {}), where, check_type, warnings)
+    cluster = _parse_cluster(raw.get("cluster"), where, check_type, warnings)
     routines = _parse_routines(raw.get("routines", {}), raw.get("github", {}), where, check_type, warnings)
+    environment = _parse_environment(raw.get("environment", {}), where, check_type, warnings)
     return Config(
         default_agent=default_agent,
         permission_mode=mode,
@@ -221,12 +278,42 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         loop_jitter=bool(loops.get("jitter", True)),
         task_jitter=bool(scheduler.get("jitter", True)),
         max_concurrent_runs=max_runs,
+        web_enabled=web_enabled,
         keep_worktrees_days=float(keep_days),
         http=http,
         routines=routines,
+        environment=environment,
         agents=agents,
+        cluster=cluster,
         warnings=tuple(warnings),
     )
+
+
+def _parse_cluster(spec: dict | None, where, check_type, warnings: list[str]) -> ClusterConfig | None:
+    if spec is None:
+        return None
+    for key, value in spec.items():
+        if key not in _CLUSTER_KEYS:
+            hint = difflib.get_close_matches(key, list(_CLUSTER_KEYS), n=1)
+            warnings.append(f"{where(key)}: unknown key {key!r} in [cluster]"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        check_type(key, value, _CLUSTER_KEYS[key], f"cluster.{key}")
+    temporal = spec.get("temporal")
+    if not temporal:
+        raise ConfigError(f"{where('cluster')}: [cluster] needs temporal = \"host:port\" (the Temporal server, "
+                          "e.g. \"127.0.0.1:7233\")")
+    host, _, port = temporal.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where('temporal')}: cluster.temporal must be host:port, not {temporal!r}")
+    for key in ("namespace", "task_queue"):
+        if key in spec and not spec[key].strip():
+            raise ConfigError(f"{where(key)}: cluster.{key} must not be empty")
+    heartbeat = spec.get("heartbeat_s", 10)
+    if heartbeat <= 0:
+        raise ConfigError(f"{where('heartbeat_s')}: cluster.heartbeat_s must be positive")
+    return ClusterConfig(temporal=temporal, namespace=spec.get("namespace", "default"),
+                         task_queue=spec.get("task_queue", "bgagents"), heartbeat_s=float(heartbeat))
 
 
 def _parse_http(raw: dict, where, check_type, warnings: list[str]) -> HttpConfig:
@@ -285,6 +372,43 @@ def _parse_routines(raw: dict, github: dict, where, check_type, warnings: list[s
         raise ConfigError(f"{where('webhook_secret_file')}: github.webhook_secret_file must be a path")
     return RoutinesConfig(max_concurrent_runs=runs, keep_workspaces_days=float(keep),
                           stagger=raw.get("stagger", True), webhook_secret_file=secret)
+
+
+_ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "bwrap": str, "proxy_command": (str, list), "socat": str, "proxy_port": int,
+    "setup_timeout_s": (int, float), "setup_cache_days": (int, float)}
+
+
+def _parse_environment(raw: dict, where, check_type, warnings: list[str]) -> EnvironmentConfig:
+    for key, value in raw.items():
+        if key not in _ENVIRONMENT_KEYS:
+            hint = difflib.get_close_matches(key, list(_ENVIRONMENT_KEYS), n=1)
+            warnings.append(f"{where(key)}: unknown key {key!r} in [environment]"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        check_type(key, value, _ENVIRONMENT_KEYS[key], f"environment.{key}")
+    d = EnvironmentConfig()
+    command = raw.get("proxy_command", list(d.proxy_command))
+    if isinstance(command, str):
+        command = [command]
+    if not command or not all(isinstance(c, str) and c for c in command):
+        raise ConfigError(f"{where('proxy_command')}: environment.proxy_command must be a non-empty list of strings")
+    for key in ("bwrap", "socat"):
+        if key in raw and not raw[key].strip():
+            raise ConfigError(f"{where(key)}: environment.{key} must be a program name or path")
+    port = raw.get("proxy_port", d.proxy_port)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where('proxy_port')}: environment.proxy_port must be a TCP port (1-65535)")
+    timeout = raw.get("setup_timeout_s", d.setup_timeout_s)
+    if timeout <= 0:
+        raise ConfigError(f"{where('setup_timeout_s')}: environment.setup_timeout_s must be a number of seconds above 0")
+    days = raw.get("setup_cache_days", d.setup_cache_days)
+    if days < 0:
+        raise ConfigError(f"{where('setup_cache_days')}: environment.setup_cache_days must be 0 or more "
+                          "(0: run the setup script for every run)")
+    return EnvironmentConfig(bwrap=raw.get("bwrap", d.bwrap), proxy_command=tuple(command),
+                             socat=raw.get("socat", d.socat), proxy_port=port, setup_timeout_s=float(timeout),
+                             setup_cache_days=float(days))
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -120,6 +120,8 @@ def _cron_field(text: str, pos: int, field: int, spec: str) -> set[int]:
 
 def _cron_text(values: set[int], field: int, written: str) -> str:
     """Canonical field text. A `*`-led day field stays `*`-led: vixie's OR/AND rule depends on it."""
+    if len(values) == 1 and not written.startswith("*"):  # the common `30 9 ...`: what the rest would give
+        return str(next(iter(values)))
     _, lo, hi, _ = _FIELDS[field]
     hi = 6 if field == 4 else hi
     s = sorted(values)
@@ -138,7 +140,7 @@ def _cron_text(values: set[int], field: int, written: str) -> str:
     return ",".join(runs)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)  # a tasks.toml of 10,000 tasks may hold as many distinct schedules
 def compile_cron(spec: str) -> Cron:
     words = [(m.group().lower(), m.start()) for m in re.finditer(r"\S+", spec)]
     if len(words) != 5:
@@ -169,6 +171,7 @@ def _clean_step(values: tuple[int, ...], span: int) -> int:
     return step if step and span % step == 0 and values == tuple(range(0, span, step)) else 0
 
 
+@lru_cache(maxsize=16384)  # like compile_cron
 def describe(c: Cron) -> str:
     """A short English reading of common cron shapes; anything else is shown as the cron itself."""
     fallback = f"cron {c.text} (minute hour day month weekday)"

@@ -20,7 +20,10 @@ One routine is a table with optional sub-tables:
 
     [routines.pr-review.environment]
     env_file = "~/.config/bgagents/env/pr-review.env"   # dotenv; values never logged or shown
-    network = "full"
+    setup = "python -m venv .venv && .venv/bin/pip install -r requirements.txt"  # or setup_file; cached
+    setup_timeout = "10m"           # default: [environment] setup_timeout_s of config.toml
+    network = "trusted"             # "none" | "trusted" | "full" (default) | ["pypi.org", "*.github.com"]
+    grant = ["~/.config/gh"]        # credential files a confined run may read (read-only)
 
     [routines.pr-review.connectors]
     mcp_config = "~/.config/bgagents/mcp/review.json"   # MCP servers for the run; none unless given
@@ -37,8 +40,8 @@ One routine is a table with optional sub-tables:
     labels = { include = ["needs-review"], exclude = ["wip"] }
     draft = false
 
-Relative paths (prompt_file, env_file, mcp_config) are relative to the directory of routines.toml;
-nothing is read from a repository's own files. Reading uses tomllib (positions come from
+Relative paths (prompt_file, env_file, setup_file, mcp_config) are relative to the directory of
+routines.toml; nothing is read from a repository's own files. Reading uses tomllib (positions come from
 routines_layout); edits are routines_edit's.
 """
 
@@ -61,6 +64,7 @@ from .definitions import decode_error, find_top_key
 from .routines_layout import Positions
 from .github import FIELDS as FILTER_FIELDS
 from .github import Filter, FilterError, compile_filter, parse_event
+from .network_policy import parse_network
 from .schedule import Schedule, ScheduleError, parse_schedule
 
 __all__ = ["ApiTrigger", "CONNECTOR_FIELDS", "ENV_FIELDS", "FIELDS", "GitHubTrigger", "NAME_RE", "NETWORKS",
@@ -73,10 +77,12 @@ NETWORKS = ("none", "trusted", "full")
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "description": str, "prompt": str, "prompt_file": str, "repos": list, "agent": str, "model": str,
     "push": (list, str), "timeout": (str, int, float), "overlap": str, "enabled": bool, "timezone": str,
-    "environment": dict, "connectors": dict, "triggers": list,
+    "environment": dict, "connectors": dict, "triggers": list, "where": str,
 }
+WHERES = ("local", "cluster")   # where a routine's runs go (SPEC §14)
 ENV_FIELDS: dict[str, type | tuple[type, ...]] = {"env_file": str, "setup": str, "setup_file": str,
-                                                  "network": (str, list)}
+                                                  "network": (str, list), "setup_timeout": (str, int, float),
+                                                  "grant": list}
 CONNECTOR_FIELDS: dict[str, type | tuple[type, ...]] = {"mcp_config": str}
 TRIGGER_KEYS = ("schedule", "api", "github", "enabled", "rate_limit", "hourly_cap")
 DEFAULT_TIMEOUT_S = 4 * 3600
@@ -84,8 +90,7 @@ DEFAULT_RATE_LIMIT = 60     # API fires an hour
 DEFAULT_HOURLY_CAP = 20     # GitHub-started runs an hour
 MAX_TIMEOUT_S = 7 * 86400
 MAX_STAGGER_S = 300
-# Fields of another issue's environment: refused until the daemon can honour them.
-NOT_YET = {"setup": "the setup script", "setup_file": "the setup script"}
+MAX_SETUP_TIMEOUT_S = 6 * 3600
 _KIND = {str: "a string", bool: "true or false", list: "a list", dict: "a table", (list, str): "a list of strings",
          (str, int, float): "a duration such as \"4h\" or a number of seconds", (str, list): "a string or a list"}
 _RELATIVE_ONCE = ("in", "today", "tomorrow")
@@ -207,11 +212,28 @@ class Routine:
     env_file: str | None = None              # as written
     env_path: str | None = None              # resolved
     network: str | tuple[str, ...] = "full"
+    setup: str | None = None                 # the script's text, when written inline
+    setup_file: str | None = None            # as written
+    setup_path: str | None = None            # resolved
+    setup_timeout: str | int | float | None = None  # as written; None: [environment] setup_timeout_s
+    setup_timeout_s: float | None = None
+    grant: tuple[str, ...] = ()              # paths a confined run may read (as written; ~ allowed)
     mcp_config: str | None = None
     mcp_path: str | None = None
     triggers: tuple[Trigger, ...] = ()
+    where: str = "local"
     line: int | None = None
     raw: dict = field(default_factory=dict, compare=False)
+
+    def _environment_json(self) -> dict:
+        env: dict[str, Any] = {"env_file": self.env_file,
+                               "network": list(self.network) if isinstance(self.network, tuple) else self.network}
+        for key in ("setup", "setup_file", "setup_timeout"):
+            if getattr(self, key) is not None:
+                env[key] = getattr(self, key)
+        if self.grant:
+            env["grant"] = list(self.grant)
+        return env
 
     def trigger(self, kind: str) -> list[Trigger]:
         return [t for t in self.triggers if t.kind == kind and t.enabled]
@@ -222,10 +244,9 @@ class Routine:
                 "model": self.model, "push": list(self.push), "timeout": self.timeout, "timeout_s": self.timeout_s,
                 "overlap": self.overlap, "enabled": self.enabled,
                 "timezone": self.timezone or getattr(self.tz, "key", str(self.tz)),
-                "environment": {"env_file": self.env_file, "network": list(self.network)
-                                if isinstance(self.network, tuple) else self.network},
+                "environment": self._environment_json(),
                 "connectors": {"mcp_config": self.mcp_config},
-                "triggers": [t.to_json() for t in self.triggers], "line": self.line}
+                "triggers": [t.to_json() for t in self.triggers], "where": self.where, "line": self.line}
 
 
 def validate_name(name: Any) -> str | None:
@@ -425,9 +446,12 @@ class _Reader:
         overlap = raw.get("overlap", "allow")
         if overlap not in OVERLAPS:
             self.fail(f"overlap of {what} must be one of {', '.join(OVERLAPS)}", "overlap")
-        env_file, env_path, network = self._environment(raw.get("environment"), what)
+        environment = self._environment(raw.get("environment"), what)
         mcp_config, mcp_path = self._connectors(raw.get("connectors"), what)
         triggers = self._triggers(raw.get("triggers", []), what, zone)
+        where = raw.get("where", "local")
+        if where not in WHERES:
+            self.fail(f"where of {what} must be \"local\" or \"cluster\", not {where!r}", "where")
         if self.errors:
             return None, self.errors
         line, _ = self.pos.header(name)
@@ -435,8 +459,8 @@ class _Reader:
             name=name, repos=repos, tz=zone, prompt=prompt, prompt_file=prompt_file, prompt_path=prompt_path,
             description=raw.get("description"), agent=agent, model=raw.get("model"), push=tuple(push),
             timeout=timeout, timeout_s=timeout_s, overlap=overlap, enabled=raw.get("enabled", True),
-            timezone=zone_name, env_file=env_file, env_path=env_path, network=network, mcp_config=mcp_config,
-            mcp_path=mcp_path, triggers=triggers, line=line, raw=raw), []
+            timezone=zone_name, **environment, mcp_config=mcp_config,
+            mcp_path=mcp_path, triggers=triggers, where=where, line=line, raw=raw), []
 
     def _repos(self, value: Any, what: str) -> tuple[Repo, ...]:
         if value is None:
@@ -479,37 +503,64 @@ class _Reader:
                       "of its name, so they must differ", "repos")
         return tuple(repos)
 
-    def _environment(self, env: Any, what: str) -> tuple[str | None, str | None, str | tuple[str, ...]]:
+    def _environment(self, env: Any, what: str) -> dict[str, Any]:
+        """The environment's fields of a Routine (SPEC §8: env_file, setup or setup_file, network),
+        plus setup_timeout and grant (docs/routines.md)."""
         sub = "environment"
+        out: dict[str, Any] = {}
         if env is None:
-            return None, None, "full"
+            return out
         if not self._types(env, ENV_FIELDS, f"the environment of {what}", sub):
-            return None, None, "full"
-        env_file, env_path = env.get("env_file"), None
+            return out
+        env_file = env.get("env_file")
         if env_file is not None:
             env_path = resolve_path(env_file, self.base_dir)
+            out.update(env_file=env_file, env_path=env_path)
             if not self.isfile(env_path):
                 self.fail(f"env_file {env_file!r} of {what} does not exist ({env_path}); create it (KEY=VALUE lines) "
                           "or fix the path", "env_file", sub)
-        network: Any = env.get("network", "full")
-        if isinstance(network, list):
-            if not network or not all(isinstance(d, str) and _DOMAIN_RE.fullmatch(d) for d in network):
-                self.fail(f"network of {what} must be \"none\", \"trusted\", \"full\" or a list of host names "
-                          "such as [\"pypi.org\", \"*.github.com\"]", "network", sub)
-                return env_file, env_path, "full"
-            network = tuple(network)
-        elif network not in NETWORKS:
-            self.fail(f"network of {what} must be \"none\", \"trusted\", \"full\" or a list of host names", "network", sub)
-            return env_file, env_path, "full"
-        for key, label in NOT_YET.items():
-            if key in env:
-                self.fail(f"{key} in the environment of {what}: {label} is not available in this version of bgd; "
-                          f"remove {key} (or run it as part of the prompt)", key, sub)
-        if network != "full":
-            self.fail(f"network = {_toml_value(network)} in the environment of {what}: this version of bgd cannot "
-                      "enforce a network policy, and a routine is never run open when one is asked for; "
-                      "remove network (or set network = \"full\")", "network", sub)
-        return env_file, env_path, network
+        network, problem = parse_network(env.get("network", "full"))
+        if problem:
+            self.fail(f"{problem} (in the environment of {what})", "network", sub)
+        else:
+            out["network"] = network
+        setup, setup_file = env.get("setup"), env.get("setup_file")
+        if setup is not None and setup_file is not None:
+            self.fail(f"the environment of {what} has both setup and setup_file; keep one", "setup_file", sub)
+        elif setup is not None:
+            if not setup.strip():
+                self.fail(f"setup of {what} is empty; remove it or give the commands to run", "setup", sub)
+            out["setup"] = setup
+        elif setup_file is not None:
+            setup_path = resolve_path(setup_file, self.base_dir)
+            out.update(setup_file=setup_file, setup_path=setup_path)
+            if not self.isfile(setup_path):
+                self.fail(f"setup_file {setup_file!r} of {what} does not exist ({setup_path}); create it or fix "
+                          "the path", "setup_file", sub)
+        timeout = env.get("setup_timeout")
+        if timeout is not None:
+            if setup is None and setup_file is None:
+                self.fail(f"setup_timeout of {what} has no setup script to limit; add setup or remove it",
+                          "setup_timeout", sub)
+            try:
+                seconds = parse_duration(timeout)
+            except ValueError as exc:
+                self.fail(f"setup_timeout of {what} must be {exc}", "setup_timeout", sub)
+            else:
+                if seconds > MAX_SETUP_TIMEOUT_S:
+                    self.fail(f"setup_timeout of {what} is over {MAX_SETUP_TIMEOUT_S // 3600} hours; a setup "
+                              "that long belongs in the routine's prompt", "setup_timeout", sub)
+                out.update(setup_timeout=timeout, setup_timeout_s=seconds)
+        grant = env.get("grant")
+        if grant is not None:
+            bad = next((g for g in grant if not isinstance(g, str) or not g.strip()
+                        or not os.path.isabs(os.path.expanduser(g))), None) if grant else None
+            if bad is not None or not all(isinstance(g, str) for g in grant):
+                self.fail(f"grant of {what} must be a list of absolute paths (or ~/...) a confined run may read, "
+                          f"not {bad!r}", "grant", sub)
+            else:
+                out["grant"] = tuple(grant)
+        return out
 
     def _connectors(self, connectors: Any, what: str) -> tuple[str | None, str | None]:
         sub = "connectors"
@@ -668,7 +719,6 @@ class _Reader:
         return (m.end() + position) if m else 0
 
 
-_DOMAIN_RE = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 
 
 def _too_frequent(schedule: Schedule) -> str | None:

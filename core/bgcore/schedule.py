@@ -18,15 +18,15 @@ import math
 import re
 from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Iterator, NoReturn
+from typing import Iterator, NamedTuple, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .cron import DAY_NAMES, Cron, CronError, compile_cron, describe
 
 __all__ = [
-    "Schedule", "ScheduleError", "explain", "jitter_seconds", "next_fire_time", "next_fire_times",
+    "Schedule", "ScheduleError", "explain", "jitter_seconds", "next_fire_time", "next_fire_times", "next_fire_ts",
     "parse_interval", "parse_schedule", "parse_when_and_what", "previous_fire_times", "split_loop_args",
 ]
 
@@ -86,8 +86,10 @@ _EX_ANY = "daily at 09:00"
 
 # ---------------------------------------------------------------- reading words
 
-@dataclass(frozen=True)
-class _Word:
+_WORD_RE = re.compile(r"\S+")
+
+
+class _Word(NamedTuple):  # a tuple: made for every word of every spec read (10,000 tasks at start)
     text: str  # lower-cased
     raw: str
     pos: int
@@ -99,7 +101,7 @@ class _Reader:
     def __init__(self, spec: str, words: list[_Word] | None = None):
         self.spec = spec
         self.words = words if words is not None else [
-            _Word(m.group().lower(), m.group(), m.start()) for m in re.finditer(r"\S+", spec)]
+            _Word(m[0].lower(), m[0], m.start()) for m in _WORD_RE.finditer(spec)]
         self.i = 0
 
     def peek(self) -> _Word | None:
@@ -393,14 +395,34 @@ def _day_preset(r: _Reader) -> str | None:
     return None
 
 
+_PARSED: dict[tuple[str, bool], Schedule] = {}
+_PARSED_MAX = 16384  # as many as compile_cron keeps
+
+
 def parse_schedule(spec: str, *, now: datetime, tz: ZoneInfo, loop_intervals: bool = False) -> Schedule:
     """Read a schedule of the §7 language; raises ScheduleError pointing at what it could not read.
 
     An interval under a minute is an error, as a task schedule must be (§7). With `loop_intervals` every
     interval is read by the reading of parse_interval (§6: `45s` rounds up to every minute, with
     `rounded_from`), so `schedule explain` shows what `bgctl loop` would pick.
+
+    Only a one-shot depends on `now` and `tz`; every other reading is kept (Schedule is immutable), so a
+    tasks.toml of 10,000 tasks that repeats a few hundred schedules reads each once.
     """
     _require_aware(now)
+    key = (spec, loop_intervals)
+    known = _PARSED.get(key)
+    if known is not None:
+        return known
+    result = _parse_schedule(spec, now, tz, loop_intervals)
+    if result.kind != "once":
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = result
+    return result
+
+
+def _parse_schedule(spec: str, now: datetime, tz: ZoneInfo, loop_intervals: bool) -> Schedule:
     r = _Reader(spec)
     word = r.peek()
     if word is None:
@@ -517,25 +539,64 @@ def _resolve_wall(wall: datetime, tz) -> int:
     return hi
 
 
-def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
-    start = _wall(after_ts, tz).replace(second=0)
+@lru_cache(maxsize=1024)
+def _day_span(day: date, tz) -> tuple[int, bool] | None:
+    """The instant `day` starts in `tz`, and whether it is steady (24 hours, one UTC offset
+    throughout, so wall minutes map to instants by plain addition); None when the next day is past
+    what datetime can hold. Cached: every fire time of a day asks for the same answer."""
+    day_start = _resolve_wall(datetime.combine(day, time()), tz)
+    try:
+        day_end = _resolve_wall(datetime.combine(day + _DAY, time()), tz)
+    except OverflowError:
+        return None
+    steady = day_end - day_start == 86400 and (
+        datetime.fromtimestamp(day_start, tz).utcoffset() == datetime.fromtimestamp(day_end - 1, tz).utcoffset())
+    return day_start, steady
+
+
+def _cron_after(c: Cron, after_ts: float, tz) -> int | None:
+    """The first fire of `c` strictly after `after_ts`; None past what datetime can hold."""
+    start = _wall(after_ts, tz)
     day, first_minute = start.date(), start.hour * 60 + start.minute
-    last = after_ts
+    minutes = c.minutes_of_day
     while (match := c.next_day(day)) is not None:
         if match != day:
             first_minute = 0
         day = match
-        day_start = _resolve_wall(datetime.combine(day, time()), tz)
-        try:
-            day_end = _resolve_wall(datetime.combine(day + _DAY, time()), tz)
-        except OverflowError:
-            return
+        span = _day_span(day, tz)
+        if span is None:
+            return None
+        day_start, steady = span
         # A day without a transition maps wall minutes to instants by plain addition (fast path);
-        # a transition day resolves every wall time on its own.
-        steady = day_end - day_start == 86400 and (
-            datetime.fromtimestamp(day_start, tz).utcoffset()
-            == datetime.fromtimestamp(day_end - 1, tz).utcoffset())
-        for mod in c.minutes_of_day[bisect_left(c.minutes_of_day, first_minute):]:
+        # a transition day resolves every wall time on its own (several skipped wall times share
+        # one instant, and a repeated hour fires once: the first instant past after_ts is the one).
+        for i in range(bisect_left(minutes, first_minute), len(minutes)):  # by index: no copy, no skipping
+            mod = minutes[i]
+            ts = day_start + mod * 60 if steady else _resolve_wall(
+                datetime.combine(day, time(mod // 60, mod % 60)), tz)
+            if ts > after_ts:
+                return ts
+        day, first_minute = day + _DAY, 0
+    return None
+
+
+def _iter_cron(c: Cron, after_ts: float, tz) -> Iterator[int]:
+    """Every fire after `after_ts`, in order: _cron_after's walk, kept going (a look-back over days of
+    a minutely schedule must not start over at each fire)."""
+    start = _wall(after_ts, tz).replace(second=0)
+    day, first_minute = start.date(), start.hour * 60 + start.minute
+    last = after_ts
+    minutes = c.minutes_of_day
+    while (match := c.next_day(day)) is not None:
+        if match != day:
+            first_minute = 0
+        day = match
+        span = _day_span(day, tz)
+        if span is None:
+            return
+        day_start, steady = span
+        for i in range(bisect_left(minutes, first_minute), len(minutes)):
+            mod = minutes[i]
             ts = day_start + mod * 60 if steady else _resolve_wall(
                 datetime.combine(day, time(mod // 60, mod % 60)), tz)
             if ts > last:  # several skipped wall times share one instant: fire it once
@@ -566,7 +627,10 @@ def _iter_grid(period: int, after_ts: float, tz) -> Iterator[int]:
 
 def _iter_fires(schedule: Schedule, after: datetime, tz) -> Iterator[int]:
     _require_aware(after)
-    after_ts = after.timestamp()
+    return _iter_fires_ts(schedule, after.timestamp(), tz)
+
+
+def _iter_fires_ts(schedule: Schedule, after_ts: float, tz) -> Iterator[int]:
     if schedule.kind == "once":
         if schedule.at.timestamp() > after_ts:
             yield math.floor(schedule.at.timestamp())
@@ -585,6 +649,16 @@ def next_fire_times(schedule: Schedule, after: datetime, tz: ZoneInfo, n: int) -
 def next_fire_time(schedule: Schedule, after: datetime, tz: ZoneInfo) -> datetime | None:
     fires = next_fire_times(schedule, after, tz, 1)
     return fires[0] if fires else None
+
+
+def next_fire_ts(schedule: Schedule, after_ts: float, tz: ZoneInfo) -> int | None:
+    """`next_fire_time` on POSIX timestamps: the first fire strictly after `after_ts` (the daemon's
+    schedulers ask this once per fire, so it skips building datetimes and iterators). `after_ts` is taken
+    as it is: a datetime would round it to the microsecond, which differs only within half a
+    microsecond before a fire (then this one gives that fire, the datetime the next)."""
+    if schedule.kind == "cron" and (schedule.interval_s is None or schedule.interval_s >= 86400):
+        return _cron_after(_compile(schedule.cron), after_ts, tz)
+    return next(_iter_fires_ts(schedule, after_ts, tz), None)
 
 
 def previous_fire_times(schedule: Schedule, before: datetime, not_before: datetime,

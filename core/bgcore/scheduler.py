@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bgcore.schedule import Schedule, next_fire_time, previous_fire_times
+from bgcore.schedule import Schedule, next_fire_ts, previous_fire_times
 
 LOOKBACK_S = 7 * 86400
 LATE_S = 60.0          # a fire later than this is a catch-up, not an on-time fire
@@ -120,8 +120,8 @@ class Scheduler:
     # -- internals ----------------------------------------------------------------
 
     def _schedule_next(self, entry: _Entry, after: float) -> None:
-        nxt = next_fire_time(entry.schedule, _at(after, entry.tz), entry.tz)
-        entry.next_ts = nxt.timestamp() if nxt is not None else None
+        nxt = next_fire_ts(entry.schedule, after, entry.tz)
+        entry.next_ts = float(nxt) if nxt is not None else None
         if entry.next_ts is not None:
             heapq.heappush(self._heap, (entry.next_ts + entry.jitter_s, next(self._gen), entry.name, entry.gen))
 

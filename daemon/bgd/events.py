@@ -15,6 +15,12 @@ then offers the frame to the subscribers' queues; their forwarders only run
 after the code that published has returned to trio, by when the write is
 committed.  Code that stores more than the event (a transcript entry) splits the
 two steps: `record` inside its transaction, `deliver` after the commit.
+
+The agents' output lines, which arrive many at a time (a hundred sessions
+streaming), are group-committed: `record_soon` holds each line's entry and event
+until `flush`, which the session manager runs at the next turn of its trio loop
+(and `record`, `subscribe` and every read of a transcript run first), so they
+share one commit and still reach the store before anyone sees them, in order.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ _FRAME_HEAD = b'{"jsonrpc":"2.0","method":"event","params":'
 def event_frame(event: dict, body: bytes | None = None) -> bytes:
     """The notification line a subscriber is sent for `event` (`body`: its JSON, if already encoded)."""
     return _FRAME_HEAD + (fastjson.dumps(event) if body is None else body) + b"}\n"
+
+
+def frame_event(frame: bytes) -> dict:
+    """The event inside a frame `event_frame` made (for in-process subscribers such as the web page)."""
+    return fastjson.loads(frame[len(_FRAME_HEAD):-2])
 
 
 class Subscriber:
@@ -66,6 +77,7 @@ class EventBus:
         self.subscribers: set[Subscriber] = set()
         self._since_trim = 0
         self.listeners: list[Callable[[dict], None]] = []
+        self._soon: list[tuple[Callable[[], None], str, dict]] = []  # see record_soon
 
     def publish(self, type_: str, **data: Any) -> dict:
         """Number, store and fan out an event; returns it."""
@@ -75,6 +87,33 @@ class EventBus:
 
     def record(self, type_: str, **data: Any) -> tuple[dict, bytes]:
         """Number and store an event (the first half of `publish`); returns it and its JSON."""
+        if self._soon:
+            self.flush()  # what waits is older: it is numbered, stored and delivered first
+        return self._record(type_, data)
+
+    def record_soon(self, write: Callable[[], None], type_: str, **data: Any) -> bool:
+        """`publish` an event that comes with a row of its own (`write`, a transcript entry), in one
+        transaction with the others recorded so until `flush`: a group commit, for the agents'
+        output lines, which arrive many at a time. The caller has `flush` called soon (the session
+        manager, at the next turn of its trio loop); anything recorded meanwhile flushes first,
+        so events keep their order. Returns True when this is the first one waiting."""
+        self._soon.append((write, type_, data))
+        return len(self._soon) == 1
+
+    def flush(self) -> None:
+        """Store what record_soon holds, in one transaction, then deliver it in order."""
+        if not self._soon:
+            return
+        soon, self._soon = self._soon, []
+        recorded = []
+        with self.store.transaction():
+            for write, type_, data in soon:
+                write()
+                recorded.append(self._record(type_, data))
+        for event, body in recorded:
+            self.deliver(event, body)
+
+    def _record(self, type_: str, data: dict) -> tuple[dict, bytes]:
         self.seq += 1
         event = {"seq": self.seq, "ts": clock.now_iso(), "type": type_, **data}
         body = fastjson.dumps(event)
@@ -86,7 +125,16 @@ class EventBus:
         return event, body
 
     def deliver(self, event: dict, body: bytes) -> None:
-        """Hand a recorded event to the listeners and the subscribers (the second half of `publish`)."""
+        """Hand a recorded event to the listeners and the subscribers (the second half of `publish`).
+
+        Inside a transaction still open (a caller applying several changes in one commit), it
+        waits for that commit, so no subscriber sees an event the store could still lose."""
+        if self.store.db.in_transaction:
+            self.store.after_commit(lambda: self._deliver_now(event, body))
+            return
+        self._deliver_now(event, body)
+
+    def _deliver_now(self, event: dict, body: bytes) -> None:
         for listener in self.listeners:
             listener(event)
         frame = None
@@ -98,6 +146,7 @@ class EventBus:
 
     def subscribe(self, since: int | None, match: Callable[[dict], bool]) -> tuple[Subscriber, list[dict], bool]:
         """Register a subscriber; return it, the retained backlog after `since`, and whether some was lost."""
+        self.flush()
         sub = Subscriber(match)
         backlog: list[dict] = []
         missed = False

@@ -10,7 +10,7 @@ from importlib import import_module
 
 # Infrastructure handlers (daemon.*, events.*, schedule.*) live in bgd.rpc.
 RPC_MODULES = ("bgd.rpc.daemon_methods", "bgd.rpc.event_methods", "bgd.rpc.schedule_methods")
-FEATURES = ("sessions", "loops", "tasks", "routines")
+FEATURES = ("sessions", "loops", "tasks", "environments", "routines", "web", "cluster")
 
 
 def register_methods() -> None:

@@ -15,6 +15,11 @@ from bgd import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        # A cluster worker (SPEC §14): its own process, asyncio, no socket.
+        from bgd.cluster.worker import main as worker_main
+        return worker_main(argv[1:])
     parser = argparse.ArgumentParser(prog="bgd", description="The bgagents daemon (runs in the foreground).")
     parser.add_argument("--socket", help="socket path (default: $BGD_SOCKET or the user runtime dir)")
     parser.add_argument("--config-dir", help="config dir (default: $BGD_CONFIG_DIR or ~/.config/bgagents)")

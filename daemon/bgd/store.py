@@ -8,7 +8,8 @@ add a step at the end and never edit an old one.
 Writes are small and frequent; WAL with synchronous=NORMAL makes each commit
 cheap and survives a `kill -9` of the daemon (only a power loss can drop the
 last commits).  The daemon's hot paths group related writes (a transcript entry and its
-event; a pass of loop fires) in one `transaction()`: one commit instead of several.
+event; the agent lines read in one turn of the event loop; a pass of loop fires) in one
+`transaction()`: one commit instead of several.
 
 Checkpoints (copying the WAL back into the database file, with an fsync) are not
 left to SQLite's automatic one, which runs inside whichever commit crosses 1,000
@@ -103,6 +104,33 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (routine, key)
     );
     """,
+    # 3 -> 4: the web page's logins (the SHA-256 of each login cookie, never the cookie).
+    """
+    CREATE TABLE web_logins (
+        token_hash TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        used_at TEXT NOT NULL
+    );
+    """,
+    # 4 -> 5: cluster runs (SPEC §14): each run's applied record offset, the log segment each
+    # worker's log is read from, and this daemon's owner name.
+    """
+    CREATE TABLE cluster_runs (
+        workflow_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX cluster_runs_by_session ON cluster_runs (session_id);
+    CREATE TABLE cluster_logs (
+        base TEXT PRIMARY KEY,
+        segment INTEGER NOT NULL,
+        event_id INTEGER NOT NULL
+    );
+    CREATE TABLE cluster_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -122,6 +150,7 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
         self._checkpointer: sqlite3.Connection | None = None
+        self._after_commit: list = []   # see after_commit
         self._migrate()
 
     # -- schema ---------------------------------------------------------------
@@ -237,6 +266,11 @@ class Store:
         if self.db.execute("UPDATE loops SET data = ? WHERE id = ?", (text, loop_id)).rowcount == 0:
             self.db.execute("INSERT INTO loops (id, session_id, data) VALUES (?, ?, ?)", (loop_id, session_id, text))
 
+    def add_loop(self, loop_id: str, session_id: str, data: dict) -> None:
+        """A new loop: one statement, without save_loop's UPDATE that would find nothing."""
+        self.db.execute("INSERT OR REPLACE INTO loops (id, session_id, data) VALUES (?, ?, ?)",
+                        (loop_id, session_id, dumps_text(data)))
+
     def delete_loop(self, loop_id: str) -> None:
         self.db.execute("DELETE FROM loops WHERE id = ?", (loop_id,))
 
@@ -267,6 +301,40 @@ class Store:
 
     def load_task_states(self) -> dict[str, dict]:
         return {task: loads(data) for task, data in self.db.execute("SELECT task, data FROM task_state")}
+
+    # -- cluster runs (bgd.cluster) -----------------------------------------------
+
+    def save_cluster_run(self, workflow_id: str, session_id: str, data: dict) -> None:
+        text = dumps_text(data)
+        if self.db.execute("UPDATE cluster_runs SET data = ? WHERE workflow_id = ?", (text, workflow_id)).rowcount == 0:
+            self.db.execute("INSERT INTO cluster_runs (workflow_id, session_id, data) VALUES (?, ?, ?)",
+                            (workflow_id, session_id, text))
+
+    def cluster_runs(self, session_id: str) -> list[dict]:
+        rows = self.db.execute("SELECT data FROM cluster_runs WHERE session_id = ?", (session_id,))
+        return [loads(row[0]) for row in rows]
+
+    def cluster_run_count(self, session_id: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM cluster_runs WHERE session_id = ?", (session_id,)).fetchone()[0]
+
+    def delete_cluster_runs(self, session_id: str) -> None:
+        self.db.execute("DELETE FROM cluster_runs WHERE session_id = ?", (session_id,))
+
+    def cluster_log_position(self, base: str) -> tuple[int, int] | None:
+        """Where the owner has read a worker's log to: (segment, last history event applied)."""
+        row = self.db.execute("SELECT segment, event_id FROM cluster_logs WHERE base = ?", (base,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def save_cluster_log(self, base: str, segment: int, event_id: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO cluster_logs (base, segment, event_id) VALUES (?, ?, ?)",
+                        (base, segment, event_id))
+
+    def cluster_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM cluster_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_cluster_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO cluster_meta (key, value) VALUES (?, ?)", (key, value))
 
     # -- routines ---------------------------------------------------------------
 
@@ -358,14 +426,39 @@ class Store:
     def prune_idempotency(self, before: float) -> None:
         self.db.execute("DELETE FROM routine_idempotency WHERE created_at <= ?", (before,))
 
+    # -- web logins -------------------------------------------------------------
+
+    def add_web_login(self, token_hash: str, created_at: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO web_logins (token_hash, created_at, used_at) VALUES (?, ?, ?)",
+                        (token_hash, created_at, created_at))
+
+    def touch_web_login(self, token_hash: str, used_at: str) -> None:
+        self.db.execute("UPDATE web_logins SET used_at = ? WHERE token_hash = ?", (used_at, token_hash))
+
+    def web_logins(self) -> dict[str, str]:
+        """Every login's hash and when it was last used."""
+        return dict(self.db.execute("SELECT token_hash, used_at FROM web_logins"))
+
+    def delete_web_logins(self, token_hashes: list[str] | None = None) -> int:
+        """Delete the given logins, or all of them; returns how many went."""
+        if token_hashes is None:
+            return self.db.execute("DELETE FROM web_logins").rowcount
+        return sum(self.db.execute("DELETE FROM web_logins WHERE token_hash = ?", (h,)).rowcount
+                   for h in token_hashes)
+
     def transaction(self) -> "_Transaction":
         """One commit for the writes inside; inside another transaction it joins that one."""
-        return _Transaction(self.db)
+        return _Transaction(self)
+
+    def after_commit(self, fn) -> None:
+        """Call `fn()` once the transaction now open commits (dropped if it rolls back)."""
+        self._after_commit.append(fn)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
         self.outer = False
 
     def __enter__(self) -> None:
@@ -376,4 +469,8 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.outer:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            pending, self.store._after_commit = self.store._after_commit, []
+            if not exc_type:
+                for fn in pending:
+                    fn()
 

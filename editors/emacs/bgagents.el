@@ -8,7 +8,7 @@
 ;;; Commentary:
 
 ;; A thin client of bgls, the bgagents language server.  It registers bgls with
-;; eglot for tasks.toml (diagnostics, hover with the next fire times, completion
+;; eglot for tasks.toml and routines.toml (diagnostics, hover with the next fire times, completion
 ;; of schedules), keeps the last `bgagents/status' notification for a mode-line
 ;; segment ("bg: 2 need input · 3 working"), answers bgls's prompts through
 ;; eglot (Approve / Deny / Open), and offers commands that run bgls's
@@ -287,8 +287,9 @@ came with the answer until bgls next wrote."
 
 ;;;###autoload
 (defun bgagents-setup ()
-  "Use bgls for tasks.toml through eglot and show the status in the mode line."
+  "Use bgls for tasks.toml and routines.toml through eglot and show the status in the mode line."
   (add-to-list 'auto-mode-alist '("/tasks\\.toml\\'" . bgagents-tasks-mode))
+  (add-to-list 'auto-mode-alist '("/routines\\.toml\\'" . bgagents-tasks-mode))
   (add-to-list 'eglot-server-programs `(bgagents-tasks-mode . bgagents--server-program))
   (add-hook 'bgagents-tasks-mode-hook #'eglot-ensure)
   (unless (member 'bgagents--mode-line-construct global-mode-string)

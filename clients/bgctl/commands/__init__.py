@@ -8,7 +8,7 @@ A new command is a module here plus its words in the table.
 from __future__ import annotations
 
 # In the order `bgctl --help` lists them.
-MODULES = ("daemon", "doctor", "sessions", "raw", "loops", "tasks", "routines", "schedule", "agents")
+MODULES = ("daemon", "doctor", "sessions", "raw", "loops", "tasks", "routines", "schedule", "agents", "web", "cluster")
 
 COMMANDS = {
     "daemon": "daemon",
@@ -23,6 +23,8 @@ COMMANDS = {
     "routine": "routines",
     "schedule": "schedule",
     "agents": "agents",
+    "web": "web",
+    "cluster": "cluster",
 }
 
 

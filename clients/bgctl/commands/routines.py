@@ -65,6 +65,7 @@ def register(sub, add_common) -> None:
     add_common(r)
     r.add_argument("name")
     r.add_argument("--text", help="context for this run, added to the prompt (as the API's text)")
+    r.add_argument("--rebuild", action="store_true", help="run the setup script again instead of its cached result")
     r.set_defaults(handler=run)
 
     r = verbs.add_parser("runs", help="runs newest first: trigger, status, outcome, session, pushed refs")
@@ -372,6 +373,13 @@ def show(args, ctx) -> int:
             ctx.print(f"  {'':16}error: {info['error']}")
         for key, value in (info.get("values") or {}).items():
             ctx.print(f"  {'':16}{key}={value}")
+    network = env.get("network", "full")
+    ctx.print(f"  {'network:':16}" + (", ".join(network) if isinstance(network, list) else network))
+    if env.get("setup") or env.get("setup_file"):
+        setup = env.get("setup_file") or one_line(env["setup"], 90)
+        ctx.print(f"  {'setup:':16}{setup}" + (f" (at most {env['setup_timeout']})" if env.get("setup_timeout") else ""))
+    if env.get("grant"):
+        ctx.print(f"  {'grant:':16}{', '.join(env['grant'])}")
     if r["connectors"].get("mcp_config"):
         ctx.print(f"  {'mcp_config:':16}{r['connectors']['mcp_config']}")
     for t in r["triggers"]:
@@ -421,7 +429,8 @@ def token(args, ctx) -> int:
 
 
 def run(args, ctx) -> int:
-    rec = ctx.call("routine.run", {"name": args.name, **({"text": args.text} if args.text else {})})
+    rec = ctx.call("routine.run", {"name": args.name, **({"text": args.text} if args.text else {}),
+                                   **({"rebuild": True} if args.rebuild else {})})
     if ctx.json:
         ctx.print_json(rec)
     elif rec.get("session_id"):
@@ -462,6 +471,21 @@ def pushed_text(rec: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def prepared_text(rec: dict) -> str:
+    """How the run was prepared: its setup cache and how long it took (`hit 0.4s`)."""
+    seconds = rec.get("prepare_s")
+    took = f"{seconds:.1f}s" if isinstance(seconds, (int, float)) else ""
+    return " ".join(part for part in (rec.get("cache") or "", took) if part) or "-"
+
+
+def blocked_text(rec: dict) -> str:
+    blocked = rec.get("blocked") or {}
+    if not blocked:
+        return "-" if rec.get("environment", {}).get("confined") else ""
+    total = sum(blocked.values())
+    return f"{total} ({len(blocked)} host{'s' if len(blocked) != 1 else ''})"
+
+
 def runs(args, ctx) -> int:
     records = ctx.call("routine.runs", {"limit": args.limit, **({"name": args.name} if args.name else {})})
     if ctx.json:
@@ -470,14 +494,19 @@ def runs(args, ctx) -> int:
     if not records:
         ctx.print(f"{args.name} has not run yet" if args.name else "no routine has run yet")
         return ExitStatus.OK
-    rows = [("RUN", "ROUTINE", "TRIGGER", "WHEN", "STATUS", "OUTCOME", "SESSION", "PUSHED")]
+    rows = [("RUN", "ROUTINE", "TRIGGER", "WHEN", "STATUS", "OUTCOME", "SESSION", "PREPARED", "BLOCKED", "PUSHED")]
     for r in records:
         rows.append((r["id"], r["routine"], r["trigger"], age(r["created_at"]), status_text(r), outcome_text(r),
-                     r.get("session_id") or "-", pushed_text(r)))
+                     r.get("session_id") or "-", prepared_text(r), blocked_text(r) or "-", pushed_text(r)))
     ctx.print(_table(rows))
     for r in records:
         if r.get("error") and r["status"] not in ("finished",):
             ctx.print(f"{r['id']}: {one_line(r['error'], 160)}")
+        if r.get("blocked"):
+            hosts = sorted(r["blocked"].items(), key=lambda item: (-item[1], item[0]))
+            ctx.print(f"{r['id']}: blocked by network policy: "
+                      + ", ".join(f"{host} ×{count}" for host, count in hosts[:10])
+                      + (f", and {len(hosts) - 10} more" if len(hosts) > 10 else ""))
     return ExitStatus.OK
 
 

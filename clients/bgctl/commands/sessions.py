@@ -22,6 +22,8 @@ def register(sub, add_common) -> None:
     p.add_argument("--permission-mode", dest="permission_mode")
     p.add_argument("--model")
     p.add_argument("--attach", action="store_true", help="follow the transcript after dispatching")
+    p.add_argument("--on", choices=("local", "cluster"), default=None,
+                   help="where the agent runs: here (default) or on the cluster's workers ([cluster] in config.toml)")
     p.add_argument("prompt", nargs=REMAINDER, metavar="PROMPT...")
     p.set_defaults(handler=dispatch)
 
@@ -99,7 +101,7 @@ def dispatch(args, ctx) -> int:
     if not os.path.isdir(cwd):
         raise UsageError(f"--cwd {args.cwd} is not a directory")
     params = {"prompt": prompt, "cwd": cwd, "agent": args.agent, "name": args.name,
-              "permission_mode": args.permission_mode, "model": args.model}
+              "permission_mode": args.permission_mode, "model": args.model, "on": args.on}
     session = ctx.call("session.dispatch", {k: v for k, v in params.items() if v is not None})
     from ..render import title
     _print_session(ctx, session, f"backgrounded · {session['id']} · {title(session)}")

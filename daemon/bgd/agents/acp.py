@@ -50,10 +50,6 @@ class Driver(BaseDriver):
         self._authenticated = False
         self._cost: float | None = None
 
-    @property
-    def install_hint(self) -> str:
-        return self.agent.install
-
     # -- the process ---------------------------------------------------------------
 
     def launch(self, text: str, mcp_config: str | None) -> Launch:

@@ -70,12 +70,16 @@ class Driver:
     keeps_process = True        # the process lives between turns; a new turn is written to it
     schedules_wakeups = True    # the agent can call the daemon's MCP tools (dynamic loops, §6)
     provides_history = True     # a restarted process continues the conversation (resume)
-    install_hint = ""           # how to install the binary, for the "not found" error
 
     def __init__(self, agent: "AgentConfig", session: "Session", ctl: RunControl):
         self.agent = agent
         self.session = session
         self.ctl = ctl
+
+    @property
+    def install_hint(self) -> str:
+        """How to install the binary, named in the "not found" error ([agents.NAME] install)."""
+        return self.agent.install
 
     def launch(self, text: str, mcp_config: str | None) -> Launch:
         """The process to start for a turn whose text is `text`."""

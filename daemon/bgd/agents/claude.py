@@ -13,8 +13,6 @@ from bgd.agents.process import OversizedLine
 
 
 class Driver(BaseDriver):
-    install_hint = "Claude Code: npm install -g @anthropic-ai/claude-code"
-
     def launch(self, text: str, mcp_config: str | None) -> Launch:
         session = self.session
         argv = claude.build_argv(self.agent, agent_session_id=session.agent_session_id,

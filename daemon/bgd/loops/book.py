@@ -16,14 +16,17 @@ Recurring loops (fixed and dynamic) fire one last time 7 days after creation and
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 import string
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Callable, Iterable
 
 from bgcore.jsonrpc import LIMIT_REACHED, RpcError
-from bgcore.schedule import Schedule, jitter_seconds, next_fire_time
+from bgcore.schedule import Schedule, jitter_seconds, next_fire_ts
+from bgd.clock import iso_ts
 
 MAX_LOOPS_PER_SESSION = 50
 LIFETIME_S = 7 * 86400          # recurring loops expire this long after creation
@@ -32,10 +35,19 @@ WAKEUP_MIN_S, WAKEUP_MAX_S = 60, 3600
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
+_ID_SPACE = len(_ID_ALPHABET) ** 8
+
+
 def new_loop_id(taken=frozenset()) -> str:
-    """`taken`: any container of ids in use (not copied: 10,000 loops must not slow creation)."""
+    """8 random characters of [a-z0-9]. `taken`: any container of ids in use (not copied: 10,000
+    loops must not slow creation). One draw from the OS's random source, not one per character."""
     while True:
-        candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        n = secrets.randbelow(_ID_SPACE)
+        chars = []
+        for _ in range(8):
+            n, digit = divmod(n, 36)
+            chars.append(_ID_ALPHABET[digit])
+        candidate = "".join(chars)
         if candidate not in taken:
             return candidate
 
@@ -44,10 +56,7 @@ def clamp_delay(delay_s: float) -> int:
     return int(min(max(delay_s, WAKEUP_MIN_S), WAKEUP_MAX_S))
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+_iso = iso_ts  # the loop object's times (docs/protocol.md): UTC, milliseconds
 
 
 @dataclass
@@ -83,7 +92,7 @@ class Loop:
         return self.created_at + LIFETIME_S if self.recurring else (self.at or self.created_at)
 
     def schedule(self) -> Schedule:
-        return Schedule(self.human, "cron", self.cron, None, self.human, self.rounded_from, self.interval_s)
+        return _schedule(self.human, self.cron, self.rounded_from, self.interval_s)
 
     def to_json(self) -> dict:
         """The public shape (docs/protocol.md, "The loop object")."""
@@ -96,8 +105,9 @@ class Loop:
                 "suspended": self.suspended, "source": self.source, "note": self.note}
 
     def to_record(self) -> dict:
-        # Every field is a plain value: a shallow copy (dataclasses.asdict recurses, 10x slower).
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        # Every field is a plain value and the instance holds nothing else: a shallow copy of its
+        # dict, in field order (dataclasses.asdict recurses, 10x slower).
+        return self.__dict__.copy()
 
     @classmethod
     def from_record(cls, data: dict) -> "Loop":
@@ -105,11 +115,17 @@ class Loop:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@lru_cache(maxsize=1024)
+def _schedule(human: str, cron: str | None, rounded_from: str | None, interval_s: int | None) -> Schedule:
+    """A fixed loop's Schedule, asked for at every fire: one object per distinct schedule."""
+    return Schedule(human, "cron", cron, None, human, rounded_from, interval_s)
+
+
 def next_scheduled(loop: Loop, after: float, tz) -> float:
     """The fixed loop's next fire strictly after `after` (jitter included), never past its expiry:
     the fire at the expiry is its last."""
-    base = next_fire_time(loop.schedule(), datetime.fromtimestamp(after - loop.jitter_s, timezone.utc), tz)
-    fire = base.timestamp() + loop.jitter_s if base is not None else loop.expires_at
+    base = next_fire_ts(loop.schedule(), after - loop.jitter_s, tz)
+    fire = float(base) + loop.jitter_s if base is not None else loop.expires_at
     return min(fire, loop.expires_at)
 
 
@@ -137,9 +153,17 @@ class LoopBook:
     def __init__(self, loops: Iterable[Loop] = ()):
         self.loops: dict[str, Loop] = {}
         self._by_session: dict[str, dict[str, Loop]] = {}
-        # Sessions that may have a loop in flight (a superset: see in_flight_sessions), so the
-        # shell's per-pass check need not look at every loop.
-        self._flying: set[str] = set()
+        # Per session, the loops that may be in flight (a superset: every loop whose in_flight is
+        # set is here, see fired and _index), so neither the shell's per-pass check nor the end of
+        # a turn need look at every loop.
+        self._flying: dict[str, list[Loop]] = {}
+        # Per session, a heap of (next_fire, created_at, id, stamp, loop) over its live loops with a
+        # next fire, so that "what is due" and "when next" cost O(log n) per session instead of a
+        # look at each of its loops. Every change of a loop's next_fire or suspended goes through
+        # _push (or _drop); an entry whose stamp is no longer the loop's is stale and is skipped.
+        self._heaps: dict[str, list[tuple]] = {}
+        self._stamps: dict[str, int] = {}
+        self._stamp = itertools.count()
         for loop in loops:
             self._index(loop)
 
@@ -147,15 +171,79 @@ class LoopBook:
         self.loops[loop.id] = loop
         self._by_session.setdefault(loop.session_id, {})[loop.id] = loop
         if loop.in_flight:
-            self._flying.add(loop.session_id)
+            self._fly(loop)
+        self._push(loop)
+
+    def _push(self, loop: Loop) -> None:
+        """Note the loop's (new) next fire; call after every change of its next_fire or suspended."""
+        if loop.next_fire is None or loop.suspended:
+            self._stamps.pop(loop.id, None)
+            return
+        stamp = next(self._stamp)
+        self._stamps[loop.id] = stamp
+        heap = self._heaps.setdefault(loop.session_id, [])
+        heapq.heappush(heap, (loop.next_fire, loop.created_at, loop.id, stamp, loop))
+        if len(heap) > 2 * len(self._by_session.get(loop.session_id, ())) + 16:
+            self._rebuild(loop.session_id)  # stale entries of loops rescheduled again and again
+
+    def reindex(self) -> None:
+        """Read every loop's next_fire and suspended again, after they were changed from outside
+        the book (the loops benchmark parks loops and releases them all at one instant)."""
+        for session_id in self._by_session:
+            self._rebuild(session_id)
+
+    def _rebuild(self, session_id: str) -> None:
+        entries = []
+        for loop in self._by_session.get(session_id, {}).values():
+            if loop.next_fire is None or loop.suspended:
+                self._stamps.pop(loop.id, None)
+                continue
+            stamp = next(self._stamp)
+            self._stamps[loop.id] = stamp
+            entries.append((loop.next_fire, loop.created_at, loop.id, stamp, loop))
+        heapq.heapify(entries)
+        self._heaps[session_id] = entries
+
+    def _first(self, session_id: str) -> Loop | None:
+        """The session's live loop that fires first (ties: created first, then the smaller id)."""
+        heap = self._heaps.get(session_id)
+        while heap:
+            fire, _, loop_id, stamp, loop = heap[0]
+            if self._stamps.get(loop_id) == stamp:
+                if loop.next_fire == fire and not loop.suspended:
+                    return loop
+                # Changed from outside the book, which should have called reindex(): look again.
+                self._rebuild(session_id)
+                heap = self._heaps[session_id]
+                return heap[0][4] if heap else None
+            heapq.heappop(heap)
+        return None
+
+    def _fly(self, loop: Loop) -> None:
+        flying = self._flying.setdefault(loop.session_id, [])
+        if not any(other is loop for other in flying):
+            flying.append(loop)
+
+    def _in_flight(self, session_id: str) -> list[Loop]:
+        """The session's live loops whose iteration is running, in the session's order."""
+        flying = self._flying.get(session_id)
+        if not flying:
+            return []
+        held = self._by_session.get(session_id, {})
+        found = [loop for loop in flying if loop.in_flight and not loop.suspended and held.get(loop.id) is loop]
+        if len(found) > 1:  # the session's order (of creation), as a scan of its loops gives
+            found = [loop for loop in held.values() if loop.in_flight and not loop.suspended]
+        return found
 
     def _drop(self, loop: Loop) -> None:
         self.loops.pop(loop.id, None)
+        self._stamps.pop(loop.id, None)
         of_session = self._by_session.get(loop.session_id)
         if of_session is not None:
             of_session.pop(loop.id, None)
             if not of_session:
                 del self._by_session[loop.session_id]
+                self._heaps.pop(loop.session_id, None)
 
     # -- queries ------------------------------------------------------------------
 
@@ -168,48 +256,43 @@ class LoopBook:
     def live_count(self, session_id: str) -> int:
         return len(self.of_session(session_id))
 
+    def live_and_next_wake(self, session_id: str) -> tuple[bool, float | None]:
+        """Whether the session has a live loop, and its next wake (`next_wake_of`)."""
+        first = self._first(session_id)
+        if first is not None:
+            return True, first.next_fire
+        return any(not loop.suspended for loop in self._by_session.get(session_id, {}).values()), None
+
     def session_ids(self) -> list[str]:
         return list(self._by_session)
 
     def next_wake_of(self, session_id: str) -> float | None:
-        wake = None
-        for loop in self._by_session.get(session_id, {}).values():
-            fire = loop.next_fire
-            if fire is not None and not loop.suspended and (wake is None or fire < wake):
-                wake = fire
-        return wake
+        first = self._first(session_id)
+        return None if first is None else first.next_fire
 
     def in_flight_sessions(self) -> list[str]:
         """Sessions with a loop whose iteration is running."""
         result = []
-        for session_id in list(self._flying):
-            if any(loop.in_flight for loop in self._by_session.get(session_id, {}).values()):
+        for session_id, flying in list(self._flying.items()):
+            held = self._by_session.get(session_id, {})
+            if any(loop.in_flight and held.get(loop.id) is loop for loop in flying):
                 result.append(session_id)
             else:
-                self._flying.discard(session_id)
+                del self._flying[session_id]
         return result
 
     def due(self, now: float, busy: Callable[[str], bool]) -> list[Loop]:
         """Loops to fire now: at most one per free session (its most overdue), since a fire makes the
         session busy. However many fires a loop missed, it fires once (no catch-up)."""
-        # One pass over every loop, no per-loop calls: the shell asks after every batch of fires,
-        # so with 10,000 loops due together this scan is a large part of the dispatch time.
+        # The shell asks after every batch of fires: per session, the top of its heap, not a look
+        # at each of its loops (10,000 loops due together made that scan most of the dispatch).
         result = []
-        for session_id, loops in self._by_session.items():
-            if busy(session_id):
+        for session_id in self._by_session:
+            if busy(session_id) or self._flying.get(session_id) and self._in_flight(session_id):
                 continue
-            best = None
-            for loop in loops.values():
-                if loop.in_flight:
-                    best = None
-                    break
-                fire = loop.next_fire
-                if fire is None or fire > now or loop.suspended:
-                    continue
-                if best is None or (fire, loop.created_at, loop.id) < (best.next_fire, best.created_at, best.id):
-                    best = loop
-            if best is not None:
-                result.append(best)
+            first = self._first(session_id)
+            if first is not None and first.next_fire <= now:
+                result.append(first)
         return result
 
     def next_wake(self, busy: Callable[[str], bool]) -> float | None:
@@ -226,7 +309,9 @@ class LoopBook:
     # -- changes ------------------------------------------------------------------
 
     def add(self, loop: Loop) -> Loop:
-        if self.live_count(loop.session_id) >= MAX_LOOPS_PER_SESSION:
+        held = self._by_session.get(loop.session_id, ())
+        # Counting the live ones only when the session holds enough loops for it to matter.
+        if len(held) >= MAX_LOOPS_PER_SESSION and self.live_count(loop.session_id) >= MAX_LOOPS_PER_SESSION:
             raise RpcError(LIMIT_REACHED, f"session {loop.session_id} already has {MAX_LOOPS_PER_SESSION} loop "
                                           f"tasks, the most a session may have; stop one first "
                                           f"(`bgctl loop ls --session {loop.session_id}`, `bgctl loop stop ID`)")
@@ -241,7 +326,7 @@ class LoopBook:
         loop.runs += 0 if skipped else 1
         loop.last_fire = now
         loop.in_flight = True  # a skipped iteration ends at once: the caller calls turn_ended
-        self._flying.add(loop.session_id)
+        self._fly(loop)
         loop.rescheduled = False
         if loop.kind == "once" or now >= loop.expires_at:
             self._drop(loop)
@@ -250,15 +335,15 @@ class LoopBook:
             loop.next_fire = next_scheduled(loop, now, tz)
         else:
             loop.next_fire = None  # the agent (or the fallback) decides when its iteration ends
+        self._push(loop)
         return Outcome(changed=[loop])
 
     def turn_ended(self, session_id: str, now: float) -> Outcome:
         """The session's turn ended: dynamic loops whose iteration it was pick their next wake."""
         out = Outcome()
-        self._flying.discard(session_id)
-        for loop in self.of_session(session_id):
-            if not loop.in_flight:
-                continue
+        in_flight = self._in_flight(session_id)
+        self._flying.pop(session_id, None)
+        for loop in in_flight:
             loop.in_flight = False
             if loop.kind == "dynamic" and not loop.rescheduled:
                 if loop.fallback:
@@ -268,8 +353,13 @@ class LoopBook:
                 loop.fallback = True
                 loop.reason = "fallback: the last iteration did not call schedule_wakeup"
                 loop.next_fire = min(now + FALLBACK_WAKE_S, loop.expires_at)
+                self._push(loop)
             loop.rescheduled = False
-            out.changed.append(loop)
+            if loop.kind != "fixed":
+                out.changed.append(loop)
+            # A fixed loop changed only in memory (no longer in flight): its record, saved at the
+            # fire, is left as it is; after a restart recover() ends an iteration recorded as in
+            # flight just so. One write less per fire.
         return out
 
     def wakeup_target(self, session_id: str) -> Loop | None:
@@ -285,6 +375,7 @@ class LoopBook:
         """The agent asked to run `loop` again in `delay_s` (clamped to 60–3600 s); returns the delay."""
         delay = clamp_delay(delay_s)
         loop.next_fire = min(now + delay, loop.expires_at)
+        self._push(loop)
         loop.reason = reason
         loop.fallback = False
         loop.rescheduled = True
@@ -295,10 +386,11 @@ class LoopBook:
     def suspend_session(self, session_id: str) -> list[Loop]:
         """The session was stopped: its loops stop firing but are kept for `resume`."""
         loops = self.of_session(session_id)
-        self._flying.discard(session_id)
+        self._flying.pop(session_id, None)
         for loop in loops:
             loop.suspended = True
             loop.in_flight = False
+            self._stamps.pop(loop.id, None)
         return loops
 
     def drop_session(self, session_id: str) -> list[Loop]:
@@ -325,6 +417,7 @@ class LoopBook:
                 loop.next_fire = next_scheduled(loop, now, tz)
             elif loop.kind == "dynamic":
                 loop.next_fire = max(loop.next_fire or now + FALLBACK_WAKE_S, now)
+            self._push(loop)
             out.changed.append(loop)
         return out
 

@@ -233,8 +233,10 @@ class LoopRunner:
 
     def _added(self, loop: Loop, session) -> Loop:
         self.book.add(loop)
-        self.store.save_loop(loop.id, loop.session_id, loop.to_record())
-        self.bus.publish("loop.created", loop=loop.to_json())
+        with _batch(self.store):  # the loop and its event: one commit
+            self.store.add_loop(loop.id, loop.session_id, loop.to_record())
+            event = self.bus.record("loop.created", loop=loop.to_json())
+        self.bus.deliver(*event)
         self._refresh_session(session)
         self.poke()
         return loop
@@ -270,7 +272,7 @@ class LoopRunner:
                              "detail": f"next wake of loop {loop.id} in {_duration(delay)}: {reason}"})
         self._refresh_session(session)
         self.poke()
-        return {"loop": loop.to_json(), "delay_seconds": delay, "next_wake_at": clock.iso(_utc(loop.next_fire))}
+        return {"loop": loop.to_json(), "delay_seconds": delay, "next_wake_at": clock.iso_ts(loop.next_fire)}
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -296,8 +298,9 @@ class LoopRunner:
         ended goes back to `completed`."""
         if session.state not in FREE_TO_SLEEP:
             return
-        if self.book.live_count(session.id):
-            wake = clock.iso(_utc(self.book.next_wake_of(session.id)))
+        live, next_wake = self.book.live_and_next_wake(session.id)
+        if live:
+            wake = clock.iso_ts(next_wake)
             if session.state != "sleeping" or session.next_wake_at != wake:
                 self.sessions.update(session, state="sleeping", next_wake_at=wake)
         elif session.state == "sleeping" or session.next_wake_at is not None:
@@ -322,13 +325,6 @@ class _batch:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.db is not None:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _utc(ts: float | None):
-    if ts is None:
-        return None
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(ts, timezone.utc)
 
 
 def _duration(seconds: float) -> str:

@@ -204,7 +204,7 @@ def token(service, name: str) -> dict:
     return result
 
 
-async def run(service, name: str, text: str | None) -> dict:
+async def run(service, name: str, text: str | None, rebuild: bool = False) -> dict:
     """`bgctl routine run`: fire now, by hand (the overlap policy does not apply, the cap does)."""
     routine = service.file.get(name)
     if not routine.enabled:
@@ -212,6 +212,6 @@ async def run(service, name: str, text: str | None) -> dict:
     if text is not None and len(text) > 65_536:
         raise RpcError(INVALID_PARAMS, f"text has {len(text)} characters; at most 65536 are taken")
     rec = service.offer(routine, "manual", context=f"Text given with this run:\n{text}" if text else None,
-                        manual=True)
+                        manual=True, rebuild=rebuild)
     return await service.wait_started(rec)
 

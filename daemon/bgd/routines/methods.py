@@ -78,9 +78,11 @@ def resume(daemon, params, conn):
 
 @method("routine.run")
 async def run(daemon, params, conn):
-    """Fire a routine now, by hand; answers once its session exists (or it is queued or failed)."""
+    """Fire a routine now, by hand; answers once its session exists (or it is queued or failed).
+    `rebuild`: build its cached setup again first."""
     from bgd.routines import editing
-    return await editing.run(_routines(daemon), params.req_str("name"), params.str("text"))
+    return await editing.run(_routines(daemon), params.req_str("name"), params.str("text"),
+                             params.bool("rebuild", False))
 
 
 @method("routine.token")

@@ -31,6 +31,7 @@ from bgcore.routines_file import GitHubTrigger, Routine
 from bgd import clock
 from bgd.routines import workspace
 from bgd.routines.file import RoutinesFile
+from bgd.environments import RefreshFailed, SandboxUnavailable, SetupFailed
 from bgd.routines.secrets import EnvFileError, Masker, read_env_file
 from bgd.sessions.manager import new_id
 from bgcore.scheduler import Queued, RunGate, Skipped, Start, Stop
@@ -52,14 +53,17 @@ RESTARTED = ("bgd stopped while this run was {status}; its session failed with i
 
 @dataclass
 class _Start:
-    """What a run's start needs that is not in its record: the context added to the prompt."""
+    """What a run's start needs that is not in its record: the context added to the prompt, and
+    whether its cached setup is to be built again (`bgctl routine run --rebuild`)."""
     context: str | None = None
+    rebuild: bool = False
 
 
 class RoutineService:
     def __init__(self, *, store, bus, sessions, config: Callable[[], Any], config_dir: Path, state_dir: Path,
                  http=None, socket_path: Path | None = None, shutting_down: Callable[[], bool] = lambda: False,
-                 now: Callable[[], datetime] = clock.now, tz=None, prepare_workspace=workspace.prepare):
+                 now: Callable[[], datetime] = clock.now, tz=None, prepare_workspace=workspace.prepare,
+                 environments=None):
         from bgcore.triggers import DeliveryDedupe, HourlyCap, IdempotencyKeys
         self.store = store
         self.bus = bus
@@ -73,6 +77,11 @@ class RoutineService:
         self.now = now
         self.tz = tz or clock.local_zone()
         self.prepare_workspace = prepare_workspace
+        self.environments = environments   # bgd.environments.Environments: setup cache and sandbox
+        if environments is not None:
+            environments.lookup = self._record_of_session
+            environments.lookup_run = lambda run_id: self.records.get(run_id) or self.store.routine_run(run_id)
+            environments.report = self.report_blocked
         self.file = RoutinesFile(self.config_dir / "routines.toml", bus=bus, agents=lambda: set(config().agents),
                                  now=now, tz=self.tz, on_change=self._on_change)
         self.states: dict[str, dict] = store.load_routine_states()
@@ -198,7 +207,7 @@ class RoutineService:
     # -- fires ------------------------------------------------------------------------
 
     def offer(self, routine: Routine, trigger: str, *, context: str | None = None, detail: dict | None = None,
-              manual: bool = False) -> dict:
+              manual: bool = False, rebuild: bool = False) -> dict:
         """A fire of `routine`: make its run record and let the gate say whether it starts now,
         waits (`queued`) or is skipped. Returns the record."""
         run_id = new_id(self.records)
@@ -209,7 +218,7 @@ class RoutineService:
                "refused_pushes": [], "policy_violations": [], "created_at": now, "started_at": None,
                "ended_at": None}
         self.records[run_id] = rec
-        self.starts[run_id] = _Start(context)
+        self.starts[run_id] = _Start(context, rebuild)
         self._execute(self.gate.offer(run_id, routine.name, "allow" if manual else routine.overlap))
         return rec
 
@@ -280,9 +289,18 @@ class RoutineService:
             return
         rec["workspace"] = str(run_dir)
         try:
-            clones = await self.prepare_workspace(run_dir, routine.repos, routine.push)
+            clones = await self._prepare(rec, routine, run_dir, values, start.rebuild)
         except workspace.CloneFailed as exc:
             self._end(rec, "clone_failed", error=str(exc))
+            return
+        except SandboxUnavailable as exc:
+            self._end(rec, "sandbox_unavailable", error=str(exc))
+            return
+        except SetupFailed as exc:
+            self._end(rec, "setup_failed", error=exc.message)
+            return
+        except RefreshFailed as exc:
+            self._end(rec, "clone_failed", error=f"cannot bring the cached workspace up to date: {exc}")
             return
         except trio.TooSlowError:
             self._end(rec, "clone_failed", error=f"cloning took longer than {workspace.CLONE_TIMEOUT_S // 60} minutes")
@@ -308,9 +326,13 @@ class RoutineService:
             self._save(rec)
 
         try:
+            # On the cluster the run's workflow id comes from the fire (a GitHub delivery's id), so a
+            # second fire of the same delivery, from any daemon, cannot start a second run.
+            fire = f"github/{rec['delivery']}" if rec.get("delivery") else f"{rec['trigger']}/{run_id}"
             session = await self.sessions.dispatch(
                 prompt, str(clones[0].path), agent=routine.agent, name=routine.name, model=routine.model,
-                permission_mode="default", origin=f"routine:{routine.name}", prepare=prepare)
+                permission_mode="default", origin=f"routine:{routine.name}", prepare=prepare,
+                where=routine.where, run_key=f"routine/{routine.name}/{fire}")
         except RpcError as exc:
             self._end(rec, "agent_failed", error=exc.message)
             return
@@ -319,6 +341,33 @@ class RoutineService:
             self.nursery.start_soon(self._timeout, run_id, routine.timeout_s)
             if session.state not in BUSY:  # it ended before the hooks could hear of it
                 self._session_over(session)
+
+    async def _prepare(self, rec: dict, routine: Routine, run_dir: Path, values: dict[str, str], rebuild: bool) -> list:
+        """The run's workspace: through its environment (setup cache, sandbox checks), or plain
+        clones in a daemon made without one."""
+        if self.environments is not None:
+            return await self.environments.prepare(rec, routine, run_dir, values, Masker(values.values()),
+                                                   rebuild=rebuild, prepare_workspace=self.prepare_workspace,
+                                                   make_clone=workspace.Clone)
+        if routine.setup is not None or routine.setup_path is not None or routine.network != "full":
+            raise SandboxUnavailable("this daemon runs routines without environments, so it cannot honour setup "
+                                     "or a network policy; the run was not started")
+        return await self.prepare_workspace(run_dir, routine.repos, routine.push)
+
+    def _record_of_session(self, session_id: str) -> dict | None:
+        run_id = self.session_runs.get(session_id)
+        if run_id is None:
+            return None
+        return self.records.get(run_id) or self.store.routine_run(run_id)
+
+    def report_blocked(self, run_id: str, blocked: dict[str, int]) -> None:
+        """The hosts a run's proxies refused so far (their counts), into its record."""
+        rec = self.records.get(run_id) or self.store.routine_run(run_id)
+        if rec is None or rec.get("blocked") == blocked:
+            return
+        rec["blocked"] = blocked
+        rec["blocked_total"] = sum(blocked.values())
+        self._save(rec)
 
     def _prompt(self, routine: Routine, rec: dict, context: str | None) -> str:
         if routine.prompt is not None:
@@ -471,6 +520,9 @@ class RoutineService:
             rec["reason"] = reason
         if status == "skipped":
             rec["outcome"] = None
+        blocked = self.environments.blocked_of(run_id) if self.environments is not None else None
+        if blocked:
+            rec.update(blocked=blocked, blocked_total=sum(blocked.values()))
         scope = self.timeouts.pop(run_id, None)
         if scope is not None:
             scope.cancel()
@@ -627,7 +679,8 @@ def install(daemon) -> RoutineService:
     service = RoutineService(store=daemon.store, bus=daemon.bus, sessions=daemon.sessions,
                              config=lambda: daemon.config, config_dir=daemon.config_dir, state_dir=daemon.state_dir,
                              http=daemon.http, socket_path=daemon.socket_path,
-                             shutting_down=lambda: daemon.shutting_down)
+                             shutting_down=lambda: daemon.shutting_down,
+                             environments=getattr(daemon, "environments", None))
     service.schedules = ScheduleTriggers(service, stagger=daemon.config.routines.stagger)
     daemon.routines = service
     daemon.services.append(service.run)

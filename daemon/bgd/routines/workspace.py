@@ -61,9 +61,11 @@ def source(url: str) -> str:
     return expanded if os.path.isabs(expanded) else url
 
 
-async def prepare(run_dir: Path, repos: tuple[Repo, ...], push: tuple[str, ...]) -> list[Clone]:
-    """Make `run_dir` with every repository cloned at its ref and the guard's hooks in each."""
-    run_dir.mkdir(parents=True, exist_ok=False)
+async def prepare(run_dir: Path, repos: tuple[Repo, ...], push: tuple[str, ...], *,
+                  exist_ok: bool = False) -> list[Clone]:
+    """Make `run_dir` with every repository cloned at its ref and the guard's hooks in each
+    (`exist_ok`: into an empty directory that is already there, a setup cache's template)."""
+    run_dir.mkdir(parents=True, exist_ok=exist_ok)
     hooks = run_dir / HOOKS_DIR
     hooks.mkdir()
     for name, text in (("pre-push", pre_push_hook(push)), ("prepare-commit-msg", commit_msg_hook())):

@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import trio
 
@@ -44,11 +45,30 @@ def peer_uid(sock: trio.socket.SocketType) -> int | None:
     return uid
 
 
+@dataclass(frozen=True)
+class Scope:
+    """A connection that may only make one session's own calls: the socket a confined routine run
+    sees (its MCP server's), which must not reach the rest of the daemon. `methods` maps each
+    allowed method to the parameter that must name the session."""
+
+    session: str
+    methods: Mapping[str, str]
+
+    def check(self, method: str, params: Any) -> None:
+        key = self.methods.get(method)
+        if key is None:
+            raise RpcError(PERMISSION_DENIED, f"{method} is not available to a confined run "
+                                              f"(only {', '.join(sorted(self.methods))})")
+        if not isinstance(params, dict) or params.get(key) != self.session:
+            raise RpcError(PERMISSION_DENIED, f"a confined run may call {method} only for its own session")
+
+
 class Connection:
-    def __init__(self, daemon: Any, stream: trio.SocketStream, nursery: trio.Nursery):
+    def __init__(self, daemon: Any, stream: trio.SocketStream, nursery: trio.Nursery, scope: Scope | None = None):
         self.daemon = daemon
         self.stream = stream
         self.nursery = nursery
+        self.scope = scope
         self.send_lock = trio.Lock()
         self.subscriber = None
         # Set once the responses being built are written, so a subscription's
@@ -136,6 +156,8 @@ class Connection:
             raise RpcError(METHOD_NOT_FOUND, f"unknown method {msg.method!r}; `bgctl rpc daemon.methods` lists them")
         if self.daemon.shutting_down and entry.name != "daemon.status":
             raise RpcError(SHUTTING_DOWN, "bgd is shutting down; start it again with `bgctl daemon start`")
+        if self.scope is not None:
+            self.scope.check(msg.method, msg.params)
 
     @staticmethod
     def _refused(msg: Request | Notification, exc: Exception) -> dict | None:
@@ -152,7 +174,7 @@ def _params(raw: Any) -> Params:
     return _NO_PARAMS if raw is None else Params(raw)
 
 
-async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
+async def handle_connection(daemon: Any, stream: trio.SocketStream, scope: Scope | None = None) -> None:
     uid = peer_uid(stream.socket)
     if uid is not None and uid != os.getuid():
         try:
@@ -169,7 +191,7 @@ async def handle_connection(daemon: Any, stream: trio.SocketStream) -> None:
         await stream.aclose()
         return
     async with trio.open_nursery() as nursery:
-        conn = Connection(daemon, stream, nursery)
+        conn = Connection(daemon, stream, nursery, scope)
         try:
             await _serve(conn, FrameReader(daemon.config.max_frame_bytes, loads=fastjson.loads))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

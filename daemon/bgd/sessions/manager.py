@@ -15,7 +15,8 @@ One exception, for throughput: an assistant line that only changes
 the session is saved and published by a flusher at most TOUCH_FLUSH_S later,
 once for all the lines in between, or at once by the next real change (which
 carries the new `last_message`, so events stay in order).  The line itself is in
-the transcript, stored and published at once.
+the transcript, stored and published within the same turn of the trio loop: the
+lines read in one turn share a commit (`_record_soon`, EventBus.record_soon).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -41,7 +42,12 @@ RESTART_ERROR = "bgd restarted while this session was working; reply to resume i
 SHUTDOWN_ERROR = "bgd shut down while this session was working; reply to resume it"
 TOUCH_FLUSH_S = 0.25  # how late a last_message-only change may be saved and published
 
-__all__ = ["SessionManager", "Session", "STATES", "BUSY", "new_id"]
+
+class LaunchRefused(Exception):
+    """`wrap_launch` says this agent must not start (its message is the session's error)."""
+
+
+__all__ = ["SessionManager", "Session", "STATES", "BUSY", "LaunchRefused", "new_id"]
 
 
 class SessionManager:
@@ -54,6 +60,7 @@ class SessionManager:
         self.runs: dict[str, Run] = {}
         self.transcript_len: dict[str, int] = {}
         self._touched_ids: set[str] = set()   # last_message changed, not yet saved (see _touched)
+        self._flush_wake: trio.Event | None = None  # wakes _flusher (see _record_soon)
         self._counts: dict[str, int] = {}
         self._counts_key: tuple[int, int] | None = None
         self.nursery: trio.Nursery | None = None
@@ -64,6 +71,11 @@ class SessionManager:
         self.on_permission: list[Callable[[Session, dict], bool]] = []
         self.on_always: list[Callable[[Session, str], None]] = []    # (session, tool name) after approve --always
         self.mcp_config_for: Callable[[Session], str | None] = lambda s: None
+        # Where a session's process may run besides here: name -> placement (bgd.cluster), which
+        # makes the process and driver stand-ins (`process(session, run, launch, agent, text)`).
+        self.placements: dict[str, Any] = {}
+        # (session) -> True when a placement takes the loaded session's live process over.
+        self.on_load: list[Callable[[Session], bool]] = []
         # More environment and agent arguments at each start of a session's agent (routines: their
         # run's variables and env_file, kept in memory only; args_for also gets the backend's name,
         # since arguments are a backend's own), and what hides secrets in everything a session
@@ -72,6 +84,11 @@ class SessionManager:
         self.env_for: list[Callable[[Session], dict[str, str]]] = []
         self.args_for: list[Callable[[Session, str], list[str]]] = []
         self.masks: dict[str, Callable[[Any], Any]] = {}
+        # Wraps an agent's start (routine environments: a sandbox and its proxy): (session, argv,
+        # env) -> (the argv to run instead, what to await once the process has exited, or None);
+        # it may change env, and raises LaunchRefused when the agent must not start at all.
+        self.wrap_launch: Callable[[Session, list[str], dict[str, str]],
+                                   Awaitable[tuple[list[str], Callable[[], Awaitable[None]] | None]]] | None = None
 
     # -- loading ----------------------------------------------------------------
 
@@ -81,6 +98,8 @@ class SessionManager:
             session = Session.from_record(record)
             self.sessions[session.id] = session
             self.transcript_len[session.id] = self.store.transcript_length(session.id)
+            if session.where != "local" and any(hook(session) for hook in self.on_load):
+                continue  # its process runs elsewhere and carries on
             if session.state in BUSY or session.pid is not None:
                 was_busy = session.state in BUSY
                 session.pid = None
@@ -106,6 +125,7 @@ class SessionManager:
         return session
 
     def transcript(self, session: Session, since: int = -1, limit: int | None = None) -> list[dict]:
+        self.bus.flush()  # entries waiting for their group commit are part of it
         return self.store.transcript(session.id, since, limit)
 
     # -- creating ---------------------------------------------------------------
@@ -114,8 +134,15 @@ class SessionManager:
                        permission_mode: str | None = None, model: str | None = None,
                        origin: str = "dispatch", env: dict | None = None,
                        always_allow: list[str] | None = None, start: bool = True,
+                       where: str = "local", run_key: str | None = None,
                        prepare: Callable[[Session], None] | None = None) -> Session:
         config = self.config()
+        if where != "local":
+            placement = self.placements.get(where)
+            if placement is None:
+                raise RpcError(INVALID_PARAMS, f"a session runs \"local\" or on one of: "
+                                               f"{', '.join(sorted(self.placements)) or 'nothing else'}, not {where!r}")
+            placement.check()   # before anything else: "no [cluster]" is the first thing to say
         if not isinstance(prompt, str) or not prompt.strip():
             raise RpcError(INVALID_PARAMS, "prompt must be a non-empty string")
         if not isinstance(cwd, str) or not os.path.isabs(cwd):
@@ -126,6 +153,8 @@ class SessionManager:
         if agent_cfg is None:
             raise RpcError(INVALID_PARAMS, f"unknown agent {agent!r}; known agents: {', '.join(sorted(config.agents))} "
                                            f"(define others under [agents.NAME] in {self.config_path})")
+        if where != "local":
+            self.placements[where].check(agent_cfg)
         mode = permission_mode or config.permission_mode
         if mode not in PERMISSION_MODES:
             raise RpcError(INVALID_PARAMS, f"permission mode must be one of {', '.join(PERMISSION_MODES)}")
@@ -134,7 +163,8 @@ class SessionManager:
         session = Session(id=new_id(self.sessions), cwd=os.path.normpath(cwd), agent=agent_cfg.name,
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
-                          always_allow=list(always_allow or []), state="working" if start else "completed")
+                          always_allow=list(always_allow or []), state="working" if start else "completed",
+                          where=where, run_key=run_key)
         if prepare is not None:  # e.g. a routine's run learns its session (and its mask) before it starts
             prepare(session)
         self.sessions[session.id] = session
@@ -181,15 +211,23 @@ class SessionManager:
                                 f"define it again under [agents.{session.agent}]")
             return
         run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
-        launch = run.driver.launch(text, self.mcp_config_for(session))
+        # A process placed elsewhere (the cluster) cannot reach the daemon's MCP server.
+        placement = self.placements.get(session.where) if session.where != "local" else None
+        launch = run.driver.launch(text, self.mcp_config_for(session) if placement is None else None)
+        extra: dict[str, str] = {}
+        for hook in self.env_for:
+            extra.update(hook(session))
+        for hook in self.args_for:
+            launch.argv += hook(session, agent_cfg.backend)
+        if placement is not None:
+            launch.env = {**launch.env, **extra}
+            await self._spawn_placed(session, run, placement, agent_cfg, launch, text)
+            return
         env = dict(os.environ)
         env.update(agent_cfg.env)
         env.update(session.env)
         env.update(launch.env)
-        for hook in self.env_for:
-            env.update(hook(session))
-        for hook in self.args_for:
-            launch.argv += hook(session, agent_cfg.backend)
+        env.update(extra)
         env["BGD_SESSION_ID"] = session.id
         binary = launch.argv[0]
         if shutil.which(binary, path=env.get("PATH")) is None:
@@ -199,13 +237,25 @@ class SessionManager:
                                 f"command = [\"/full/path/to/{os.path.basename(binary)}\"] under "
                                 f"[agents.{agent_cfg.name}] in {self.config_path}")
             return
-        run.process = AgentProcess(launch.argv, session.cwd, env,
+        argv = launch.argv
+        if self.wrap_launch is not None:
+            try:
+                argv, run.cleanup = await self.wrap_launch(session, argv, env)
+            except LaunchRefused as exc:
+                self._fail(session, str(exc))
+                return
+            if argv is not launch.argv and (self.sessions.get(session.id) is not session
+                                            or session.state == "stopped"):
+                await run.end()  # stopped or removed while its sandbox was being made
+                return
+        run.process = AgentProcess(argv, session.cwd, env,
                                    on_line=lambda line: self._on_line(session, run, line),
                                    on_exit=lambda code: self._on_exit(session, run, code),
                                    stdin_text=launch.stdin)
         try:
             await run.process.start(self.nursery)
         except OSError as exc:
+            await run.end()
             self._fail(session, f"cannot start agent {binary!r}: {exc.strerror or exc}; check [agents.{agent_cfg.name}] "
                                 f"command in {self.config_path}")
             return
@@ -214,6 +264,34 @@ class SessionManager:
         session.has_history = run.driver.provides_history or session.has_history
         self._changed(session)
         await run.driver.started(text)
+
+    async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, launch, text: str) -> None:
+        """A process that runs elsewhere (SPEC §14): the placement makes its stand-ins and starts it."""
+        try:
+            run.process = placement.process(session, run, launch, agent_cfg, text,
+                                            on_exit=lambda code: self._on_exit(session, run, code))
+            await run.process.start(self.nursery)
+        except (RpcError, OSError) as exc:
+            self._fail(session, exc.message if isinstance(exc, RpcError) else str(exc))
+            return
+        self.runs[session.id] = run
+        session.pid = None
+        session.has_history = run.driver.provides_history or session.has_history
+        self._changed(session)
+        await run.driver.started(text)
+
+    def adopt(self, session: Session, build: Callable[[Run, Callable[[int], None]], Any]) -> Run | None:
+        """Take over, at load, a live process that runs elsewhere (a placement's `on_load` hook):
+        `build(run, on_exit)` makes its process stand-in.  None when its agent is no longer defined."""
+        agent_cfg = self.config().agents.get(session.agent)
+        if agent_cfg is None:
+            return None
+        run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
+        run.process = build(run, lambda code: self._on_exit(session, run, code))
+        run.in_turn = session.state in BUSY
+        self.runs[session.id] = run
+        session.pid = None
+        return run
 
     # -- agent output (through the run's driver) ------------------------------------
 
@@ -241,7 +319,10 @@ class SessionManager:
         self._changed(session)
 
     async def _answer_quietly(self, run: Run, pending: dict, answer: str | None = None) -> None:
-        await run.driver.answer(pending, "allow", always=False, message=None, answer=answer)
+        try:
+            await run.driver.answer(pending, "allow", always=False, message=None, answer=answer)
+        except RpcError as exc:  # a run elsewhere may refuse it (the request is gone there)
+            self.note(run.session, {"event": "answer_refused", "error": exc.message})
 
     def auto_answer(self, session: Session, pending: dict, *, answer: str | None = None, why: str = "auto") -> None:
         """Allow a request at once with nobody asked (an autonomous run); `answer` answers a
@@ -306,6 +387,8 @@ class SessionManager:
                 self._changed(session)
         if self.runs.get(session.id) is run:
             del self.runs[session.id]
+        if run.cleanup is not None:
+            self.nursery.start_soon(run.end)
 
     def _died(self, session: Session, run: Run, code: int) -> None:
         """The process ended on its own: a session mid-turn failed (a reply resumes it)."""
@@ -387,6 +470,7 @@ class SessionManager:
         await run.process.shutdown(self.config().stop_grace_s)
 
     async def remove(self, session: Session) -> None:
+        self.bus.flush()  # no entry of it may be written after it is deleted
         run = self.runs.pop(session.id, None)
         if run is not None:
             self._stop_run(run)
@@ -409,15 +493,19 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         """Ask every agent to stop (daemon exit); sessions mid-turn fail with a clear reason."""
+        self.bus.flush()
         self._flush_touched()
         for session_id, run in list(self.runs.items()):
+            if getattr(run.process, "detached", False):
+                continue  # it runs elsewhere and carries on; the next daemon picks it up
             session = self.sessions.get(session_id)
             if session is not None and session.state in BUSY:
                 self._set_failed(session, SHUTDOWN_ERROR)
                 self._changed(session)
             self._stop_run(run)
         for run in list(self.runs.values()):
-            await run.process.exited.wait()
+            if not getattr(run.process, "detached", False):
+                await run.process.exited.wait()
 
     # -- internals ----------------------------------------------------------------
 
@@ -477,6 +565,42 @@ class SessionManager:
             event = self.bus.record("session.transcript", id=session.id,
                                     entry={"n": n, "ts": ts, "kind": kind, "data": clip(data, encoded)})
         self.bus.deliver(*event)
+
+    def _record_soon(self, session: Session, kind: str, data: Any) -> None:
+        """`_record` for the agent's output: the entry and its event wait for the group commit of
+        everything recorded so in this turn of the trio loop (EventBus.record_soon)."""
+        if self.nursery is None:
+            self._record(session, kind, data)
+            return
+        mask = self.masks.get(session.id)
+        if mask is not None:  # as _record: a secret never reaches the transcript or an event
+            data = mask(data)
+        session_id = session.id
+        n = self.transcript_len.get(session_id, 0)
+        self.transcript_len[session_id] = n + 1
+        ts = clock.now_iso()
+        encoded = fastjson.dumps(data)
+        text = encoded.decode()
+
+        def write() -> None:
+            self.store.append_transcript(session_id, n, ts, kind, data, text)
+
+        if self.bus.record_soon(write, "session.transcript", id=session_id,
+                                entry={"n": n, "ts": ts, "kind": kind, "data": clip(data, encoded)}):
+            if self._flush_wake is None:
+                # A system task: it lives as long as the trio run, and keeps no nursery open.
+                self._flush_wake = trio.Event()
+                trio.lowlevel.spawn_system_task(self._flusher, name="bgd transcript flusher")
+            self._flush_wake.set()
+
+    async def _flusher(self) -> None:
+        try:
+            while True:
+                await self._flush_wake.wait()
+                self._flush_wake = trio.Event()
+                self.bus.flush()
+        finally:
+            self._flush_wake = None
 
     def _changed(self, session: Session) -> None:
         with self.store.transaction():

@@ -19,7 +19,8 @@ async def dispatch(daemon, params, conn):
     session = await daemon.sessions.dispatch(
         params.req_str("prompt"), params.req_str("cwd"),
         agent=params.str("agent"), name=params.str("name"),
-        permission_mode=params.str("permission_mode"), model=params.str("model"))
+        permission_mode=params.str("permission_mode"), model=params.str("model"),
+        where=params.str("on", "local"))
     return session.to_json()
 
 

@@ -51,6 +51,9 @@ class Session:
     has_history: bool = False     # the agent knows this conversation: continue with --resume
     loop_runs: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    where: str = "local"          # where its process runs: "local" or "cluster" (SPEC §14)
+    worker: str | None = None     # on the cluster: the worker that runs (or last ran) it
+    run_key: str | None = None    # what its first process is a run of (a routine's fire), for placements
     usage: dict | None = None       # token counts summed over turns, when the agent reports them
     outcome: str | None = None      # a routine run's outcome (SPEC §8); None for other sessions
 
@@ -65,7 +68,7 @@ class Session:
 
     PUBLIC = ("id", "name", "cwd", "agent", "state", "waiting_for", "error", "agent_session_id",
               "created_at", "updated_at", "pid", "cost_usd", "turns", "last_message", "pinned",
-              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "usage", "outcome")
+              "origin", "next_wake_at", "permission_mode", "model", "prompt", "loop_runs", "usage", "outcome", "where", "worker")
 
     def to_json(self) -> dict:
         data = {key: getattr(self, key) for key in self.PUBLIC}

@@ -7,7 +7,7 @@ the fact.  The state changes themselves are the manager's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bgd.agents.base import Driver
 
@@ -27,6 +27,13 @@ class Run:
         self.stopping = False
         self.turn_generation = 0
         self.driver = driver_cls(agent, session, self)
+        self.cleanup: "Callable[[], Awaitable[None]] | None" = None   # from SessionManager.wrap_launch
+
+    async def end(self) -> None:
+        """The process is over (or never started): undo what wrap_launch set up for it, once."""
+        cleanup, self.cleanup = self.cleanup, None
+        if cleanup is not None:
+            await cleanup()
 
     @property
     def current(self) -> bool:
@@ -36,7 +43,7 @@ class Run:
 
     def record(self, kind: str, data: Any) -> None:
         if self.current:
-            self.manager._record(self.session, kind, data)
+            self.manager._record_soon(self.session, kind, data)
 
     def assistant(self, text: str) -> None:
         if self.current and text:

