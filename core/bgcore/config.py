@@ -77,6 +77,7 @@ class ClusterConfig:
     namespace: str = "default"
     task_queue: str = "bgagents"
     heartbeat_s: float = 10.0        # how often a run's activity heartbeats
+    key_file: str = "cluster.key"    # the payloads' encryption key (bgd.cluster.codec); relative to the config dir
 
     @property
     def heartbeat_timeout_s(self) -> float:
@@ -156,7 +157,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _KIND_NAMES = {str: "a string", (int, float): "a number", int: "an integer", dict: "a table",
                list: "a list", (str, list): "a list of strings", bool: "true or false"}
-_CLUSTER_KEYS = {"temporal": str, "namespace": str, "task_queue": str, "heartbeat_s": (int, float)}
+_CLUSTER_KEYS = {"temporal": str, "namespace": str, "task_queue": str, "heartbeat_s": (int, float), "key_file": str}
 _AGENT_KEYS = {"backend": str, "command": (str, list), "args": list, "env": dict, "install": str,
                "auth_method": str, "start_timeout_s": (int, float), "network_hosts": list, "state_paths": list}
 _HTTP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -306,14 +307,15 @@ def _parse_cluster(spec: dict | None, where, check_type, warnings: list[str]) ->
     host, _, port = temporal.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where('temporal')}: cluster.temporal must be host:port, not {temporal!r}")
-    for key in ("namespace", "task_queue"):
+    for key in ("namespace", "task_queue", "key_file"):
         if key in spec and not spec[key].strip():
             raise ConfigError(f"{where(key)}: cluster.{key} must not be empty")
     heartbeat = spec.get("heartbeat_s", 10)
     if heartbeat <= 0:
         raise ConfigError(f"{where('heartbeat_s')}: cluster.heartbeat_s must be positive")
     return ClusterConfig(temporal=temporal, namespace=spec.get("namespace", "default"),
-                         task_queue=spec.get("task_queue", "bgagents"), heartbeat_s=float(heartbeat))
+                         task_queue=spec.get("task_queue", "bgagents"), heartbeat_s=float(heartbeat),
+                         key_file=spec.get("key_file", ClusterConfig.key_file))
 
 
 def _parse_http(raw: dict, where, check_type, warnings: list[str]) -> HttpConfig:

@@ -452,6 +452,8 @@ class _Reader:
         where = raw.get("where", "local")
         if where not in WHERES:
             self.fail(f"where of {what} must be \"local\" or \"cluster\", not {where!r}", "where")
+        elif where == "cluster":
+            self._cluster_environment(raw.get("environment"), environment, what)
         if self.errors:
             return None, self.errors
         line, _ = self.pos.header(name)
@@ -461,6 +463,20 @@ class _Reader:
             timeout=timeout, timeout_s=timeout_s, overlap=overlap, enabled=raw.get("enabled", True),
             timezone=zone_name, **environment, mcp_config=mcp_config,
             mcp_path=mcp_path, triggers=triggers, where=where, line=line, raw=raw), []
+
+    def _cluster_environment(self, env: Any, parsed: dict[str, Any], what: str) -> None:
+        """A run on the cluster is prepared by its worker, which runs no setup script and confines
+        nothing (docs/cluster.md): a routine that asks for either is refused, never run open."""
+        if not isinstance(env, dict):
+            return
+        for key in ("setup", "setup_file"):
+            if key in env:
+                self.fail(f"{key} of {what} cannot run on the cluster (its workers clone the repositories but run no "
+                          "setup script); remove it or set where = \"local\"", key, "environment")
+        if parsed.get("network", "full") != "full":
+            self.fail(f"network of {what} cannot be enforced on the cluster (its workers do not confine their "
+                      "runs), and a run is never run open; set network = \"full\" or where = \"local\"",
+                      "network", "environment")
 
     def _repos(self, value: Any, what: str) -> tuple[Repo, ...]:
         if value is None:

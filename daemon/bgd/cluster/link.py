@@ -27,9 +27,10 @@ class LinkError(RuntimeError):
 
 
 class TemporalLink:
-    def __init__(self, address: str, namespace: str):
+    def __init__(self, address: str, namespace: str, codec=None):
         self.address = address
         self.namespace = namespace
+        self.codec = codec            # bgd.cluster.codec.ClusterCodec: every payload encrypted
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = None
         self._thread: threading.Thread | None = None
@@ -78,10 +79,16 @@ class TemporalLink:
         if self.client is not None:
             return self.client
         from temporalio.client import Client
+        from temporalio.converter import DataConverter
         async with self._connecting:
             if self.client is None:
+                converter = DataConverter.default
+                if self.codec is not None:
+                    from bgd.cluster.codec import data_converter
+                    converter = data_converter(self.codec)
                 try:
-                    self.client = await Client.connect(self.address, namespace=self.namespace, identity="bgd")
+                    self.client = await Client.connect(self.address, namespace=self.namespace, identity="bgd",
+                                                       data_converter=converter)
                 except Exception as exc:
                     raise LinkError(f"cannot reach the Temporal server at {self.address} ({_short(exc)}); "
                                     "check [cluster] temporal in config.toml and that the server runs "

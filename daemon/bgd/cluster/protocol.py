@@ -17,6 +17,10 @@ history with long polls.  A segment is closed after SEGMENT_SIGNALS signals or S
 a last signal naming the next one, so no history approaches Temporal's limits.  docs/cluster.md has
 the measurements behind this.
 
+A run with a workspace request (`RunSpec.workspace`) also sends "workspace" records: the workspace
+made on the worker (its path, its clones) or why it could not be (`status`, `error`), and, before each
+`turn_done`, `fail` and `exit`, what its clones pushed when that changed (`pushed`, `refused`).
+
 A record larger than CHUNK_BYTES travels as parts; `Reassembler` puts them back together, and the
 owner applies each record once, by its offset.
 """
@@ -99,6 +103,10 @@ class RunSpec:
     stop_grace_s: float = 5.0
     idle_timeout_s: float = 600.0
     options: dict = field(default_factory=dict)
+    # A fresh workspace the worker makes for the run before the agent starts, in its own state dir
+    # (a routine run, SPEC §8): {"run_id", "repos": [{"url", "ref"}], "push": [patterns], "keep_s"};
+    # the agent then works in its first clone rather than launch["cwd"] (bgd.cluster.workspaces).
+    workspace: dict | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

@@ -29,6 +29,7 @@ import trio
 from bgcore.config import ClusterConfig
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, RpcError
 from bgd import fastjson
+from bgd.cluster import codec
 from bgd.cluster import protocol as p
 from bgd.cluster.link import LinkError, TemporalLink
 
@@ -158,6 +159,9 @@ class ClusterService:
         self.logs: dict[str, dict] = {}              # log base -> {"segment", "future", "event_id"}
         self.owner = self._owner()
         self.nursery: trio.Nursery | None = None
+        # (session id, record) for each "workspace" record of a run: routines hear of the workspace
+        # its worker made and of what was pushed there.
+        self.on_workspace: list = []
 
     @property
     def config(self) -> ClusterConfig | None:
@@ -187,11 +191,19 @@ class ClusterService:
         config = self.config
         if config is None:
             raise RpcError(INVALID_PARAMS, NOT_CONFIGURED)
-        if self.link is not None and (self.link.address, self.link.namespace) != (config.temporal, config.namespace):
+        key_path = codec.key_path(self.daemon.config_dir, config.key_file)
+        if self.link is not None and (self.link.address, self.link.namespace, self.link.codec.path) != \
+                (config.temporal, config.namespace, str(key_path)):
             self.link.stop()
             self.link = None
         if self.link is None:
-            self.link = TemporalLink(config.temporal, config.namespace)
+            try:
+                key = codec.ensure_key(key_path)
+            except codec.KeyFileError as exc:
+                raise RpcError(INVALID_PARAMS, f"{exc}; fix [cluster] key_file in config.toml "
+                                               "(docs/cluster.md)") from None
+            self.link = TemporalLink(config.temporal, config.namespace,
+                                     codec.ClusterCodec(key, path=key_path, who="the owning daemon"))
             self.link.start()
         return self.link
 
@@ -222,7 +234,9 @@ class ClusterService:
         env.update(session.env)
         env.update(launch.env)
         env["BGD_SESSION_ID"] = session.id
-        pinned = session.worker if (session.has_history and run.driver.provides_history) else None
+        # The conversation (the agent's history) or the workspace lives on the worker that ran it.
+        made = session.workspace is not None and "path" in session.workspace
+        pinned = session.worker if ((session.has_history and run.driver.provides_history) or made) else None
         state.spec = p.RunSpec(
             owner=self.owner, session_id=session.id, backend=agent_cfg.backend,
             launch={"argv": list(launch.argv), "env": env, "cwd": session.cwd,
@@ -232,7 +246,8 @@ class ClusterService:
             options={"session": session.to_record(),
                      "agent": {"name": agent_cfg.name, "backend": agent_cfg.backend,
                                "command": list(agent_cfg.command), "args": list(agent_cfg.args),
-                               "env": dict(agent_cfg.env)}})
+                               "env": dict(agent_cfg.env)}},
+            workspace=None if session.workspace is None or made else dict(session.workspace))
         state.process = RemoteProcess(self, state, on_exit)
         run.driver = ClusterDriver(run.driver, self, state)
         return state.process
@@ -279,14 +294,26 @@ class ClusterService:
                 client = await link.connected()
                 handle = client.get_workflow_handle(workflow_id)
                 async for event in handle.fetch_history_events(wait_new_event=True):
-                    outcome = _outcome_of(event)
+                    outcome = _outcome_of(event, link.codec)
                     if event.HasField("workflow_execution_signaled_event_attributes"):
                         attrs = event.workflow_execution_signaled_event_attributes
                         if attrs.signal_name == p.CLAIM_SIGNAL and attrs.input.payloads:
-                            link.post(self._on_claim, workflow_id, fastjson.loads(attrs.input.payloads[0].data))
+                            claim = fastjson.loads(link.codec.open_data(attrs.input.payloads[0]))
+                            link.post(self._on_claim, workflow_id, claim)
+                    elif event.HasField("workflow_task_failed_event_attributes"):
+                        message = event.workflow_task_failed_event_attributes.failure.message
+                        if codec.MISMATCH in message:
+                            # A worker cannot decrypt the run (another key): it is refused, not retried.
+                            await _terminate(client, workflow_id, message)
+                            link.post(self._on_outcome, workflow_id, {"outcome": p.REFUSED, "error": message})
+                            return
                     elif outcome is not None:
                         link.post(self._on_outcome, workflow_id, outcome)
                         return
+                return
+            except codec.KeyMismatch as exc:
+                await _terminate(client, workflow_id, str(exc))
+                link.post(self._on_outcome, workflow_id, {"outcome": p.REFUSED, "error": str(exc)})
                 return
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
@@ -353,7 +380,11 @@ class ClusterService:
                     attrs = event.workflow_execution_signaled_event_attributes
                     if attrs.signal_name != p.LOG_SIGNAL or not attrs.input.payloads:
                         continue
-                    payload = fastjson.loads(attrs.input.payloads[0].data)
+                    try:
+                        payload = fastjson.loads(link.codec.open_data(attrs.input.payloads[0]))
+                    except codec.KeyMismatch as exc:
+                        log.error("reading log %s: %s", segment_id, exc)
+                        continue
                     if "next" in payload:
                         following = payload["next"]
                         break
@@ -441,6 +472,13 @@ class ClusterService:
         elif op == "exit":
             if state.process is not None:
                 state.process.stderr = arg.get("stderr") or ""
+        elif op == "workspace":
+            session = self.sessions.sessions.get(state.session_id)
+            if session is not None and "path" in arg and self._current(state):
+                self.sessions.update(session, cwd=arg["cwd"], workspace={**(session.workspace or {}),
+                                                                         "path": arg["path"], "worker": arg["worker"]})
+            for hook in self.on_workspace:
+                hook(state.session_id, arg)
         elif op == "started":
             session = self.sessions.sessions.get(state.session_id)
             if session is not None and self._current(state) and session.worker != arg.get("worker"):
@@ -676,11 +714,18 @@ class ClusterStartError(OSError):
     """A cluster run could not be started (the message says why and what to do)."""
 
 
-def _outcome_of(event) -> dict | None:
+async def _terminate(client, workflow_id: str, reason: str) -> None:
+    try:
+        await client.get_workflow_handle(workflow_id).terminate(reason[:1000])
+    except Exception as exc:  # it is over already, or the server is away: the run times out
+        log.warning("ending %s: %s", workflow_id, _short(exc))
+
+
+def _outcome_of(event, sealed: "codec.ClusterCodec") -> dict | None:
     """A run workflow's closing history event -> its outcome, or None for any other event."""
     if event.HasField("workflow_execution_completed_event_attributes"):
         payloads = event.workflow_execution_completed_event_attributes.result.payloads
-        return fastjson.loads(payloads[0].data) if payloads else {"outcome": p.EXITED}
+        return fastjson.loads(sealed.open_data(payloads[0])) if payloads else {"outcome": p.EXITED}
     if event.HasField("workflow_execution_failed_event_attributes"):
         failure = event.workflow_execution_failed_event_attributes.failure
         return {"outcome": p.REFUSED, "error": f"the run failed on the cluster: {failure.message}"}
@@ -717,3 +762,6 @@ def install(daemon) -> None:
     daemon.sessions.placements["cluster"] = service
     daemon.sessions.on_load.append(service.adopt)
     daemon.sessions.on_session_end.append(service.forget)
+    routines = getattr(daemon, "routines", None)
+    if routines is not None:
+        service.on_workspace.append(routines.on_cluster_workspace)

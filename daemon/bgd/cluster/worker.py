@@ -13,6 +13,12 @@ heartbeats every `heartbeat_s`; a cancellation (bgctl stop) or a refused heartbe
 gave the run up) reaches it there.  The worker also watches its own contact with the server: cut
 off for a heartbeat timeout, it kills its agents itself, since the server has given their runs up
 and a reply may start the conversation again elsewhere; two copies never run.
+
+Everything it sends and reads through Temporal is encrypted with the cluster's key (`--key-file`,
+bgd.cluster.codec).  At start it opens the newest run's input with that key and refuses to start
+when it cannot; a run it cannot open later fails (the owning daemon sees why) and the worker stops
+asking for work, with the same one-line reason (exit status KEY_EXIT).  A routine run's workspace is
+cloned here, under `--state-dir` (bgd.cluster.workspaces).
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+import trio
 
 from temporalio import activity
 from temporalio.client import Client
@@ -41,9 +50,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from bgcore.config import AgentConfig
 from bgd.agents.base import driver_class
+from bgd.cluster import codec
 from bgd.cluster import protocol as p
 from bgd.cluster.agent import LocalAgent, WorkerControl
 from bgd.cluster.workflows import DELIVER_ACTIVITY, RUN_ACTIVITY, STATUS_ACTIVITY, AgentRun, ClusterStatus
+from bgd.cluster.workspaces import Workspaces
+from bgd.routines.workspace import CloneFailed, prepare_failure, read_pushes
 from bgd.sessions.model import Session
 
 log = logging.getLogger("bgd.worker")
@@ -52,6 +64,7 @@ CONTACT_S = 0.5                    # how often the worker checks that the server
 # The longest the SDK holds a heartbeat back: a run heartbeats every heartbeat_s / 2, so its
 # heartbeats reach the server (and a cancellation reaches it) within one heartbeat_s.
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
+KEY_EXIT = 3    # the key file is missing or not the cluster's: starting again does not help (the unit says so)
 
 
 class AgentSlots:
@@ -283,10 +296,42 @@ class LiveRun:
         self.idle_generation = 0
         self.exit_sent = False
         self._timers: set[asyncio.Task] = set()
+        self.held: Path | None = None              # the workspace it works in (node.workspaces)
+        self.clones: list[Path] = []               # the clones it made, whose pushes it reports
+        self.pushes: tuple[list, list] = ([], [])  # what was reported of them last
 
     def emit(self, op: str, arg: Any) -> None:
+        if self.clones and op in ("turn_done", "fail", "exit"):
+            self._report_pushes()
         self.log.append(self.workflow_id, self.offset, op, arg)
         self.offset += 1
+
+    def _report_pushes(self) -> None:
+        """What the clones pushed, read as a local run's are (their reflogs and the guard's log: a
+        few small files), sent when it changed, before the record that may end the run."""
+        pushes = read_pushes(self.clones, tuple(self.spec.workspace.get("push") or ()))
+        if pushes != self.pushes:
+            self.pushes = pushes
+            self.log.append(self.workflow_id, self.offset, "workspace", {"pushed": pushes[0], "refused": pushes[1]})
+            self.offset += 1
+
+    async def _make_workspace(self, request: dict) -> str | None:
+        """The run's fresh workspace in this worker's state dir; the first clone (the agent's
+        directory), or None when it could not be made (the run then ends as a local one would)."""
+        workspaces = self.node.workspaces
+        run_dir = self.held = workspaces.hold(workspaces.run_dir(self.spec.owner, request["run_id"]))
+        try:
+            _, clones = await workspaces.prepare(self.spec.owner, request)
+        except (CloneFailed, trio.TooSlowError, OSError) as exc:
+            status, error = prepare_failure(exc, run_dir)
+            log.info("run %s: %s", self.workflow_id, error)
+            self.emit("workspace", {"status": status, "error": error})
+            self.ctl.fail(error, stop=False)
+            return None
+        self.clones = [c.path for c in clones]
+        self.emit("workspace", {"path": str(run_dir), "cwd": str(clones[0].path), "worker": self.node.name,
+                                "repos": [c.to_json() for c in clones]})
+        return str(clones[0].path)
 
     def emit_exit(self) -> None:
         """The run's last record: how the agent process ended (once)."""
@@ -296,10 +341,19 @@ class LiveRun:
 
     async def start(self) -> bool:
         launch = self.spec.launch
+        cwd = launch["cwd"]
+        if self.spec.workspace is not None:
+            cwd = await self._make_workspace(self.spec.workspace)
+            if cwd is None or self.ctl.stopping:
+                self.exit_sent = True
+                self.emit("exit", {"code": None, "stderr": ""})
+                return False
+        else:
+            self.held = self.node.workspaces.hold(self.node.workspaces.of(cwd))
         env = dict(os.environ)
         env.update(launch.get("env") or {})
         stdin = launch.get("stdin")
-        self.agent = LocalAgent(list(launch["argv"]), launch["cwd"], env, self._line,
+        self.agent = LocalAgent(list(launch["argv"]), cwd, env, self._line,
                                 stdin_text=stdin.encode() if stdin is not None else None)
         self.ctl.agent = self.agent
         try:
@@ -307,9 +361,10 @@ class LiveRun:
         except OSError as exc:
             binary = launch["argv"][0]
             hint = self.driver.install_hint
-            if isinstance(exc, FileNotFoundError) and not os.path.isdir(launch["cwd"]):
-                error = (f"directory {launch['cwd']!r} does not exist on worker {self.node.name!r}; "
-                         "cluster runs need it there too")
+            if isinstance(exc, FileNotFoundError) and not os.path.isdir(cwd):
+                error = (f"directory {cwd!r} does not exist on worker {self.node.name!r}; cluster runs need it "
+                         "there too" + (" (the run's workspace was removed after keep_workspaces_days)"
+                                        if self.held is not None else ""))
             elif isinstance(exc, FileNotFoundError):
                 error = (f"agent binary {binary!r} not found on worker {self.node.name!r}; install it there"
                          + (f" ({hint})" if hint else ""))
@@ -388,9 +443,10 @@ class LiveRun:
 
 
 class WorkerNode:
-    def __init__(self, client: Client, *, name: str, slots: int, task_queue: str,
+    def __init__(self, client: Client, *, name: str, slots: int, task_queue: str, state_dir: Path,
                  segment_signals: int = p.SEGMENT_SIGNALS):
         self.client = client
+        self.workspaces = Workspaces(state_dir)
         self.segment_signals = segment_signals
         self.name = name
         self.task_queue = task_queue
@@ -464,6 +520,8 @@ class WorkerNode:
         finally:
             beat.cancel()
             del self.live[workflow_id]
+            if live.held is not None:
+                self.workspaces.release(live.held)
 
     async def _finish_stop(self, live: LiveRun) -> None:
         if live.stopping is not None:
@@ -521,11 +579,50 @@ def _system_info_request():
     return GetSystemInfoRequest()
 
 
+class KeyRefused(Exception):
+    """This worker's key is not the cluster's (the message says so, and what to do)."""
+
+
+async def check_key(client: Client, sealed: codec.ClusterCodec, task_queue: str) -> None:
+    """Before asking for work: open the input of the newest run on the task queue with this worker's
+    key; raises KeyMismatch when it was sealed with another (no run yet, or no visibility: nothing to
+    check, and the first run it cannot open says so instead)."""
+    query = f'WorkflowType = "{p.RUN_WORKFLOW}" AND TaskQueue = "{task_queue}"'
+    try:
+        async for execution in client.list_workflows(query, limit=1):
+            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            async for event in handle.fetch_history_events():
+                payloads = event.workflow_execution_started_event_attributes.input.payloads
+                if payloads:
+                    sealed.open(payloads[0])
+                return
+    except codec.KeyMismatch:
+        raise
+    except Exception as exc:
+        log.info("key check skipped (%s)", exc)
+
+
 async def serve(address: str, *, name: str, slots: int, namespace: str, task_queue: str,
-                stop: asyncio.Event, segment_signals: int = p.SEGMENT_SIGNALS) -> None:
-    client = await Client.connect(address, namespace=namespace, identity=name)
-    node = WorkerNode(client, name=name, slots=slots, task_queue=task_queue, segment_signals=segment_signals)
-    node.slots.loop = asyncio.get_running_loop()
+                stop: asyncio.Event, state_dir: Path, key: bytes, key_path: Path,
+                segment_signals: int = p.SEGMENT_SIGNALS) -> None:
+    loop = asyncio.get_running_loop()
+    refused: list[str] = []
+
+    def mismatch(message: str) -> None:
+        # Nothing this worker is given can be opened: it stops asking for work and says why.
+        if not refused:
+            refused.append(message)
+            log.error("%s", message)
+        loop.call_soon_threadsafe(stop.set)
+
+    sealed = codec.ClusterCodec(key, path=key_path, who=f"worker {name!r}")
+    client = await Client.connect(address, namespace=namespace, identity=name,
+                                  data_converter=codec.data_converter(sealed))
+    await check_key(client, sealed, task_queue)
+    sealed.on_mismatch = mismatch
+    node = WorkerNode(client, name=name, slots=slots, task_queue=task_queue, state_dir=state_dir,
+                      segment_signals=segment_signals)
+    node.slots.loop = loop
     throttle = HEARTBEAT_THROTTLE
     tuner = WorkerTuner.create_composite(
         workflow_supplier=FixedSizeSlotSupplier(50), activity_supplier=_SlotSupplier(node.slots),
@@ -546,6 +643,7 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
                  graceful_shutdown_timeout=timedelta(seconds=1))
     log.info("worker %s serving %s on %s (namespace %s, %d slots)", name, task_queue, address, namespace, slots)
     watcher = asyncio.create_task(node.watch_contact())
+    keeper = asyncio.create_task(node.workspaces.housekeep())
     async with shared, own:
         print(f"bgd worker {name}: ready on {address} ({task_queue}, {slots} slots)", flush=True)
         await stop.wait()
@@ -556,10 +654,18 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
             if live.stopping is not None:
                 await live.stopping
     watcher.cancel()
+    keeper.cancel()
+    if refused:
+        raise KeyRefused(refused[0])
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bgd worker", description="Run cluster agents for bgagents (SPEC §14).")
+    parser = argparse.ArgumentParser(
+        prog="bgd worker", description="Run cluster agents for bgagents (SPEC §14, docs/cluster.md).",
+        epilog="A routine run (where = \"cluster\") is cloned here, under --state-dir, and its workspace kept "
+               "[routines] keep_workspaces_days after its agent ends; a desktop task or `bgctl dispatch --on "
+               "cluster` runs in the directory it names, which this machine must have at the same path. "
+               "Without a readable key file the worker does not start (exit status 3).")
     parser.add_argument("--temporal", required=True, metavar="HOST:PORT", help="the Temporal server's frontend")
     parser.add_argument("--slots", type=int, default=4, help="agents run at once on this worker (default 4)")
     parser.add_argument("--name", default=None, help="this worker's name, unique in the cluster (default: host name)")
@@ -567,6 +673,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--task-queue", default="bgagents", help="the shared task queue (default: bgagents)")
     parser.add_argument("--log-segment-signals", type=int, default=p.SEGMENT_SIGNALS, metavar="N",
                         help=f"signals per transcript-log segment before the next one (default {p.SEGMENT_SIGNALS})")
+    parser.add_argument("--key-file", default=None, metavar="PATH",
+                        help="the cluster's key, a copy of the owning daemon's [cluster] key_file "
+                             f"(default: {codec.default_key_path()})")
+    parser.add_argument("--state-dir", default=None, metavar="DIR",
+                        help="where routine runs' workspaces are cloned, under runs/ "
+                             f"(default: {default_state_dir()})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -578,6 +690,14 @@ def main(argv: list[str]) -> int:
         parser.error("--slots must be at least 1")
     if args.log_segment_signals < 1:
         parser.error("--log-segment-signals must be at least 1")
+    key_path = Path(os.path.expanduser(args.key_file)) if args.key_file else codec.default_key_path()
+    try:
+        key = codec.read_key(key_path)
+    except codec.KeyFileError as exc:
+        print(f"bgd worker: {exc}; copy the owning daemon's key file ([cluster] key_file, default "
+              "<config dir>/cluster.key) here, or give its copy with --key-file PATH", file=sys.stderr)
+        return KEY_EXIT
+    state_dir = Path(os.path.expanduser(args.state_dir)) if args.state_dir else default_state_dir()
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -585,11 +705,20 @@ def main(argv: list[str]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(args.temporal, name=name, slots=args.slots, namespace=args.namespace,
-                    task_queue=args.task_queue, stop=stop, segment_signals=args.log_segment_signals)
+                    task_queue=args.task_queue, stop=stop, state_dir=state_dir, key=key, key_path=key_path,
+                    segment_signals=args.log_segment_signals)
 
     try:
         asyncio.run(run())
+    except (codec.KeyMismatch, KeyRefused) as exc:
+        print(f"bgd worker: {exc}", file=sys.stderr)
+        return KEY_EXIT
     except RuntimeError as exc:  # the SDK's "failed client connect" and the like
         print(f"bgd worker: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def default_state_dir() -> Path:
+    from bgcore.paths import state_dir
+    return state_dir() / "worker"

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import trio
 
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
-from bgcore.routines_file import GitHubTrigger, Routine
+from bgcore.routines_file import DEFAULT_TIMEOUT_S, GitHubTrigger, Routine, clone_name
 from bgd import clock
 from bgd.routines import workspace
 from bgd.routines.file import RoutinesFile
@@ -153,7 +153,7 @@ class RoutineService:
                 self.store.save_routine_run(rec)
         self.session_runs.update(self.store.routine_run_sessions())
         for rec in self.store.routine_runs_with_workspace():
-            if rec.get("ended_at"):
+            if rec.get("ended_at") and rec.get("where") != "cluster":
                 self.workspaces[rec["id"]] = clock.parse_iso(rec["ended_at"]).timestamp()
         for rec in self.store.routine_runs_since(clock.iso(datetime.fromtimestamp(ts - 3600, timezone.utc))):
             if rec["status"] != "skipped" and rec["trigger"] in ("api", "github"):
@@ -287,30 +287,36 @@ class RoutineService:
         except (EnvFileError, _SetupError) as exc:
             self._end(rec, "setup_failed", error=str(exc))
             return
-        rec["workspace"] = str(run_dir)
-        try:
-            clones = await self._prepare(rec, routine, run_dir, values, start.rebuild)
-        except workspace.CloneFailed as exc:
-            self._end(rec, "clone_failed", error=str(exc))
-            return
-        except SandboxUnavailable as exc:
-            self._end(rec, "sandbox_unavailable", error=str(exc))
-            return
-        except SetupFailed as exc:
-            self._end(rec, "setup_failed", error=exc.message)
-            return
-        except RefreshFailed as exc:
-            self._end(rec, "clone_failed", error=f"cannot bring the cached workspace up to date: {exc}")
-            return
-        except trio.TooSlowError:
-            self._end(rec, "clone_failed", error=f"cloning took longer than {workspace.CLONE_TIMEOUT_S // 60} minutes")
-            return
-        except OSError as exc:
-            self._end(rec, "setup_failed", error=f"cannot make the workspace {run_dir}: {exc.strerror or exc}")
-            return
-        if self.records.get(run_id) is not rec:  # stopped or replaced meanwhile
-            return
-        rec["repos"] = [c.to_json() for c in clones]
+        rec["where"] = routine.where
+        workspace_request = None
+        if routine.where == "cluster":
+            # The worker that takes the run makes its workspace (bgd.cluster.workspaces) and says
+            # where; until then the session's directory is named relative to the worker's state dir.
+            cwd = f"runs/{run_id}/{clone_name(routine.repos[0].url)}"
+            workspace_request = {"run_id": run_id, "repos": [r.to_json() for r in routine.repos],
+                                 "push": list(routine.push),
+                                 "keep_s": self.config().routines.keep_workspaces_days * 86400}
+        else:
+            rec["workspace"] = str(run_dir)
+            try:
+                clones = await self._prepare(rec, routine, run_dir, values, start.rebuild)
+            except SandboxUnavailable as exc:
+                self._end(rec, "sandbox_unavailable", error=str(exc))
+                return
+            except SetupFailed as exc:
+                self._end(rec, "setup_failed", error=exc.message)
+                return
+            except RefreshFailed as exc:
+                self._end(rec, "clone_failed", error=f"cannot bring the cached workspace up to date: {exc}")
+                return
+            except (workspace.CloneFailed, trio.TooSlowError, OSError) as exc:
+                status, error = workspace.prepare_failure(exc, run_dir)
+                self._end(rec, status, error=error)
+                return
+            if self.records.get(run_id) is not rec:  # stopped or replaced meanwhile
+                return
+            rec["repos"] = [c.to_json() for c in clones]
+            cwd = str(clones[0].path)
         self.secrets[run_id] = values
         self.mcp_servers[run_id] = servers
         masker = Masker(values.values())
@@ -321,8 +327,9 @@ class RoutineService:
                 self.sessions.masks[session.id] = masker
                 session.prompt = masker(session.prompt)
             session.outcome = "unreported"
-            rec.update(status="running", session_id=session.id, session_url=self.session_url(session.id),
-                       started_at=clock.iso(self.now()))
+            # A run on the cluster is `running` once its worker has made the workspace.
+            rec.update(status="running" if workspace_request is None else "preparing", session_id=session.id,
+                       session_url=self.session_url(session.id), started_at=clock.iso(self.now()))
             self._save(rec)
 
         try:
@@ -330,17 +337,40 @@ class RoutineService:
             # second fire of the same delivery, from any daemon, cannot start a second run.
             fire = f"github/{rec['delivery']}" if rec.get("delivery") else f"{rec['trigger']}/{run_id}"
             session = await self.sessions.dispatch(
-                prompt, str(clones[0].path), agent=routine.agent, name=routine.name, model=routine.model,
+                prompt, cwd, agent=routine.agent, name=routine.name, model=routine.model,
                 permission_mode="default", origin=f"routine:{routine.name}", prepare=prepare,
-                where=routine.where, run_key=f"routine/{routine.name}/{fire}")
+                where=routine.where, run_key=f"routine/{routine.name}/{fire}", workspace=workspace_request)
         except RpcError as exc:
             self._end(rec, "agent_failed", error=exc.message)
             return
-        if self.records.get(run_id) is rec and rec["status"] == "running":
-            assert self.nursery is not None
-            self.nursery.start_soon(self._timeout, run_id, routine.timeout_s)
+        if self.records.get(run_id) is rec and rec.get("session_id") == session.id:
+            if rec["status"] == "running":
+                self._start_timeout(rec, routine)
             if session.state not in BUSY:  # it ended before the hooks could hear of it
                 self._session_over(session)
+
+    def _start_timeout(self, rec: dict, routine: Routine | None) -> None:
+        assert self.nursery is not None
+        self.nursery.start_soon(self._timeout, rec["id"], routine.timeout_s if routine else DEFAULT_TIMEOUT_S)
+
+    def on_cluster_workspace(self, session_id: str, info: dict) -> None:
+        """What the worker of a run on the cluster says of its workspace (a "workspace" record,
+        bgd.cluster.protocol): made, with its clones, or why not; and what was pushed so far."""
+        run_id = self.session_runs.get(session_id)
+        rec = self.records.get(run_id) if run_id else None
+        if rec is None:
+            return
+        if "error" in info:
+            self._end(rec, info.get("status") or "clone_failed", error=info["error"])
+            return
+        if "path" in info:
+            rec.update(workspace=info["path"], repos=info.get("repos") or [], worker=info.get("worker"))
+            if rec["status"] == "preparing":
+                rec["status"] = "running"
+                self._start_timeout(rec, self.file.routines.get(rec["routine"]))
+        if "pushed" in info:
+            rec.update(pushed=info["pushed"], refused_pushes=info.get("refused") or [])
+        self._save(rec)
 
     async def _prepare(self, rec: dict, routine: Routine, run_dir: Path, values: dict[str, str], rebuild: bool) -> list:
         """The run's workspace: through its environment (setup cache, sandbox checks), or plain
@@ -421,7 +451,10 @@ class RoutineService:
     def _run_of(self, session) -> dict | None:
         run_id = self.session_runs.get(session.id)
         rec = self.records.get(run_id) if run_id else None
-        return rec if rec is not None and rec["status"] == "running" else None
+        if rec is None:
+            return None
+        # A run on the cluster has its session while its worker is still making the workspace.
+        return rec if rec["status"] == "running" or (rec["status"] == "preparing" and rec.get("session_id")) else None
 
     def _on_turn_end(self, session) -> None:
         self._session_over(session)
@@ -529,18 +562,19 @@ class RoutineService:
         self.timing_out.discard(run_id)
         routine = self.file.routines.get(rec["routine"])
         clones = [Path(r["path"]) for r in rec.get("repos") or []]
-        if clones:
+        on_cluster = rec.get("where") == "cluster"
+        if clones and not on_cluster:  # on the cluster, the worker read them (on_cluster_workspace)
             push = routine.push if routine is not None else ()
             pushed, refused = workspace.read_pushes(clones, push)
-            rec.update(pushed=pushed, refused_pushes=refused,
-                       policy_violations=[p for p in pushed if not p["allowed"]])
-            if rec["policy_violations"]:
-                log.warning("run %s of %s pushed outside its push patterns: %s", run_id, rec["routine"],
-                            ", ".join(p["ref"] for p in rec["policy_violations"]))
+            rec.update(pushed=pushed, refused_pushes=refused)
+        rec["policy_violations"] = [p for p in rec.get("pushed") or [] if not p["allowed"]]
+        if rec["policy_violations"]:
+            log.warning("run %s of %s pushed outside its push patterns: %s", run_id, rec["routine"],
+                        ", ".join(p["ref"] for p in rec["policy_violations"]))
         self._save(rec)
         self.records.pop(run_id, None)
         self.starts.pop(run_id, None)
-        if rec.get("workspace"):
+        if rec.get("workspace") and not on_cluster:  # a worker removes its own (bgd.cluster.workspaces)
             ended = self.workspaces[run_id] = self.now().timestamp()
             due = ended + self.config().routines.keep_workspaces_days * 86400
             if self._next_look is None or due < self._next_look:
@@ -586,7 +620,8 @@ class RoutineService:
         """Wait until a run has its session, or ends, or waits in the queue: what a fire answers (woken
         by the record's next save, so the answer leaves as soon as the session exists)."""
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            while rec["status"] == "preparing" or (rec["status"] == "queued" and rec.get("reason") is None):
+            while ((rec["status"] == "preparing" and not rec.get("session_id"))
+                   or (rec["status"] == "queued" and rec.get("reason") is None)):
                 await self._saved.setdefault(rec["id"], trio.Event()).wait()
         return dict(rec)
 

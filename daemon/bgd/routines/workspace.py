@@ -90,6 +90,17 @@ async def prepare(run_dir: Path, repos: tuple[Repo, ...], push: tuple[str, ...],
     return clones
 
 
+def prepare_failure(exc: BaseException, run_dir: Path) -> tuple[str, str] | None:
+    """A `prepare` that raised `exc`, as the run's (status, error); None for what it does not raise."""
+    if isinstance(exc, CloneFailed):
+        return "clone_failed", str(exc)
+    if isinstance(exc, trio.TooSlowError):
+        return "clone_failed", f"cloning took longer than {CLONE_TIMEOUT_S // 60} minutes"
+    if isinstance(exc, OSError):
+        return "setup_failed", f"cannot make the workspace {run_dir}: {exc.strerror or exc}"
+    return None
+
+
 async def _head(path: Path, env: dict[str, str] | None = None) -> str | None:
     try:
         return await _git("rev-parse", "--verify", "--quiet", "HEAD", cwd=path, env=env) or None
@@ -128,4 +139,4 @@ def remove(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["Clone", "CloneFailed", "PushedRef", "prepare", "read_pushes", "remove", "source"]
+__all__ = ["Clone", "CloneFailed", "PushedRef", "prepare", "prepare_failure", "read_pushes", "remove", "source"]

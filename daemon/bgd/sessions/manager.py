@@ -134,9 +134,13 @@ class SessionManager:
                        permission_mode: str | None = None, model: str | None = None,
                        origin: str = "dispatch", env: dict | None = None,
                        always_allow: list[str] | None = None, start: bool = True,
-                       where: str = "local", run_key: str | None = None,
+                       where: str = "local", run_key: str | None = None, workspace: dict | None = None,
                        prepare: Callable[[Session], None] | None = None) -> Session:
+        """`workspace`: with `where` elsewhere, a fresh workspace the placement makes before the agent
+        starts (a routine run on the cluster); `cwd` then names it there and is not looked for here."""
         config = self.config()
+        if workspace is not None and where == "local":
+            raise RpcError(INVALID_PARAMS, "a workspace made elsewhere needs a placement other than local")
         if where != "local":
             placement = self.placements.get(where)
             if placement is None:
@@ -145,10 +149,11 @@ class SessionManager:
             placement.check()   # before anything else: "no [cluster]" is the first thing to say
         if not isinstance(prompt, str) or not prompt.strip():
             raise RpcError(INVALID_PARAMS, "prompt must be a non-empty string")
-        if not isinstance(cwd, str) or not os.path.isabs(cwd):
-            raise RpcError(INVALID_PARAMS, f"cwd must be an absolute path, not {cwd!r}")
-        if not os.path.isdir(cwd):
-            raise RpcError(INVALID_PARAMS, f"cwd {cwd!r} does not exist or is not a directory")
+        if workspace is None:
+            if not isinstance(cwd, str) or not os.path.isabs(cwd):
+                raise RpcError(INVALID_PARAMS, f"cwd must be an absolute path, not {cwd!r}")
+            if not os.path.isdir(cwd):
+                raise RpcError(INVALID_PARAMS, f"cwd {cwd!r} does not exist or is not a directory")
         agent_cfg = config.agent(agent)
         if agent_cfg is None:
             raise RpcError(INVALID_PARAMS, f"unknown agent {agent!r}; known agents: {', '.join(sorted(config.agents))} "
@@ -164,7 +169,7 @@ class SessionManager:
                           backend=agent_cfg.backend, prompt=prompt, name=name or None, permission_mode=mode,
                           model=model or config.model, origin=origin, env=dict(env or {}),
                           always_allow=list(always_allow or []), state="working" if start else "completed",
-                          where=where, run_key=run_key)
+                          where=where, run_key=run_key, workspace=workspace)
         if prepare is not None:  # e.g. a routine's run learns its session (and its mask) before it starts
             prepare(session)
         self.sessions[session.id] = session

@@ -54,6 +54,9 @@ class Session:
     where: str = "local"          # where its process runs: "local" or "cluster" (SPEC §14)
     worker: str | None = None     # on the cluster: the worker that runs (or last ran) it
     run_key: str | None = None    # what its first process is a run of (a routine's fire), for placements
+    # Placed elsewhere: the fresh workspace its process makes there first (a routine run's repositories,
+    # bgd.cluster.protocol.RunSpec.workspace); once made, also its "path" and "worker".
+    workspace: dict | None = None
     usage: dict | None = None       # token counts summed over turns, when the agent reports them
     outcome: str | None = None      # a routine run's outcome (SPEC §8); None for other sessions
 
