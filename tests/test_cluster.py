@@ -568,3 +568,165 @@ def test_a_worker_whose_heartbeats_are_refused_kills_its_agent(owner, cluster):
     # (Or, if its first check of the server after the freeze timed out, it killed it for lost contact.)
     text = worker.log.read_text()
     assert "heartbeats were refused" in text or "no contact with the Temporal server" in text
+
+
+# -- routine runs on the cluster: the workspace is made on the worker ------------------------------
+
+CLUSTER_PUSH = ("sh pwd && git checkout -q -b claude/x && echo fixed > fix.txt && git add fix.txt && "
+                "git commit -q -m 'Fix the thing' && git push -q origin claude/x; "
+                "sh git push origin HEAD:main; say done")
+
+
+def _routine_owner(bgd, cluster, toml: str, extra: str = "") -> None:
+    from routine_helpers import start_routine_daemon
+    start_routine_daemon(bgd, toml, extra + cluster_config(cluster))   # extra: more of [routines]
+
+
+def _routine(name: str, repo, prompt: str, extra: str = "") -> str:
+    return f'[routines.{name}]\nprompt = {json.dumps(prompt)}\nrepos = ["{repo}"]\nwhere = "cluster"\n{extra}'
+
+
+def test_a_routine_run_on_the_cluster_is_cloned_and_its_pushes_read_on_the_worker(bgd, cluster, tmp_path):
+    from routine_helpers import git, make_remote, wait_run
+    remote = make_remote(tmp_path)
+    main_before = git("rev-parse", "main", cwd=remote)
+    _routine_owner(bgd, cluster, _routine("fixer", remote, CLUSTER_PUSH))
+    started = bgd.rpc("routine.run", {"name": "fixer"})
+    assert started["session_id"] and started["status"] in ("preparing", "running")
+    rec = wait_run(bgd, started["id"], timeout=60)
+    assert rec["status"] == "finished", rec
+    # The workspace was made by the worker, in its own state dir; the owner made none.
+    worker = cluster["workers"][rec["worker"]]
+    workspace = Path(rec["workspace"])
+    assert workspace.parent.parent == worker.state_dir / "runs" and workspace.name == rec["id"]
+    assert not (bgd.state_dir / "runs" / rec["id"]).exists()
+    session = bgd.rpc("session.get", {"id": rec["session_id"]})
+    assert session["cwd"] == str(workspace / "app") and session["worker"] == rec["worker"]
+    assert rec["repos"] == [{"url": str(remote), "ref": None, "path": str(workspace / "app"), "commit": main_before}]
+    said = texts(transcript(bgd, rec["session_id"]))
+    assert said[0] == f"sh exit 0: {workspace / 'app'}"
+    assert "this run may push only to claude/*; refused refs/heads/main" in said[1]
+    # What was pushed, as a local run records it: claude/x accepted, main refused by the guard.
+    pushed = git("rev-parse", "claude/x", cwd=remote)
+    assert git("rev-parse", "main", cwd=remote) == main_before
+    assert f"Bgagents-Run: {rec['id']}" in git("log", "-1", "--format=%B", "claude/x", cwd=remote)
+    assert rec["pushed"] == [{"ref": "refs/heads/claude/x", "old": "0" * 40, "new": pushed, "remote": "origin",
+                              "allowed": True, "deleted": False, "repo": "app"}]
+    assert [(r["ref"], r["verdict"]) for r in rec["refused_pushes"]] == [("refs/heads/main", "refused")]
+    assert rec["policy_violations"] == []
+    # The worker keeps it ([routines] keep_workspaces_days, 7 by default), the guard's hooks in place.
+    assert (workspace / ".bgagents-hooks" / "pre-push").exists() and (workspace / "app" / "fix.txt").exists()
+    table = bgd.ctl("routine", "runs", "fixer").stdout
+    assert f"claude/x 0000000→{pushed[:7]}" in table and "main refused" in table
+
+
+def test_a_routine_workspace_on_the_cluster_is_removed_by_its_worker(bgd, cluster, tmp_path):
+    from routine_helpers import make_remote, wait_run
+    remote = make_remote(tmp_path)
+    _routine_owner(bgd, cluster, _routine("quick", remote, "say done"), "keep_workspaces_days = 0\n")
+    rec = wait_run(bgd, bgd.rpc("routine.run", {"name": "quick"})["id"], timeout=60)
+    assert rec["status"] == "finished", rec
+    # keep_workspaces_days = 0: gone once the agent process ended (claude keeps it for a reply:
+    # stop it, so it ends now rather than after idle_timeout_s).
+    bgd.rpc("session.stop", {"id": rec["session_id"]})
+    wait_until(lambda: not Path(rec["workspace"]).exists(), 20, "the worker to remove the workspace")
+
+
+def test_an_unclonable_repository_on_the_cluster_is_clone_failed_with_gits_message(bgd, cluster, tmp_path):
+    import trio
+
+    from routine_helpers import wait_run
+    from bgcore.routines_file import Repo
+    from bgd.routines import workspace
+    missing = tmp_path / "nowhere.git"
+    _routine_owner(bgd, cluster, _routine("broken", missing, "say never"))
+    rec = wait_run(bgd, bgd.rpc("routine.run", {"name": "broken"})["id"], timeout=60)
+    # The same message as a local run's: git's own, from the same code.
+    with pytest.raises(workspace.CloneFailed) as local:
+        trio.run(workspace.prepare, tmp_path / "local-run", (Repo(str(missing)),), ())
+    assert rec["status"] == "clone_failed" and rec["error"] == str(local.value), rec
+    assert "does not exist" in rec["error"]
+    session = bgd.wait_state(rec["session_id"], "failed", timeout=30)
+    assert session["error"] == rec["error"]
+
+
+def test_setup_or_a_closed_network_with_where_cluster_is_refused_when_read(bgd, cluster, tmp_path):
+    from routine_helpers import make_remote
+    remote = make_remote(tmp_path)
+    toml = (_routine("setup", remote, "say hi", '[routines.setup.environment]\nsetup = "make"\n')
+            + _routine("closed", remote, "say hi", '[routines.closed.environment]\nnetwork = "none"\n'))
+    _routine_owner(bgd, cluster, toml)
+    listing = bgd.ctl("routine", "ls")
+    assert "setup of routine 'setup' cannot run on the cluster" in listing.stdout + listing.stderr
+    assert "network of routine 'closed' cannot be enforced on the cluster" in listing.stdout + listing.stderr
+
+
+# -- encryption ---------------------------------------------------------------------------------------
+
+async def _histories(cluster, queue: str | None = None) -> list[bytes]:
+    """Every workflow history on the server (of the task queue), as raw bytes, read without the key."""
+    client = await cluster_client(cluster, key_file=False)
+    out = []
+    async for execution in client.list_workflows():
+        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        out.append(b"".join(event.SerializeToString() for event in history.events))
+    return out
+
+
+def test_secrets_are_nowhere_in_temporals_history(bgd, cluster, tmp_path):
+    import asyncio
+    import hashlib
+
+    from routine_helpers import make_remote, wait_run
+    remote = make_remote(tmp_path)
+    secret = "s3cr3t-Cluster-7e2a"
+    env_file = tmp_path / "fixer.env"
+    env_file.write_text(f"API_KEY={secret}\n")
+    prompt = "sh printf %s \"$API_KEY\" | sha256sum; sh echo the key is $API_KEY; say plain-marker-41; say end"
+    _routine_owner(bgd, cluster, _routine("keyed", remote, prompt,
+                                          f'[routines.keyed.environment]\nenv_file = "{env_file}"\n'))
+    rec = wait_run(bgd, bgd.rpc("routine.run", {"name": "keyed"})["id"], timeout=60)
+    assert rec["status"] == "finished", rec
+    said = texts(transcript(bgd, rec["session_id"]))
+    # The agent got the value (its hash shows it); the owner masks it as for a local run.
+    assert said[0] == f"sh exit 0: {hashlib.sha256(secret.encode()).hexdigest()}  -"
+    assert said[1:3] == ["sh exit 0: the key is ***", "plain-marker-41"]
+    histories = asyncio.run(_histories(cluster))
+    assert histories and all(secret.encode() not in h for h in histories)
+    # Nothing of the run is readable there: its prompt and the transcript's text are sealed too.
+    assert all(b"plain-marker-41" not in h for h in histories)
+    assert any(b"binary/encrypted" in h for h in histories)
+
+
+def test_a_worker_without_the_key_file_says_to_copy_it(cluster, tmp_path):
+    worker = WorkerProc(cluster["server"], "nokey", cluster["queue"], tmp_path, key_file=tmp_path / "absent.key")
+    worker.start()
+    assert worker.proc.wait(30) == 3
+    lines = [line for line in worker.log.read_text().splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot read the cluster key file" in lines[0] and "copy the owning daemon's key file" in lines[0]
+
+
+def test_a_worker_with_another_key_cannot_take_runs_and_says_why(bgd, cluster, tmp_path):
+    queue = cluster["queue"] + "-key"
+    wrong = tmp_path / "wrong.key"
+    ensure_key(wrong)
+    worker = WorkerProc(cluster["server"], "wrongkey", queue, tmp_path, key_file=wrong)
+    worker.start()   # nothing on its queue yet to tell it apart: it starts
+    try:
+        worker.wait_ready()
+        bgd.write_config(cluster_config(cluster, queue=queue))
+        bgd.start()
+        session = dispatch(bgd, "say never")
+        failed = bgd.wait_state(session["id"], "failed", timeout=30)
+        assert "worker 'wrongkey' cannot decrypt this run" in failed["error"], failed
+        assert "not the cluster key it was encrypted with" in failed["error"]
+        # The worker stopped asking for work, saying why.
+        assert worker.proc.wait(30) == 3
+        assert "cannot decrypt this run" in worker.log.read_text()
+        # Started again, it tells at once: the newest run on its queue does not open with its key.
+        worker.start()
+        assert worker.proc.wait(30) == 3
+        last = worker.log.read_text().strip().splitlines()[-1]
+        assert last.startswith("bgd worker: worker 'wrongkey' cannot decrypt this run") and "copy the" in last
+    finally:
+        worker.stop(signal.SIGKILL)
