@@ -720,13 +720,38 @@ def test_a_worker_with_another_key_cannot_take_runs_and_says_why(bgd, cluster, t
         failed = bgd.wait_state(session["id"], "failed", timeout=30)
         assert "worker 'wrongkey' cannot decrypt this run" in failed["error"], failed
         assert "not the cluster key it was encrypted with" in failed["error"]
-        # The worker stopped asking for work, saying why.
+        # Its key does not open the cluster's key check (made by the owner): it stops asking for work.
         assert worker.proc.wait(30) == 3
-        assert "cannot decrypt this run" in worker.log.read_text()
-        # Started again, it tells at once: the newest run on its queue does not open with its key.
+        said = "bgd worker: the key of worker 'wrongkey' (file " + str(wrong)
+        last = worker.log.read_text().strip().splitlines()[-1]
+        assert last.startswith(said) and "is not the cluster's" in last and "copy their key file" in last
+        # Started again, it says so at once.
         worker.start()
         assert worker.proc.wait(30) == 3
-        last = worker.log.read_text().strip().splitlines()[-1]
-        assert last.startswith("bgd worker: worker 'wrongkey' cannot decrypt this run") and "copy the" in last
+        assert worker.log.read_text().strip().splitlines()[-1].startswith(said)
     finally:
         worker.stop(signal.SIGKILL)
+
+
+def test_an_owner_with_another_key_is_refused_and_the_workers_carry_on(owner, cluster, tmp_path):
+    import tempfile
+
+    from conftest import Bgd
+    dispatch(owner, "say first")   # the cluster's key check exists from here on
+    sock_dir = Path(tempfile.mkdtemp(prefix="bgd-", dir="/tmp"))
+    other = Bgd(tmp_path / "other", sock_dir)
+    try:
+        # No key_file: the default, <config dir>/cluster.key, made by the daemon on first use.
+        other.write_config(f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{cluster["queue"]}"\n')
+        other.start()
+        made = other.config_dir / "cluster.key"
+        session = dispatch(other, "say never")
+        assert session["state"] == "failed", session
+        assert session["error"].startswith(f"the key of the owning daemon (file {made}, id ")
+        assert "is not the cluster's" in session["error"] and oct(made.stat().st_mode & 0o777) == "0o600"
+    finally:
+        other.stop_any()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    fine = dispatch(owner, "say still here")
+    assert owner.wait_state(fine["id"], "completed", timeout=60)["state"] == "completed"
+    assert all(w.proc.poll() is None for w in cluster["workers"].values())

@@ -1,5 +1,6 @@
 """The cluster's pure parts (SPEC §14): [cluster] config, ids and queues, the transcript log's
-records (batches, parts, exactly-once offsets), and the worker's systemd unit."""
+records (batches, parts, exactly-once offsets), the payloads' sealing and its key file, a routine
+run's workspace on a worker, and the worker's systemd unit."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ ROOT = Path(__file__).parent.parent
 def test_cluster_config_defaults_and_checks():
     assert parse_config("").cluster is None
     cluster = parse_config('[cluster]\ntemporal = "10.0.0.5:7233"\n').cluster
-    assert (cluster.temporal, cluster.namespace, cluster.task_queue, cluster.heartbeat_s) == \
-        ("10.0.0.5:7233", "default", "bgagents", 10.0)
+    assert (cluster.temporal, cluster.namespace, cluster.task_queue, cluster.heartbeat_s, cluster.key_file) == \
+        ("10.0.0.5:7233", "default", "bgagents", 10.0, "cluster.key")
     assert cluster.heartbeat_timeout_s == 30.0
     config = parse_config('[cluster]\ntemporal = "h:1"\nheartbeat_s = 1\ntask_quue = "x"\n')
     assert config.cluster.heartbeat_s == 1.0
@@ -32,6 +33,7 @@ def test_cluster_config_defaults_and_checks():
                           ('[cluster]\ntemporal = "h:99999"\n', "host:port"),
                           ('[cluster]\ntemporal = "h:1"\nheartbeat_s = 0\n', "positive"),
                           ('[cluster]\ntemporal = "h:1"\ntask_queue = " "\n', "must not be empty"),
+                          ('[cluster]\ntemporal = "h:1"\nkey_file = ""\n', "must not be empty"),
                           ('[cluster]\ntemporal = 7233\n', "must be a string")):
         with pytest.raises(ConfigError, match=message):
             parse_config(text)
@@ -134,3 +136,151 @@ def test_ls_and_the_agent_view_say_where_a_session_runs():
     assert "cluster:gpu-1" in session_table([placed]) and "WHERE" in session_table([placed])
     assert "@gpu-1" in agents_model.row_text(placed, now, 100)
     assert "@" not in agents_model.row_text(local, now, 100)
+
+
+# -- the payloads' sealing (bgd.cluster.codec) -------------------------------------------------------
+
+def _codec(key: bytes, who: str = "worker 'w1'", **kw):
+    from bgd.cluster.codec import ClusterCodec
+    return ClusterCodec(key, path="/keys/cluster.key", who=who, **kw)
+
+
+def test_a_key_file_is_made_once_private_and_read_back(tmp_path):
+    from bgd.cluster.codec import KeyFileError, ensure_key, key_path, read_key
+    path = tmp_path / "config" / "cluster.key"
+    key = ensure_key(path)
+    assert len(key) == 32 and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert ensure_key(path) == key == read_key(path)           # made once
+    assert len(path.read_text().strip()) == 44                  # one line of base64
+    assert key_path(tmp_path, "cluster.key") == tmp_path / "cluster.key"
+    assert key_path(tmp_path, "/etc/bgagents/k") == Path("/etc/bgagents/k")
+    with pytest.raises(KeyFileError, match=r"cannot read the cluster key file .*absent.*No such file"):
+        read_key(tmp_path / "absent")
+    (tmp_path / "bad").write_text("not a key\n")
+    with pytest.raises(KeyFileError, match="is not a cluster key file"):
+        read_key(tmp_path / "bad")
+
+
+def test_sealed_payloads_open_with_the_key_only():
+    import os
+
+    from temporalio.api.common.v1 import Payload
+
+    from bgd.cluster.codec import KeyMismatch
+    key, other = os.urandom(32), os.urandom(32)
+    heard: list[str] = []
+    mine, theirs = _codec(key, on_mismatch=heard.append), _codec(other, who="the owning daemon")
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'{"env": {"API_KEY": "s3cr3t"}}')
+    sealed = theirs.seal(plain)
+    assert b"s3cr3t" not in sealed.SerializeToString() and sealed.metadata["encoding"] == b"binary/encrypted"
+    assert theirs.open(sealed) == plain and theirs.open_data(theirs.seal(plain)) == plain.data
+    assert theirs.seal(plain).data != sealed.data                 # a fresh nonce each time
+    with pytest.raises(KeyMismatch, match=r"worker 'w1' cannot decrypt this run: its key \(file /keys/cluster.key, "
+                                          r"id \w{16}\) is not the cluster key it was encrypted with"):
+        mine.open(sealed)
+    assert len(heard) == 1 and "copy the owning daemon's key file" in heard[0]
+    with pytest.raises(KeyMismatch, match="not encrypted with the cluster key"):
+        mine.open(plain)                                          # refused, and says nothing of the key
+    changed = mine.seal(plain)
+    changed.data = changed.data[:-1] + bytes([changed.data[-1] ^ 1])
+    with pytest.raises(KeyMismatch, match="changed on the way"):
+        mine.open(changed)
+    assert len(heard) == 1
+
+
+def test_sealing_costs_microseconds_per_payload():
+    """What the owner pays per log signal (one payload per batch of lines), on this machine's CPU."""
+    import os
+    import time
+
+    from temporalio.api.common.v1 import Payload
+    sealed = _codec(os.urandom(32))
+    for size in (200, 4000, 64000):
+        payload = Payload(metadata={"encoding": b"json/plain"}, data=os.urandom(size))
+        rounds = 2000
+        started = time.process_time()
+        for _ in range(rounds):
+            sealed.open(sealed.seal(payload))
+        per = (time.process_time() - started) / rounds
+        print(f"seal + open of a {size}-byte payload: {per * 1e6:.1f} µs CPU")
+        assert per < 0.01   # far from anything a line's delivery could notice
+
+
+# -- a routine run's workspace on a worker (bgd.cluster.workspaces) -------------------------------------
+
+def test_call_trio_runs_trio_code_from_asyncio_and_cancels_it():
+    import asyncio
+
+    import trio
+
+    from bgd.cluster.workspaces import call_trio
+    cancelled = []
+
+    async def slow():
+        try:
+            await trio.sleep(30)
+        except trio.Cancelled:
+            cancelled.append(True)
+            raise
+
+    async def main():
+        assert await call_trio(trio.to_thread.run_sync, lambda: 42) == 42
+        task = asyncio.ensure_future(call_trio(slow))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert cancelled == [True]
+
+
+def test_a_workspace_is_cloned_kept_and_removed(tmp_path):
+    import asyncio
+
+    from routine_helpers import git, make_remote
+
+    from bgd.cluster.workspaces import MARKER, Workspaces
+    from bgd.routines.workspace import CloneFailed
+    remote = make_remote(tmp_path)
+    clock = [1000.0]
+    spaces = Workspaces(tmp_path / "worker", now=lambda: clock[0])
+
+    async def main():
+        request = {"run_id": "r1", "repos": [{"url": str(remote), "ref": None}], "push": ["claude/*"], "keep_s": 60}
+        run_dir = spaces.hold(spaces.run_dir("me", "r1"))
+        made, clones = await spaces.prepare("me", request)
+        assert made == run_dir == tmp_path / "worker" / "runs" / "me" / "r1"
+        assert clones[0].path == run_dir / "app" and git("config", "core.hooksPath", cwd=run_dir / "app")
+        assert spaces.of(str(run_dir / "app" / "src")) == run_dir and spaces.of("/elsewhere") is None
+        assert await spaces.prune() == 3600 and run_dir.exists()       # in use
+        spaces.release(run_dir)
+        assert json.loads((run_dir / MARKER).read_text())["ended_at"] == 1000.0
+        clock[0] = 1030.0
+        assert await spaces.prune() == 30.0 and run_dir.exists()       # kept 60 s after it ended
+        spaces.hold(spaces.of(str(run_dir / "app")))                     # a reply works in it
+        clock[0] = 2000.0
+        assert await spaces.prune() and run_dir.exists()
+        spaces.release(run_dir)
+        clock[0] = 2060.0
+        await spaces.prune()
+        assert not run_dir.exists()
+        # A clone that fails says git's own message; what was made is removed like the rest.
+        bad = {"run_id": "r2", "repos": [{"url": str(tmp_path / "nowhere.git")}], "keep_s": 0}
+        failed = spaces.hold(spaces.run_dir("me", "r2"))
+        with pytest.raises(CloneFailed, match="does not exist"):
+            await spaces.prepare("me", bad)
+        spaces.release(failed)
+        await spaces.prune()
+        assert not failed.exists()
+        # A workspace whose worker died mid-run ends when the next worker first looks.
+        orphan = spaces.run_dir("me", "r3")
+        orphan.mkdir(parents=True)
+        (orphan / MARKER).write_text(json.dumps({"owner": "me", "run_id": "r3", "keep_s": 0, "ended_at": None}))
+        await spaces.prune()
+        assert orphan.exists()
+        await spaces.prune(orphans=True)
+        assert not orphan.exists()
+
+    asyncio.run(main())
+

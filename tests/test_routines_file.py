@@ -403,3 +403,15 @@ def test_sub_tables_are_added_and_removed_in_their_own_sections():
                                         "connectors": {"mcp_config": None}})
     assert new == ('[routines.a]\nprompt = "p"\nrepos = ["/a"]\nmodel = "m"\n\n# the api\n[[routines.a.triggers]]\n'
                    'api = true\n\n[routines.a.environment]\nenv_file = "e.env"\n\n# next\n[routines.b]\nprompt = "q"\n')
+
+
+def test_setup_or_a_closed_network_is_refused_for_the_cluster():
+    base = '[routines.r]\nprompt = "x"\nrepos = ["/srv/app.git"]\nwhere = "cluster"\n[routines.r.environment]\n'
+    for env, field in (('setup = "make"', "setup"), ('network = "none"', "network"),
+                       ('network = ["pypi.org"]', "network")):
+        routines, errors = load(base + env + "\n")
+        assert not routines and len(errors) == 1, errors
+        assert errors[0].reason.startswith(f"{field} of routine 'r' cannot ") and 'where = "local"' in errors[0].reason
+        assert errors[0].line == 6
+    routines, errors = load(base + 'network = "full"\n')
+    assert not errors and routines["r"].where == "cluster"

@@ -136,6 +136,53 @@ class ClusterCodec(PayloadCodec):
         return [self.open(p) for p in payloads]
 
 
+# -- the cluster's key check ------------------------------------------------------------------------
+
+KEY_CHECK_WORKFLOW = "bgagents.KeyCheck"
+CHECK_TEXT = "bgagents cluster key check"
+
+
+def key_check_id(task_queue: str) -> str:
+    return f"bgagents-key/{task_queue}"
+
+
+async def check_cluster_key(client, sealed: ClusterCodec, task_queue: str, *, create: bool) -> bool:
+    """Whether this side's key is the cluster's.  The first owning daemon to use a task queue starts
+    its key check (`create`): a workflow nobody runs (on the logs' queue, never polled) whose input
+    is a known value sealed with its key; every owner and worker after it opens that input with its
+    own key.  True when it opens (or was just made), False when there is none yet; raises
+    KeyMismatch, saying what to copy where, when it does not open."""
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from bgd.cluster.protocol import log_queue
+    workflow_id = key_check_id(task_queue)
+    if create:
+        try:
+            await client.start_workflow(KEY_CHECK_WORKFLOW, {"check": CHECK_TEXT}, id=workflow_id,
+                                        task_queue=log_queue(task_queue),
+                                        id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
+            return True
+        except WorkflowAlreadyStartedError:
+            pass
+    try:
+        async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            theirs = payloads[0].metadata.get(KEY_ID, b"").decode("ascii", "replace") if payloads else ""
+            if payloads and theirs == sealed.key_id:
+                sealed.open(payloads[0])   # raises when it was changed
+                return True
+            raise KeyMismatch(f"the key of {sealed.who} (file {sealed.path}, id {sealed.key_id}) is not the "
+                              f"cluster's (id {theirs or 'unknown'}, the key the owning daemons and workers of task "
+                              f"queue {task_queue!r} use); copy their key file to {sealed.path} (docs/cluster.md)")
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return False
+
+
 def data_converter(codec: ClusterCodec) -> DataConverter:
     return dataclasses.replace(DataConverter.default, payload_codec=codec)
 

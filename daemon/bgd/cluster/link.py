@@ -31,6 +31,7 @@ class TemporalLink:
         self.address = address
         self.namespace = namespace
         self.codec = codec            # bgd.cluster.codec.ClusterCodec: every payload encrypted
+        self.key_checked: set[str] = set()   # task queues whose key check this key opened
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = None
         self._thread: threading.Thread | None = None

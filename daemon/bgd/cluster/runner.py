@@ -260,6 +260,10 @@ class ClusterService:
         async def start():
             from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
             client = await link.connected()
+            if config.task_queue not in link.key_checked:
+                # An owner whose key is not its workers' would have every run fail there: refused here.
+                await codec.check_cluster_key(client, link.codec, config.task_queue, create=True)
+                link.key_checked.add(config.task_queue)
             await client.start_workflow(
                 p.RUN_WORKFLOW, spec, id=state.workflow_id, task_queue=config.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -267,7 +271,7 @@ class ClusterService:
 
         try:
             await link.call(start)
-        except LinkError as exc:
+        except (LinkError, codec.KeyMismatch) as exc:
             raise ClusterStartError(str(exc)) from None
         except Exception as exc:
             from temporalio.exceptions import WorkflowAlreadyStartedError

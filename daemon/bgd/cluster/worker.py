@@ -15,9 +15,10 @@ off for a heartbeat timeout, it kills its agents itself, since the server has gi
 and a reply may start the conversation again elsewhere; two copies never run.
 
 Everything it sends and reads through Temporal is encrypted with the cluster's key (`--key-file`,
-bgd.cluster.codec).  At start it opens the newest run's input with that key and refuses to start
-when it cannot; a run it cannot open later fails (the owning daemon sees why) and the worker stops
-asking for work, with the same one-line reason (exit status KEY_EXIT).  A routine run's workspace is
+bgd.cluster.codec).  At start it opens the cluster's key check with that key and refuses to start
+when it cannot.  A run it cannot open fails (the owning daemon sees why); the worker then checks
+its key again, and if it is the one that is wrong it stops asking for work, with a one-line reason
+(exit status KEY_EXIT).  A routine run's workspace is
 cloned here, under `--state-dir` (bgd.cluster.workspaces).
 """
 
@@ -579,46 +580,41 @@ def _system_info_request():
     return GetSystemInfoRequest()
 
 
-class KeyRefused(Exception):
-    """This worker's key is not the cluster's (the message says so, and what to do)."""
-
-
-async def check_key(client: Client, sealed: codec.ClusterCodec, task_queue: str) -> None:
-    """Before asking for work: open the input of the newest run on the task queue with this worker's
-    key; raises KeyMismatch when it was sealed with another (no run yet, or no visibility: nothing to
-    check, and the first run it cannot open says so instead)."""
-    query = f'WorkflowType = "{p.RUN_WORKFLOW}" AND TaskQueue = "{task_queue}"'
-    try:
-        async for execution in client.list_workflows(query, limit=1):
-            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
-            async for event in handle.fetch_history_events():
-                payloads = event.workflow_execution_started_event_attributes.input.payloads
-                if payloads:
-                    sealed.open(payloads[0])
-                return
-    except codec.KeyMismatch:
-        raise
-    except Exception as exc:
-        log.info("key check skipped (%s)", exc)
-
-
 async def serve(address: str, *, name: str, slots: int, namespace: str, task_queue: str,
                 stop: asyncio.Event, state_dir: Path, key: bytes, key_path: Path,
                 segment_signals: int = p.SEGMENT_SIGNALS) -> None:
     loop = asyncio.get_running_loop()
     refused: list[str] = []
+    checks: set[asyncio.Task] = set()
+
+    async def recheck(message: str) -> None:
+        # A run sealed with another key: this worker's key or its owner's is not the cluster's.
+        try:
+            await codec.check_cluster_key(client, sealed, task_queue, create=False)
+        except codec.KeyMismatch as exc:   # this worker's: it stops asking for work, saying why
+            if not refused:
+                refused.append(str(exc))
+                log.error("%s", exc)
+            stop.set()
+            return
+        except Exception as exc:
+            log.warning("cannot check this worker's key against the cluster's (%s)", exc)
+        log.error("%s (this worker's key is the cluster's: the run came from an owning daemon with another key "
+                  "file, and it failed)", message)
 
     def mismatch(message: str) -> None:
-        # Nothing this worker is given can be opened: it stops asking for work and says why.
-        if not refused:
-            refused.append(message)
-            log.error("%s", message)
-        loop.call_soon_threadsafe(stop.set)
+        def start() -> None:
+            task = loop.create_task(recheck(message))
+            checks.add(task)
+            task.add_done_callback(checks.discard)
+        loop.call_soon_threadsafe(start)
 
     sealed = codec.ClusterCodec(key, path=key_path, who=f"worker {name!r}")
     client = await Client.connect(address, namespace=namespace, identity=name,
                                   data_converter=codec.data_converter(sealed))
-    await check_key(client, sealed, task_queue)
+    # Before asking for work: a worker whose key is not the cluster's does not start.
+    if not await codec.check_cluster_key(client, sealed, task_queue, create=False):
+        log.info("no owning daemon has used task queue %s yet: the key is checked with its first run", task_queue)
     sealed.on_mismatch = mismatch
     node = WorkerNode(client, name=name, slots=slots, task_queue=task_queue, state_dir=state_dir,
                       segment_signals=segment_signals)
@@ -656,7 +652,7 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
     watcher.cancel()
     keeper.cancel()
     if refused:
-        raise KeyRefused(refused[0])
+        raise codec.KeyMismatch(refused[0])
 
 
 def main(argv: list[str]) -> int:
@@ -710,7 +706,7 @@ def main(argv: list[str]) -> int:
 
     try:
         asyncio.run(run())
-    except (codec.KeyMismatch, KeyRefused) as exc:
+    except codec.KeyMismatch as exc:
         print(f"bgd worker: {exc}", file=sys.stderr)
         return KEY_EXIT
     except RuntimeError as exc:  # the SDK's "failed client connect" and the like
