@@ -56,8 +56,11 @@ class Cluster:
         self.server: subprocess.Popen | None = None
         self.names = [f"w{i + 1}" for i in range(workers)]
         self.slots = slots
+        self.key_file = base / "cluster.key"   # the owner's [cluster] key_file and the workers' --key-file
 
     def start(self) -> None:
+        from bgd.cluster.codec import ensure_key
+        ensure_key(self.key_file)
         port = self.address.rpartition(":")[2]
         with open(self.base / "temporal.log", "ab") as log:
             self.server = subprocess.Popen(
@@ -85,7 +88,8 @@ class Cluster:
         with open(self.base / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "bgd", "worker", "--temporal", self.address, "--name", name,
-                 "--slots", str(self.slots), "--task-queue", self.queue, "--log-level", "warning"],
+                 "--slots", str(self.slots), "--task-queue", self.queue, "--log-level", "warning",
+                 "--key-file", str(self.key_file), "--state-dir", str(self.base / name)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def stop(self) -> None:
@@ -151,7 +155,7 @@ def run(sessions: int = 60, workers: int = 3, lines: int = 50, interval_ms: int 
     try:
         cluster.start()
         extra = (f'[cluster]\ntemporal = "{cluster.address}"\ntask_queue = "{cluster.queue}"\n'
-                 f"heartbeat_s = {heartbeat_s}\n")
+                 f'heartbeat_s = {heartbeat_s}\nkey_file = "{cluster.key_file}"\n')
         with Daemon("cluster", idle_timeout_s=600, extra_config=extra) as daemon:
             daemon.start()
             local_ids = _ready(daemon, sessions, "local")
