@@ -27,6 +27,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from bgd.agents.mcp_server import DAEMON_METHODS
+from bgd.rpc.scope import Scope
+
 try:  # the daemon's and the worker's fast JSON; the standard library gives the same text otherwise
     import orjson
 
@@ -99,6 +102,7 @@ class RunSpec:
     stop_grace_s: float = 5.0
     idle_timeout_s: float = 600.0
     options: dict = field(default_factory=dict)
+    mcp_config: str | None = None  # the MCP config in the launch (argv or driver), as the owner wrote it
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -113,6 +117,14 @@ EXITED = "exited"        # the agent process ended (its exit record is in the lo
 LOST = "lost"            # the worker stopped heartbeating: the agent is gone with it
 STOPPED = "stopped"      # cancelled (bgctl stop): the agent was interrupted, then ended
 REFUSED = "refused"      # the worker could not start the agent (the error says why)
+
+
+def mcp_scope(session_id: str, origin: str | None) -> Scope:
+    """What a cluster session's MCP tools may call, checked on the worker before a call is relayed
+    and again by the owner before it runs: the MCP server's methods, for its own session (and, for
+    a desktop task's run, task.edit of that task)."""
+    task = origin[len("task:"):] if origin and origin.startswith("task:") else None
+    return Scope(session_id, DAEMON_METHODS, task=task, who="a cluster session's MCP tools")
 
 
 def lost_error(worker: str | None, timeout_s: float) -> str:
