@@ -17,6 +17,9 @@ history with long polls.  A segment is closed after SEGMENT_SIGNALS signals or S
 a last signal naming the next one, so no history approaches Temporal's limits.  docs/cluster.md has
 the measurements behind this.
 
+An "mcp" record is a call of the session's MCP tools made on the worker (`mcp_scope` says which it
+may be); the owner answers it with an "mcp_result" delivery.
+
 A record larger than CHUNK_BYTES travels as parts; `Reassembler` puts them back together, and the
 owner applies each record once, by its offset.
 """

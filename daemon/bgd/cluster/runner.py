@@ -9,6 +9,10 @@ run's real `RunControl`, in order and once: the run's applied offset is stored i
 transaction as the record's effect, so a daemon killed and restarted resumes from the stored
 offsets, with no record lost or applied twice.
 
+A call of the session's MCP tools arrives the same way, as an "mcp" record from the worker's relay
+(relay.py): it runs here through the method table as that session, and its result goes back to the
+worker as a delivery.
+
 Per open run the daemon follows the run workflow's history (the claim: which worker, which log; the
 outcome) and, per (worker process) log, the log's history; both are long polls on the Temporal
 client's own thread (link.py), handed to trio in batches.
