@@ -163,7 +163,13 @@ def run(sessions: int = 60, workers: int = 3, lines: int = 50, interval_ms: int 
             for session_id in local_ids:
                 daemon.rpc("session.stop", {"id": session_id})
             remote_ids = _ready(daemon, sessions, "cluster")
+            spy = None
+            if os.environ.get("BENCH_PYSPY"):
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(daemon.pid), "-d", "8", "-r", "200",
+                                        "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "--threads", "--gil"])
             latencies, remote_cpu = _stream(daemon, remote_ids, lines, interval_ms)
+            if spy:
+                spy.wait()
             with Watcher(daemon) as watcher:
                 watcher.wait(remote_ids, lambda s: s["state"] == "completed", 120)
             for session_id in remote_ids:

@@ -24,6 +24,9 @@ from conftest import pid_alive, wait_until
 pytestmark = pytest.mark.slow
 HEARTBEAT_S = 1.0
 TIMEOUT_S = HEARTBEAT_S * 3
+FAKE_ACP = Path(__file__).parent / "fake_acp.py"
+ACP_AGENT = (f'[agents.fake-acp]\nbackend = "acp"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(FAKE_ACP))}]\n'
+             'start_timeout_s = 20\n')
 
 
 def _temporal_binary() -> str | None:
@@ -136,7 +139,7 @@ def cluster(tmp_path_factory):
 def cluster_config(cluster, *, queue: str | None = None, heartbeat_s: float = HEARTBEAT_S,
                    key_file: Path | None = None) -> str:
     return (f'[cluster]\ntemporal = "{cluster["server"].address}"\ntask_queue = "{queue or cluster["queue"]}"\n'
-            f'heartbeat_s = {heartbeat_s}\nkey_file = "{key_file or cluster["key_file"]}"\n')
+            f'heartbeat_s = {heartbeat_s}\nkey_file = "{key_file or cluster["key_file"]}"\n' + ACP_AGENT)
 
 
 def _owner(bgd, cluster, heartbeat_s: float = HEARTBEAT_S):
@@ -215,14 +218,6 @@ def test_without_cluster_config_asking_for_it_is_a_clear_error(running_bgd):
     assert running_bgd.rpc("session.list", {"all": True}) == []
     with pytest.raises(RpcError, match=r"no \[cluster\]"):
         running_bgd.rpc("cluster.status")
-
-
-def test_an_agent_whose_driver_cannot_run_on_a_worker_is_refused(bgd):
-    bgd.write_config('[cluster]\ntemporal = "127.0.0.1:1"\n[agents.gem]\nbackend = "acp"\ncommand = ["gemini", "--acp"]\n')
-    bgd.start()
-    with pytest.raises(RpcError, match="acp backend.*not on a cluster worker"):
-        bgd.dispatch("hello", on="cluster", agent="gem")
-    assert bgd.rpc("session.list", {"all": True}) == []
 
 
 def test_transcript_arrives_live_in_order_without_gaps(owner, cluster):
@@ -755,3 +750,63 @@ def test_an_owner_with_another_key_is_refused_and_the_workers_carry_on(owner, cl
     fine = dispatch(owner, "say still here")
     assert owner.wait_state(fine["id"], "completed", timeout=60)["state"] == "completed"
     assert all(w.proc.poll() is None for w in cluster["workers"].values())
+
+
+# -- ACP agents, and the daemon's MCP tools relayed from a worker -----------------------------------
+
+def test_an_acp_agent_streams_asks_and_stops_on_a_worker(owner, cluster):
+    session = dispatch(owner, 'stream 20 10; tool Bash {"command": "ls"}; say after; sleep 120', agent="fake-acp")
+    waiting = owner.wait_state(session["id"], "needs_input", timeout=60)
+    assert waiting["worker"] in cluster["workers"] and waiting["agent_session_id"].startswith("fake-")
+    assert waiting["pending"]["tool_name"] == "Bash" and waiting["pending"]["input"] == {"command": "ls"}
+    entries = transcript(owner, session["id"])
+    assert [e["n"] for e in entries] == list(range(len(entries)))
+    titles = [e["data"]["title"] for e in entries if e["kind"] == "tool" and e["data"]["title"].startswith("line")]
+    assert list(dict.fromkeys(titles)) == [f"line {i}" for i in range(1, 21)]
+    assert owner.ctl("approve", session["id"]).returncode == 0
+    owner.wait_session(session["id"], lambda s: s["last_message"] == "after" and s["state"] == "working", timeout=30)
+    assert agent_pids(session["id"])
+    result = owner.ctl("stop", session["id"])
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: run_closed(owner, session["id"]), 20, "the run to end")
+    wait_until(lambda: not agent_pids(session["id"]), 5, "no agent process left")
+    assert owner.rpc("session.get", {"id": session["id"]})["state"] == "stopped"
+
+
+def test_a_routine_run_on_the_cluster_reports_its_outcome(bgd, cluster, tmp_path):
+    from routine_helpers import make_remote, start_routine_daemon, wait_run
+    remote = make_remote(tmp_path)
+    report = ('mcp mcp__bgagents__report_outcome {"status": "needs_attention", "summary": "tests fail on main", '
+              '"links": ["https://example.com/pr/1"]}; say reported')
+    toml = (f'[routines.reporter]\nprompt = {json.dumps(report)}\nrepos = ["{remote}"]\nwhere = "cluster"\n'
+            '[[routines.reporter.triggers]]\napi = true\n')
+    start_routine_daemon(bgd, toml, cluster_config(cluster))
+    run = bgd.rpc("routine.run", {"name": "reporter"})
+    rec = wait_run(bgd, run["id"], lambda r: r["status"] == "finished", timeout=90)
+    assert (rec["outcome"], rec["summary"], rec["links"]) == (
+        "needs_attention", "tests fail on main", ["https://example.com/pr/1"]), rec
+    session = bgd.rpc("session.get", {"id": rec["session_id"]})
+    assert session["where"] == "cluster" and session["worker"] in cluster["workers"]
+    assert session["outcome"] == "needs_attention"
+    assert any(t.startswith("mcp: outcome of run") for t in texts(transcript(bgd, session["id"])))
+
+
+def test_a_dynamic_loop_on_a_cluster_session_is_woken_by_the_owner(owner, cluster):
+    session = dispatch(owner, "say ready")
+    ready = owner.wait_state(session["id"], "completed", timeout=60)
+    prompt = 'mcp schedule_wakeup {"delay_seconds": 60, "reason": "waiting for CI"}'
+    loop = owner.rpc("loop.create", {"session": session["id"], "prompt": prompt})
+    assert loop["kind"] == "dynamic"
+    sleeping = owner.wait_state(session["id"], "sleeping", timeout=60)
+    assert sleeping["last_message"].startswith("mcp: next wake of loop"), sleeping
+    [current] = owner.rpc("loop.list", {"session": session["id"]})
+    assert current["reason"] == "waiting for CI" and not current["fallback"]
+    assert sleeping["next_wake_at"] == current["next_fire_at"]
+    # The owner's loop wakes it when the agent asked (60 s, the shortest): the next iteration runs
+    # on the worker that holds the conversation, and asks again.
+    again = owner.wait_session(session["id"], lambda s: s["loop_runs"] >= 2 and s["state"] == "sleeping",
+                               timeout=120)
+    assert again["worker"] == ready["worker"]
+    [current] = owner.rpc("loop.list", {"session": session["id"]})
+    assert current["runs"] == 2 and not current["fallback"]
+    owner.rpc("loop.stop", {"id": current["id"]})

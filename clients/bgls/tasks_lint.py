@@ -88,47 +88,6 @@ SCHEDULE_PRESETS = (
 )
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    kind: type
-    doc: str
-    values: tuple[str, ...] = ()
-    example: str = '""'
-
-
-FIELDS: dict[str, FieldSpec] = {
-    "description": FieldSpec(str, "What the task is for, shown by `bgctl task ls`."),
-    "prompt": FieldSpec(str, "The prompt each run starts with (or `prompt_file`)."),
-    "prompt_file": FieldSpec(str, "A file holding the prompt, read at each run; relative paths are "
-                                  "taken from the task's `cwd`."),
-    "cwd": FieldSpec(str, "**Required.** The directory each run starts in; it must exist. `~` is expanded."),
-    "schedule": FieldSpec(str, "**Required.** When the task runs: `manual`, `hourly`, `daily at 9am`, "
-                               "`weekdays at 9:30`, `weekly on monday at 10:00`, `every 15 minutes`, "
-                               "`once at 2026-12-24 09:00`, or a 5-field cron."),
-    "agent": FieldSpec(str, "The agent to run (from config.toml), e.g. `claude`."),
-    "permission_mode": FieldSpec(str, "The agent's permission mode.", PERMISSION_MODES),
-    "model": FieldSpec(str, "The model to ask the agent for, e.g. `sonnet`."),
-    "worktree": FieldSpec(bool, "Run each fire in its own git worktree.", example="false"),
-    "enabled": FieldSpec(bool, "`false` pauses the task.", example="true"),
-    "overlap": FieldSpec(str, "What to do when a run is due while the last one still runs "
-                              "(default `skip`).", OVERLAPS),
-    "timezone": FieldSpec(str, "The IANA zone the schedule's times are in (default: local)."),
-    "where": FieldSpec(str, "Where runs go: `local` (default) or `cluster` (the workers of config.toml's "
-                            "[cluster]).", ("local", "cluster")),
-}
-REQUIRED = ("cwd", "schedule")
-
-# Offered when completing a schedule; each is checked by the schedule core and accepted by the
-# daemon in a tasks file (a test keeps both true), and shown with its human form.  Relative
-# one-shots (`in 45 minutes`, `tomorrow at 9am`) are left out: in a file they would mean another
-# time at each reading, and the daemon refuses them there.
-SCHEDULE_PRESETS = (
-    "manual", "hourly", "daily", "daily at 9am", "weekdays", "weekdays at 9:30", "weekends at 10:00",
-    "weekly", "weekly on monday at 10:00", "every 15 minutes", "every 2 hours", "every 3 days",
-    "at 15:00", "0 9 * * 1-5",
-)
-
-
 def is_tasks_file(path: str | os.PathLike | None) -> bool:
     """The user's tasks file, or any file named tasks.toml."""
     return KIND.handles(path)

@@ -8,13 +8,16 @@ method is configured, then `session/resume`, `session/load` or `session/new`)
 in the background so a dispatch answers at once, sends each turn as a
 `session/prompt`, and maps the agent's notifications and requests onto the
 session runner's `RunControl`.
+
+It runs on the daemon's trio loop and on a cluster worker's asyncio loop
+(bgd.cluster.worker), so its own waiting is anyio's, which works on both.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import trio
+import anyio
 
 from bgcore.jsonrpc import METHOD_NOT_FOUND, PARSE_ERROR, Notification, Peer, RemoteProtocolError, Reply, Request, RpcError
 
@@ -40,7 +43,7 @@ class Driver(BaseDriver):
         self.info: acp.AgentInfo | None = None
         self.acp_session: str | None = None      # the agent's session id, once opened
         self.mcp_config: str | None = None
-        self._waiting: dict[Any, tuple[trio.Event, list]] = {}
+        self._waiting: dict[Any, tuple[anyio.Event, list]] = {}
         self._prompt_id: Any = None                 # the session/prompt of the turn in progress
         self._permissions: dict[str, Any] = {}      # open request_id -> the agent's request id
         self._queued: list[dict] = []               # permission requests waiting for the one asked now
@@ -78,7 +81,7 @@ class Driver(BaseDriver):
 
     async def _open_and_prompt(self, text: str) -> None:
         try:
-            with trio.move_on_after(self.agent.start_timeout_s) as scope:
+            with anyio.move_on_after(self.agent.start_timeout_s) as scope:
                 result = await self._call("initialize", acp.initialize_params(__version__))
             if scope.cancelled_caught:
                 self.ctl.fail(f"the agent did not answer initialize within {self.agent.start_timeout_s:g} s; "
@@ -155,7 +158,7 @@ class Driver(BaseDriver):
     async def _call(self, method: str, params: dict) -> Any:
         """One request, answered: its result, or RpcError with the agent's error."""
         message = self.peer.request(method, params)
-        event, slot = trio.Event(), []
+        event, slot = anyio.Event(), []
         self._waiting[message["id"]] = (event, slot)
         if not await self.ctl.write(message):
             self._waiting.pop(message["id"], None)

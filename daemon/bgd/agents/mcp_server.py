@@ -7,8 +7,9 @@ It owns no state and no timers: every tool is one call to a daemon method (`loop
 codec, so the daemon is the one place loops live. It runs on the official `mcp` package (anyio);
 the socket calls are short and blocking, so they run in a worker thread.
 
-The daemon imports only `mcp_config_for` and `SERVER_NAME` from here; `mcp` itself is imported when
-the server starts, never in the daemon.
+The daemon (and a cluster worker, which relays a session's calls to its owning daemon: bgd.cluster.relay)
+imports only `mcp_config_for`, `server_env`, `DAEMON_METHODS` and `SERVER_NAME` from here; `mcp` itself
+is imported when the server starts, never in the daemon.
 """
 
 from __future__ import annotations
@@ -41,21 +42,33 @@ ROUTINE_INSTRUCTIONS = """
   any. A run that does not report shows as "unreported", never as a success."""
 
 
+# The daemon methods the tools call, each with the parameter that names the session (for
+# task.edit: the task that started it). Nothing else is relayed for a cluster session's tools.
+DAEMON_METHODS = {"loop.wakeup": "session", "loop.create": "session", "loop.list": "session",
+                  "loop.stop": "session", "session.get": "id", "task.edit": "name",
+                  "routine.report_outcome": "session"}
+
+
 # -- the daemon side ----------------------------------------------------------------
 
 def mcp_config_for(daemon, session) -> str:
     """The --mcp-config value for a Claude session: inline JSON naming this server."""
+    config = {"mcpServers": {SERVER_NAME: {
+        "command": sys.executable,
+        "args": ["-m", "bgd.agents.mcp_server", "--session", session.id],
+        "env": server_env(str(daemon.socket_path)),
+    }}}
+    return json.dumps(config)
+
+
+def server_env(socket_path: str) -> dict[str, str]:
+    """The environment this server runs in on this machine: the socket it calls, where bgd is."""
     import bgd
     # The folders holding the bgd and bgcore packages (never a package's own folder: bgd/http
     # would shadow the standard library's http).
     roots = sorted({str(Path(bgd.__file__).resolve().parents[1]), str(Path(paths.__file__).resolve().parents[1])})
     pythonpath = os.pathsep.join(roots + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    config = {"mcpServers": {SERVER_NAME: {
-        "command": sys.executable,
-        "args": ["-m", "bgd.agents.mcp_server", "--session", session.id],
-        "env": {"BGD_SOCKET": str(daemon.socket_path), "PYTHONPATH": pythonpath},
-    }}}
-    return json.dumps(config)
+    return {"BGD_SOCKET": socket_path, "PYTHONPATH": pythonpath}
 
 
 # -- the server side ----------------------------------------------------------------

@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import logging
 import os
 import signal
 import sys
 from typing import Any, Callable
 
 from bgd.agents.process import MAX_LINE_BYTES, STDERR_TAIL_BYTES, OversizedLine
+
+log = logging.getLogger("bgd.worker")
 
 
 def _die_with_parent() -> None:
@@ -226,11 +229,32 @@ class WorkerControl:
 
     def send(self, obj: dict) -> None:
         if self.agent is not None:
-            task = asyncio.get_running_loop().create_task(self.agent.write_json(obj))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.start_soon(self.agent.write_json, obj)
 
     async def write(self, obj: dict) -> bool:
         if self.agent is None:
             return False
         return await self.agent.write_json(obj)
+
+    def start_soon(self, fn, *args: Any) -> None:
+        task = asyncio.get_running_loop().create_task(fn(*args))
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: the driver's background work failed", self.session.id, exc_info=task.exception())
+
+    def end_background(self) -> None:
+        """The process is gone: what the driver was doing in the background (waiting for an answer
+        of the agent's, say) ends with it, as its `exited` ends it in the daemon."""
+        for task in list(self._background):
+            task.cancel()
+
+    def set_agent_session(self, agent_session_id: str) -> None:
+        self._emit("agent_session", agent_session_id)
+
+    def add_usage(self, tokens: dict | None) -> None:
+        if tokens:
+            self._emit("usage", tokens)

@@ -21,6 +21,9 @@ A run with a workspace request (`RunSpec.workspace`) also sends "workspace" reco
 made on the worker (its path, its clones) or why it could not be (`status`, `error`), and, before each
 `turn_done`, `fail` and `exit`, what its clones pushed when that changed (`pushed`, `refused`).
 
+An "mcp" record is a call of the session's MCP tools made on the worker (`mcp_scope` says which it
+may be); the owner answers it with an "mcp_result" delivery.
+
 A record larger than CHUNK_BYTES travels as parts; `Reassembler` puts them back together, and the
 owner applies each record once, by its offset.
 """
@@ -30,6 +33,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+from bgd.agents.mcp_server import DAEMON_METHODS
+from bgd.rpc.scope import Scope
 
 try:  # the daemon's and the worker's fast JSON; the standard library gives the same text otherwise
     import orjson
@@ -51,7 +57,7 @@ BATCH_BYTES = 900_000        # one signal's records, well under Temporal's 2 MB 
 CHUNK_BYTES = 512_000        # a record longer than this travels in parts
 SEGMENT_SIGNALS = 1000       # signals per log segment (each is one history event)
 SEGMENT_BYTES = 16 << 20     # bytes per log segment (Temporal refuses histories over 50 MB)
-FLUSH_S = 0.01               # the shortest time between two signals of one log
+FLUSH_S = 0.04               # the shortest time between two signals of one log
 
 
 def worker_queue(task_queue: str, worker: str) -> str:
@@ -107,6 +113,7 @@ class RunSpec:
     # (a routine run, SPEC §8): {"run_id", "repos": [{"url", "ref"}], "push": [patterns], "keep_s"};
     # the agent then works in its first clone rather than launch["cwd"] (bgd.cluster.workspaces).
     workspace: dict | None = None
+    mcp_config: str | None = None  # the MCP config in the launch (argv or driver), as the owner wrote it
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -121,6 +128,14 @@ EXITED = "exited"        # the agent process ended (its exit record is in the lo
 LOST = "lost"            # the worker stopped heartbeating: the agent is gone with it
 STOPPED = "stopped"      # cancelled (bgctl stop): the agent was interrupted, then ended
 REFUSED = "refused"      # the worker could not start the agent (the error says why)
+
+
+def mcp_scope(session_id: str, origin: str | None) -> Scope:
+    """What a cluster session's MCP tools may call, checked on the worker before a call is relayed
+    and again by the owner before it runs: the MCP server's methods, for its own session (and, for
+    a desktop task's run, task.edit of that task)."""
+    task = origin[len("task:"):] if origin and origin.startswith("task:") else None
+    return Scope(session_id, DAEMON_METHODS, task=task, who="a cluster session's MCP tools")
 
 
 def lost_error(worker: str | None, timeout_s: float) -> str:

@@ -9,6 +9,10 @@ run's real `RunControl`, in order and once: the run's applied offset is stored i
 transaction as the record's effect, so a daemon killed and restarted resumes from the stored
 offsets, with no record lost or applied twice.
 
+A call of the session's MCP tools arrives the same way, as an "mcp" record from the worker's relay
+(relay.py): it runs here through the method table as that session, and its result goes back to the
+worker as a delivery.
+
 Per open run the daemon follows the run workflow's history (the claim: which worker, which log; the
 outcome) and, per (worker process) log, the log's history; both are long polls on the Temporal
 client's own thread (link.py), handed to trio in batches.
@@ -35,8 +39,6 @@ from bgd.cluster.link import LinkError, TemporalLink
 
 log = logging.getLogger("bgd.cluster")
 LOST_DRAIN_S = 5.0     # how long a lost run's last records may take to be read before it is failed
-# Backends whose drivers run on a worker's asyncio loop (the acp driver uses trio itself).
-CLUSTER_BACKENDS = ("claude", "command")
 NOT_CONFIGURED = ("this daemon has no [cluster] in config.toml, so nothing can run on the cluster; "
                   "add [cluster] with temporal = \"host:port\" (docs/cluster.md) or run it here")
 
@@ -107,22 +109,22 @@ class RemoteProcess:
 
 class ClusterDriver:
     """Wraps the backend's driver for a run on a worker: the worker runs the same driver on the
-    process; here it only decides what an exit means, and the rest travels as deliveries."""
-
-    schedules_wakeups = False   # the daemon's MCP tools need its socket, which a worker cannot reach
+    process; here it only decides what an exit means, and the rest travels as deliveries.  The
+    daemon's MCP tools reach the daemon through the worker's relay (bgd.cluster.relay)."""
 
     def __init__(self, real, service: "ClusterService", state: ClusterRun):
         self.real = real
         self.service = service
         self.state = state
         self.keeps_process = real.keeps_process
+        self.schedules_wakeups = real.schedules_wakeups
         self.provides_history = real.provides_history
         self.install_hint = real.install_hint
         self.session = real.session
         self.ctl = real.ctl
 
     def launch(self, text: str, mcp_config: str | None):
-        return self.real.launch(text, None)
+        return self.real.launch(text, mcp_config)
 
     async def started(self, text: str) -> None:
         pass  # the worker sends the first turn once the process runs
@@ -207,20 +209,16 @@ class ClusterService:
             self.link.start()
         return self.link
 
-    def check(self, agent=None) -> None:
-        """Dispatching to the cluster: refused at once when there is no [cluster], or when the agent's
-        backend cannot run on a worker."""
+    def check(self) -> None:
+        """Dispatching to the cluster: refused at once when there is no [cluster]."""
         if self.config is None:
             raise RpcError(INVALID_PARAMS, NOT_CONFIGURED)
-        if agent is not None and agent.backend not in CLUSTER_BACKENDS:
-            raise RpcError(INVALID_PARAMS, f"agent {agent.name!r} uses the {agent.backend} backend, whose driver "
-                                           "runs only inside the daemon (trio), not on a cluster worker; run it "
-                                           f"here, or use an agent with one of: {', '.join(CLUSTER_BACKENDS)}")
 
     # -- starting a run ---------------------------------------------------------------------------
 
-    def process(self, session, run, launch, agent_cfg, text: str, *, on_exit):
-        """The session runner's `_spawn` for a cluster session: the process and driver stand-ins."""
+    def process(self, session, run, launch, agent_cfg, text: str, *, on_exit, mcp_config: str | None = None):
+        """The session runner's `_spawn` for a cluster session: the process and driver stand-ins.
+        `mcp_config` is the daemon's MCP config the launch holds; the worker points it at its relay."""
         config = self.config
         if config is None:
             raise RpcError(INVALID_PARAMS, NOT_CONFIGURED)
@@ -234,9 +232,10 @@ class ClusterService:
         env.update(session.env)
         env.update(launch.env)
         env["BGD_SESSION_ID"] = session.id
-        # The conversation (the agent's history) or the workspace lives on the worker that ran it.
+        # The conversation (the agent's history: Claude Code's --resume state, an ACP agent's
+        # session/load) or the workspace lives on the worker that ran it: its later processes go there.
         made = session.workspace is not None and "path" in session.workspace
-        pinned = session.worker if ((session.has_history and run.driver.provides_history) or made) else None
+        pinned = session.worker if (session.has_history or made) else None
         state.spec = p.RunSpec(
             owner=self.owner, session_id=session.id, backend=agent_cfg.backend,
             launch={"argv": list(launch.argv), "env": env, "cwd": session.cwd,
@@ -247,6 +246,7 @@ class ClusterService:
                      "agent": {"name": agent_cfg.name, "backend": agent_cfg.backend,
                                "command": list(agent_cfg.command), "args": list(agent_cfg.args),
                                "env": dict(agent_cfg.env)}},
+            mcp_config=mcp_config,
             workspace=None if session.workspace is None or made else dict(session.workspace))
         state.process = RemoteProcess(self, state, on_exit)
         run.driver = ClusterDriver(run.driver, self, state)
@@ -487,6 +487,33 @@ class ClusterService:
             session = self.sessions.sessions.get(state.session_id)
             if session is not None and self._current(state) and session.worker != arg.get("worker"):
                 self.sessions.update(session, worker=arg.get("worker"))
+        elif op == "agent_session":
+            run.set_agent_session(arg)
+        elif op == "usage":
+            run.add_usage(arg)
+        elif op == "mcp" and self.nursery is not None:
+            # Applied once, in order, like the rest; answered once it has run.  A daemon killed
+            # before the answer leaves the worker's call to time out (relay.RELAY_TIMEOUT_S).
+            self.nursery.start_soon(self._relay, state, arg)
+
+    async def _relay(self, state: ClusterRun, call: dict) -> None:
+        """A call of the session's MCP tools, relayed by its worker: run here as that session, with
+        the checks of its scope, and the result (or the error) delivered back to the worker."""
+        from bgd.rpc.server import call_as
+        answer: dict[str, Any] = {"op": "mcp_result", "call": call.get("call")}
+        session = self.sessions.sessions.get(state.session_id)
+        try:
+            if session is None or not self._current(state):
+                raise RpcError(INVALID_STATE, f"session {state.session_id} no longer runs this process")
+            scope = p.mcp_scope(session.id, session.origin)
+            answer["result"] = await call_as(self.daemon, scope, call.get("method"), call.get("params"))
+        except RpcError as exc:
+            answer["error"] = exc.to_wire()
+        try:
+            await self.deliver(state, answer)
+        except RpcError as exc:
+            log.info("run %s: the answer to %s did not reach the worker: %s", state.workflow_id,
+                     call.get("method"), exc.message)
 
     def _on_outcome(self, workflow_id: str, outcome: dict) -> None:
         state = self.runs.get(workflow_id)

@@ -54,6 +54,7 @@ from bgd.agents.base import driver_class
 from bgd.cluster import codec
 from bgd.cluster import protocol as p
 from bgd.cluster.agent import LocalAgent, WorkerControl
+from bgd.cluster.relay import McpRelay
 from bgd.cluster.workflows import DELIVER_ACTIVITY, RUN_ACTIVITY, STATUS_ACTIVITY, AgentRun, ClusterStatus
 from bgd.cluster.workspaces import Workspaces
 from bgd.routines.workspace import CloneFailed, prepare_failure, read_pushes
@@ -292,6 +293,7 @@ class LiveRun:
         self.ctl._on_idle = self._idle_soon
         self.driver = driver_class(spec.backend)(self.agent_config, self.session, self.ctl)
         self.agent: LocalAgent | None = None
+        self.relay: McpRelay | None = None
         self.stopping: asyncio.Task | None = None
         self.started_at = time.time()
         self.idle_generation = 0
@@ -349,17 +351,20 @@ class LiveRun:
                 self.exit_sent = True
                 self.emit("exit", {"code": None, "stderr": ""})
                 return False
+            self.session.cwd = cwd   # what the driver tells the agent (ACP's session/new) is the clone here
         else:
             self.held = self.node.workspaces.hold(self.node.workspaces.of(cwd))
         env = dict(os.environ)
         env.update(launch.get("env") or {})
         stdin = launch.get("stdin")
-        self.agent = LocalAgent(list(launch["argv"]), cwd, env, self._line,
+        argv = await self._with_relay(list(launch["argv"]))
+        self.agent = LocalAgent(argv, cwd, env, self._line,
                                 stdin_text=stdin.encode() if stdin is not None else None)
         self.ctl.agent = self.agent
         try:
             await self.agent.start()
         except OSError as exc:
+            await self._ended()
             binary = launch["argv"][0]
             hint = self.driver.install_hint
             if isinstance(exc, FileNotFoundError) and not os.path.isdir(cwd):
@@ -376,8 +381,34 @@ class LiveRun:
             self.emit("exit", {"code": None, "stderr": ""})
             return False
         self.emit("started", {"worker": self.node.name, "pid": self.agent.pid})
+        task = asyncio.get_running_loop().create_task(self._after_exit())
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
         await self.driver.started(self.spec.text)
         return True
+
+    async def _with_relay(self, argv: list[str]) -> list[str]:
+        """The daemon's MCP tools, relayed to the owner (bgd.cluster.relay): the MCP config the owner
+        put in the launch becomes this machine's, calling this run's relay socket.  The driver's own
+        launch runs here too, with it, for what a driver keeps of its launch (the ACP driver names the
+        MCP servers in session/new); the argv stays the owner's, with what the owner added to it."""
+        config = self.spec.mcp_config
+        if not config:
+            return argv
+        self.relay = McpRelay(self.session.id, self.session.origin, self.emit)
+        await self.relay.start()
+        mine = self.relay.config(config)
+        self.driver.launch(self.spec.text, mine)
+        return [mine if part == config else part for part in argv]
+
+    async def _after_exit(self) -> None:
+        await self.agent.exited.wait()
+        await self._ended()
+
+    async def _ended(self) -> None:
+        self.ctl.end_background()
+        if self.relay is not None:
+            await self.relay.close()
 
     def _line(self, line: bytes) -> None:
         self.driver.line(line)
@@ -400,6 +431,8 @@ class LiveRun:
         if op == "stop":
             self.stop_soon()
             return {"ok": True}
+        if op == "mcp_result":   # the owner's answer to a relayed call: wanted until the run ends
+            return {"ok": self.relay is not None and self.relay.answered(message)}
         if self.ctl.stopping or self.agent is None or self.agent.exited.is_set():
             raise ApplicationError(f"the agent of session {self.session.id} on worker {self.node.name!r} "
                                    "has ended or is stopping", type="RunEnded", non_retryable=True)

@@ -30,6 +30,7 @@ import trio
 from bgcore import confinement
 from bgcore.network_policy import allowed_names, describe, is_confined, provider_hosts
 from bgcore.routines_file import clone_name
+from bgd.agents.mcp_server import DAEMON_METHODS
 from bgd.environments.proxy import FilteringProxy, ProxyError
 from bgd.environments.sandbox import DAEMON_SOCKET, PROXY_SOCKET, Sandbox, bwrap_argv, proxy_env
 from bgd.environments.setup import (RefreshFailed, ScriptResult, SetupCache, SetupFailed, check_syntax,
@@ -41,8 +42,8 @@ PROBE_TTL_S = 60.0
 REPORT_DELAY_S = 0.5
 # What a confined run's MCP server may ask of the daemon (its session's own loops, itself, its
 # outcome), and the parameter that must name its session.
-SCOPED_METHODS = {"loop.wakeup": "session", "loop.create": "session", "loop.list": "session",
-                  "loop.stop": "session", "session.get": "id", "routine.report_outcome": "session"}
+# A confined run's MCP tools: the daemon's, but no task.edit (a routine's run has no desktop task).
+SCOPED_METHODS = {method: key for method, key in DAEMON_METHODS.items() if method != "task.edit"}
 
 
 class SandboxUnavailable(Exception):
@@ -428,7 +429,8 @@ class Environments:
         """Serve the daemon, limited to `session_id`'s own calls, on `path`."""
         if self.daemon is None or self.nursery is None:
             return None
-        from bgd.rpc.server import Scope, handle_connection
+        from bgd.rpc.scope import Scope
+        from bgd.rpc.server import handle_connection
         sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         await sock.bind(str(path))
         os.chmod(path, 0o600)

@@ -14,8 +14,7 @@ import logging
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import trio
 
@@ -25,6 +24,7 @@ from bgcore.jsonrpc import (
 
 from bgd import fastjson
 from bgd.events import event_frame
+from bgd.rpc.scope import Scope
 from bgd.rpc.table import METHODS, Method, Params
 
 log = logging.getLogger("bgd.rpc.server")
@@ -43,24 +43,6 @@ def peer_uid(sock: trio.socket.SocketType) -> int | None:
         return None
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
-
-
-@dataclass(frozen=True)
-class Scope:
-    """A connection that may only make one session's own calls: the socket a confined routine run
-    sees (its MCP server's), which must not reach the rest of the daemon. `methods` maps each
-    allowed method to the parameter that must name the session."""
-
-    session: str
-    methods: Mapping[str, str]
-
-    def check(self, method: str, params: Any) -> None:
-        key = self.methods.get(method)
-        if key is None:
-            raise RpcError(PERMISSION_DENIED, f"{method} is not available to a confined run "
-                                              f"(only {', '.join(sorted(self.methods))})")
-        if not isinstance(params, dict) or params.get(key) != self.session:
-            raise RpcError(PERMISSION_DENIED, f"a confined run may call {method} only for its own session")
 
 
 class Connection:
@@ -172,6 +154,25 @@ _NO_PARAMS = Params(None)
 
 def _params(raw: Any) -> Params:
     return _NO_PARAMS if raw is None else Params(raw)
+
+
+async def call_as(daemon: Any, scope: Scope, method: Any, params: Any) -> Any:
+    """One call made for `scope`'s session from outside the socket (a cluster worker relays its
+    session's MCP tools): the method table and the checks of a connection with that scope."""
+    entry = METHODS.get(method) if isinstance(method, str) else None
+    if entry is None:
+        raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}")
+    if daemon.shutting_down:
+        raise RpcError(SHUTTING_DOWN, "bgd is shutting down; call again once it is back")
+    scope.check(method, params)
+    try:
+        result = entry.handler(daemon, _params(params), None)
+        return await result if entry.is_async else result
+    except RpcError:
+        raise
+    except Exception as exc:
+        log.error("method %s (for session %s) failed", method, scope.session, exc_info=exc)
+        raise RpcError(INTERNAL_ERROR, f"internal error in {method}; see the daemon's log") from None
 
 
 async def handle_connection(daemon: Any, stream: trio.SocketStream, scope: Scope | None = None) -> None:

@@ -158,8 +158,6 @@ class SessionManager:
         if agent_cfg is None:
             raise RpcError(INVALID_PARAMS, f"unknown agent {agent!r}; known agents: {', '.join(sorted(config.agents))} "
                                            f"(define others under [agents.NAME] in {self.config_path})")
-        if where != "local":
-            self.placements[where].check(agent_cfg)
         mode = permission_mode or config.permission_mode
         if mode not in PERMISSION_MODES:
             raise RpcError(INVALID_PARAMS, f"permission mode must be one of {', '.join(PERMISSION_MODES)}")
@@ -216,9 +214,9 @@ class SessionManager:
                                 f"define it again under [agents.{session.agent}]")
             return
         run = Run(self, session, driver_class(agent_cfg.backend), agent_cfg)
-        # A process placed elsewhere (the cluster) cannot reach the daemon's MCP server.
         placement = self.placements.get(session.where) if session.where != "local" else None
-        launch = run.driver.launch(text, self.mcp_config_for(session) if placement is None else None)
+        mcp_config = self.mcp_config_for(session)
+        launch = run.driver.launch(text, mcp_config)
         extra: dict[str, str] = {}
         for hook in self.env_for:
             extra.update(hook(session))
@@ -226,7 +224,7 @@ class SessionManager:
             launch.argv += hook(session, agent_cfg.backend)
         if placement is not None:
             launch.env = {**launch.env, **extra}
-            await self._spawn_placed(session, run, placement, agent_cfg, launch, text)
+            await self._spawn_placed(session, run, placement, agent_cfg, launch, text, mcp_config)
             return
         env = dict(os.environ)
         env.update(agent_cfg.env)
@@ -270,10 +268,12 @@ class SessionManager:
         self._changed(session)
         await run.driver.started(text)
 
-    async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, launch, text: str) -> None:
-        """A process that runs elsewhere (SPEC §14): the placement makes its stand-ins and starts it."""
+    async def _spawn_placed(self, session: Session, run: Run, placement: Any, agent_cfg, launch, text: str,
+                            mcp_config: str | None) -> None:
+        """A process that runs elsewhere (SPEC §14): the placement makes its stand-ins and starts it
+        (and gives the daemon's MCP server in `mcp_config` a way back here)."""
         try:
-            run.process = placement.process(session, run, launch, agent_cfg, text,
+            run.process = placement.process(session, run, launch, agent_cfg, text, mcp_config=mcp_config,
                                             on_exit=lambda code: self._on_exit(session, run, code))
             await run.process.start(self.nursery)
         except (RpcError, OSError) as exc:
