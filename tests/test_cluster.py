@@ -615,6 +615,16 @@ def test_a_routine_run_on_the_cluster_is_cloned_and_its_pushes_read_on_the_worke
     assert f"claude/x 0000000→{pushed[:7]}" in table and "main refused" in table
 
 
+def test_an_acp_routine_run_on_the_cluster_works_in_its_clone_there(bgd, cluster, tmp_path):
+    from routine_helpers import make_remote, wait_run
+    remote = make_remote(tmp_path)
+    _routine_owner(bgd, cluster, _routine("acp", remote, "say hi", 'agent = "fake-acp"\n'))
+    rec = wait_run(bgd, bgd.rpc("routine.run", {"name": "acp"})["id"], timeout=60)
+    # The driver names the clone on the worker in session/new (the agent refuses a relative one).
+    assert rec["status"] == "finished", rec
+    assert bgd.rpc("session.get", {"id": rec["session_id"]})["cwd"] == str(Path(rec["workspace"]) / "app")
+
+
 def test_a_routine_workspace_on_the_cluster_is_removed_by_its_worker(bgd, cluster, tmp_path):
     from routine_helpers import make_remote, wait_run
     remote = make_remote(tmp_path)
