@@ -244,7 +244,8 @@ def test_a_workspace_is_cloned_kept_and_removed(tmp_path):
     from bgd.routines.workspace import CloneFailed
     remote = make_remote(tmp_path)
     clock = [1000.0]
-    spaces = Workspaces(tmp_path / "worker", now=lambda: clock[0])
+    spaces = Workspaces(tmp_path / "worker", "w1", now=lambda: clock[0])
+    other = Workspaces(tmp_path / "worker", "w2", now=lambda: clock[0])   # another worker, same state dir
 
     async def main():
         request = {"run_id": "r1", "repos": [{"url": str(remote), "ref": None}], "push": ["claude/*"], "keep_s": 60}
@@ -261,6 +262,8 @@ def test_a_workspace_is_cloned_kept_and_removed(tmp_path):
         spaces.hold(spaces.of(str(run_dir / "app")))                     # a reply works in it
         clock[0] = 2000.0
         assert await spaces.prune() and run_dir.exists()
+        await other.prune(orphans=True)
+        assert run_dir.exists()                                          # not the other worker's to end
         spaces.release(run_dir)
         clock[0] = 2060.0
         await spaces.prune()
@@ -276,8 +279,10 @@ def test_a_workspace_is_cloned_kept_and_removed(tmp_path):
         # A workspace whose worker died mid-run ends when the next worker first looks.
         orphan = spaces.run_dir("me", "r3")
         orphan.mkdir(parents=True)
-        (orphan / MARKER).write_text(json.dumps({"owner": "me", "run_id": "r3", "keep_s": 0, "ended_at": None}))
+        (orphan / MARKER).write_text(json.dumps({"owner": "me", "run_id": "r3", "keep_s": 0, "ended_at": None,
+                                                 "worker": "w1"}))
         await spaces.prune()
+        await other.prune(orphans=True)
         assert orphan.exists()
         await spaces.prune(orphans=True)
         assert not orphan.exists()

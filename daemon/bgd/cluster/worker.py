@@ -480,7 +480,7 @@ class WorkerNode:
     def __init__(self, client: Client, *, name: str, slots: int, task_queue: str, state_dir: Path,
                  segment_signals: int = p.SEGMENT_SIGNALS):
         self.client = client
-        self.workspaces = Workspaces(state_dir)
+        self.workspaces = Workspaces(state_dir, name)
         self.segment_signals = segment_signals
         self.name = name
         self.task_queue = task_queue

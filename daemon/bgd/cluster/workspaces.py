@@ -8,8 +8,9 @@ pushed from its clones, and removes the workspace once it has been kept `keep_s`
 
 bgd.routines.workspace is trio code and the worker is asyncio: `call_trio` runs such a coroutine
 under `trio.run` on a thread of its own, and cancelling the asyncio side cancels it (git is killed).
-Each workspace has a small JSON file beside its clones saying whose run it is and when it ended, so
-a worker that restarts goes on keeping and removing what the one before it made.
+Each workspace has a small JSON file beside its clones saying whose run it is, which worker holds it
+and when it ended (none while an agent works in it), so a worker that restarts goes on keeping and
+removing what the one before it made, and two workers sharing a state dir leave each other's alone.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ async def call_trio(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 class Workspaces:
     """The runs' workspaces of one worker, under `<state dir>/runs/`."""
 
-    def __init__(self, state_dir: Path, now: Callable[[], float] = time.time):
+    def __init__(self, state_dir: Path, worker: str, now: Callable[[], float] = time.time):
         self.root = Path(state_dir) / "runs"
+        self.worker = worker     # two workers may share a state dir: each ends only its own orphans
         self.now = now
         self.in_use: Counter[Path] = Counter()   # run dir -> agent processes working in it now
         self._wake = asyncio.Event()
@@ -93,15 +95,20 @@ class Workspaces:
         finally:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                self._write(run_dir, {"owner": owner, "run_id": request["run_id"],
+                self._write(run_dir, {"owner": owner, "run_id": request["run_id"], "worker": self.worker,
                                       "keep_s": float(request.get("keep_s") or 0), "ended_at": None})
             except OSError as exc:
                 log.warning("workspace %s: cannot record it (%s); it is not removed by itself", run_dir, exc)
 
     def hold(self, run_dir: Path | None) -> Path | None:
-        """An agent process works in `run_dir` (a workspace's, or None): it is kept meanwhile."""
-        if run_dir is not None:
-            self.in_use[run_dir] += 1
+        """An agent process works in `run_dir` (a workspace's, or None): it is kept meanwhile (its
+        file says so too, for another worker on the same state dir)."""
+        if run_dir is None:
+            return None
+        self.in_use[run_dir] += 1
+        meta = self._read(run_dir) if self.in_use[run_dir] == 1 else None
+        if meta is not None and meta.get("ended_at") is not None:
+            self._update(run_dir, meta, ended_at=None, worker=self.worker)
         return run_dir
 
     def release(self, run_dir: Path) -> None:
@@ -112,11 +119,7 @@ class Workspaces:
         del self.in_use[run_dir]
         meta = self._read(run_dir)
         if meta is not None:
-            meta["ended_at"] = self.now()
-            try:
-                self._write(run_dir, meta)
-            except OSError as exc:
-                log.warning("workspace %s: %s", run_dir, exc)
+            self._update(run_dir, meta, ended_at=self.now())
         self._wake.set()
 
     async def housekeep(self) -> None:
@@ -144,10 +147,10 @@ class Workspaces:
             if meta is None:
                 continue
             if meta.get("ended_at") is None:
-                if not orphans:
-                    continue
+                if not orphans or meta.get("worker") != self.worker:
+                    continue   # in use (here or by another worker on this state dir)
+                self._update(run_dir, meta, ended_at=now)
                 meta["ended_at"] = now
-                self._write(run_dir, meta)
             due = float(meta["ended_at"]) + float(meta.get("keep_s") or 0)
             if due > now:
                 wait = min(wait, due - now)
@@ -162,6 +165,12 @@ class Workspaces:
             return json.loads((run_dir / MARKER).read_text())
         except (OSError, ValueError):
             return None
+
+    def _update(self, run_dir: Path, meta: dict, **changes: Any) -> None:
+        try:
+            self._write(run_dir, dict(meta, **changes))
+        except OSError as exc:
+            log.warning("workspace %s: %s", run_dir, exc)
 
     @staticmethod
     def _write(run_dir: Path, meta: dict) -> None:
