@@ -18,8 +18,8 @@ Everything it sends and reads through Temporal is encrypted with the cluster's k
 bgd.cluster.codec).  At start it opens the cluster's key check with that key and refuses to start
 when it cannot.  A run it cannot open fails (the owning daemon sees why); the worker then checks
 its key again, and if it is the one that is wrong it stops asking for work, with a one-line reason
-(exit status KEY_EXIT).  A routine run's workspace is
-cloned here, under `--state-dir` (bgd.cluster.workspaces).
+(exit status KEY_EXIT).  A routine run's workspace is cloned here, under `--state-dir`
+(bgd.cluster.workspaces).
 """
 
 from __future__ import annotations
@@ -637,6 +637,8 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
 
     def mismatch(message: str) -> None:
         def start() -> None:
+            if checks:
+                return   # one check at a time
             task = loop.create_task(recheck(message))
             checks.add(task)
             task.add_done_callback(checks.discard)
@@ -646,8 +648,14 @@ async def serve(address: str, *, name: str, slots: int, namespace: str, task_que
     client = await Client.connect(address, namespace=namespace, identity=name,
                                   data_converter=codec.data_converter(sealed))
     # Before asking for work: a worker whose key is not the cluster's does not start.
-    if not await codec.check_cluster_key(client, sealed, task_queue, create=False):
-        log.info("no owning daemon has used task queue %s yet: the key is checked with its first run", task_queue)
+    try:
+        if not await codec.check_cluster_key(client, sealed, task_queue, create=False):
+            log.info("no owning daemon has used task queue %s yet: the key is checked with its first run",
+                     task_queue)
+    except codec.KeyMismatch:
+        raise
+    except Exception as exc:   # the first run it cannot open says so instead
+        log.warning("cannot read the cluster's key check (%s); starting without it", exc)
     sealed.on_mismatch = mismatch
     node = WorkerNode(client, name=name, slots=slots, task_queue=task_queue, state_dir=state_dir,
                       segment_signals=segment_signals)

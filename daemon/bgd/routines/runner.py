@@ -344,7 +344,7 @@ class RoutineService:
             self._end(rec, "agent_failed", error=exc.message)
             return
         if self.records.get(run_id) is rec and rec.get("session_id") == session.id:
-            if rec["status"] == "running":
+            if workspace_request is None:  # on the cluster: once the worker made it (on_cluster_workspace)
                 self._start_timeout(rec, routine)
             if session.state not in BUSY:  # it ended before the hooks could hear of it
                 self._session_over(session)
