@@ -732,7 +732,8 @@ def main(argv: list[str]) -> int:
         key = codec.read_key(key_path)
     except codec.KeyFileError as exc:
         print(f"bgd worker: {exc}; copy the owning daemon's key file ([cluster] key_file, default "
-              "<config dir>/cluster.key) here, or give its copy with --key-file PATH", file=sys.stderr)
+              "<config dir>/cluster.key) here, or give its copy with --key-file PATH (on the owning daemon's "
+              "machine, `bgctl cluster status` makes it)", file=sys.stderr)
         return KEY_EXIT
     state_dir = Path(os.path.expanduser(args.state_dir)) if args.state_dir else default_state_dir()
 
