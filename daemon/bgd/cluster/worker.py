@@ -748,13 +748,20 @@ def main(argv: list[str]) -> int:
 
     try:
         asyncio.run(run())
+        code = 0
     except codec.KeyMismatch as exc:
         print(f"bgd worker: {exc}", file=sys.stderr)
-        return KEY_EXIT
+        code = KEY_EXIT
     except RuntimeError as exc:  # the SDK's "failed client connect" and the like
         print(f"bgd worker: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    # Everything of ours is done and flushed here.  The SDK's core threads may still call into
+    # Python while the interpreter finalizes, which aborts it now and then ("PyGILState_Release",
+    # status 134): leave without finalizing, with the status the worker chose.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def default_state_dir() -> Path:
