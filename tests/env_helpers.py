@@ -1,5 +1,6 @@
 """Helpers of the routine-environment tests: local HTTP(S) servers with names, and what the machine
-must have for them (bubblewrap, tinyproxy, socat; root for a mount namespace of the daemon's own).
+must have for them (bubblewrap, tinyproxy, a bridge: systemd-socket-proxyd or socat; root for a
+mount namespace of the daemon's own).
 
 Names without touching the machine: the daemon (and so the proxy it starts) runs in a mount
 namespace of its own (`unshare -m`) where a test hosts file is bound over /etc/hosts, mapping
@@ -22,13 +23,22 @@ NAMES = ("allowed.test", "blocked.test")
 
 
 def need_confinement() -> None:
-    missing = [tool for tool in ("bwrap", "tinyproxy", "socat") if shutil.which(tool) is None]
+    missing = [tool for tool in ("bwrap", "tinyproxy") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (tests/run installs bubblewrap, tinyproxy and socat as root)")
     from bgcore.confinement import probe
     result = probe()
     if not result.ok:
         pytest.skip(f"confinement does not work on this machine: {result.reason}")
+
+
+def bridges() -> list:
+    """The bridges this machine has (bgcore.confinement.find_bridge), each one a test parameter."""
+    from bgcore.confinement import Bridge, find_bridge
+    found = [find_bridge(kind) for kind in ("systemd-socket-proxyd", "socat")]
+    return [pytest.param(b, id=b.kind) if isinstance(b, Bridge) else
+            pytest.param(None, id=kind, marks=pytest.mark.skip(reason=b.reason))
+            for kind, b in zip(("systemd-socket-proxyd", "socat"), found)]
 
 
 def need_names() -> None:
