@@ -132,6 +132,14 @@ def test_the_probe_says_what_is_missing_and_how_to_fix_it(tmp_path):
     if Path("/usr/bin/bwrap").exists():
         assert not probe("bwrap", proxy="/nonexistent/tinyproxy").ok
         assert "--unshare-net" in probe_argv("bwrap")
+        old = tmp_path / "tinyproxy"
+        old.write_text("#!/bin/sh\necho 'tinyproxy 1.10.0'\n")
+        old.chmod(0o755)
+        too_old = probe("bwrap", proxy=str(old))
+        if probe().ok:
+            assert not too_old.ok and too_old.reason == (f"{old} is tinyproxy 1.10.0, older than 1.11: its configuration "
+                                                         "has no FilterType, so it cannot be a confined run's proxy")
+            assert "tinyproxy 1.11 or later" in too_old.fix
 
 
 def run_in(sandbox: Sandbox, command: list[str], **kw) -> subprocess.CompletedProcess:

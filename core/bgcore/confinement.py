@@ -13,6 +13,7 @@ Standard library only (bgctl runs the probe itself): a probe is one short `bwrap
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -181,10 +182,31 @@ def probe(bwrap: str = "bwrap", proxy: str = "tinyproxy", socat: str = "socat", 
         return Probe(False, f"tinyproxy ({proxy!r}) is not installed; a confined run's only way out is the "
                             "filtering proxy",
                      "install it (Debian/Ubuntu: apt-get install tinyproxy), or set [environment] proxy_command")
+    old = _old_tinyproxy(proxy, timeout)
+    if old is not None:
+        return Probe(False, f"{proxy} is tinyproxy {old}, older than 1.11: its configuration has no FilterType, "
+                            "so it cannot be a confined run's proxy",
+                     "install tinyproxy 1.11 or later (Debian 11, Ubuntu 22.04 and later have it), or set "
+                     "[environment] proxy_command to one")
     found = find_bridge(bridge, socat)
     if isinstance(found, Probe):
         return found
     return Probe(True, f"confined runs work here (bubblewrap {bwrap}, {proxy}, bridge: {found.describe()})")
+
+
+def _old_tinyproxy(program: str, timeout: float) -> str | None:
+    """The version `program -v` reports when it is a tinyproxy older than 1.11 (1.10 and before read
+    `FilterExtended`, not `FilterType`, and refuse the whole file), else None (a wrapper that says
+    something else is left to the proxy's own start)."""
+    try:
+        result = subprocess.run([program, "-v"], capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.match(r"tinyproxy (\d+)\.(\d+)(\S*)", (result.stdout or result.stderr).strip())
+    if match is None or (int(match.group(1)), int(match.group(2))) >= (1, 11):
+        return None
+    return f"{match.group(1)}.{match.group(2)}{match.group(3)}"
 
 
 def _namespace_fix(message: str) -> str:
