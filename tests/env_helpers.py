@@ -104,3 +104,29 @@ def servers():
     s = Servers()
     yield s
     s.close()
+
+
+def user_prefix(hosts: Path, uid: int, gid: int, needed: list[str], stage: Path) -> list[str]:
+    """A command prefix that runs the rest as uid:gid (setpriv, no capabilities left) in a mount
+    namespace of its own with `hosts` as /etc/hosts, where each of the `needed` paths (the test's
+    Python, its virtualenv, the source tree) can be reached by that user: a directory on their way
+    that others cannot enter (a Python installed under /root) is covered by an empty tmpfs there,
+    into which the parts on the way are bound back. Nothing changes outside the namespace."""
+    script = ['mount --bind "$0" /etc/hosts']
+    covered: dict[str, set[str]] = {}
+    for path in needed:
+        parts = Path(os.path.realpath(path)).parts
+        for depth in range(2, len(parts)):
+            ancestor = os.path.join(*parts[:depth])
+            if not os.stat(ancestor).st_mode & 0o001 and os.stat(ancestor).st_uid != uid:
+                covered.setdefault(ancestor, set()).add(os.path.join(ancestor, parts[depth]))
+                break
+    for n, (ancestor, children) in enumerate(sorted(covered.items())):
+        for m, child in enumerate(sorted(children)):
+            (stage / f"{n}-{m}").mkdir(parents=True)
+            script.append(f'mount --bind "{child}" "{stage}/{n}-{m}"')
+        script.append(f'mount -t tmpfs -o mode=755 bgagents-test "{ancestor}"')
+        for m, child in enumerate(sorted(children)):
+            script.append(f'mkdir -p "{child}" && mount --bind "{stage}/{n}-{m}" "{child}"')
+    script.append(f'exec setpriv --reuid={uid} --regid={gid} --clear-groups -- "$@"')
+    return ["unshare", "-m", "--propagation", "private", "sh", "-ec", " && ".join(script), str(hosts)]
