@@ -217,7 +217,7 @@ class FilteringProxy:
                                      "already taken by another program; stop it or leave the port to bgd")
                 raise ProxyError(f"the filtering proxy could not listen on 127.0.0.1: {attempts} free ports were "
                                  "each taken by another program before it could bind them; try the run again")
-        await self._start_bridge()
+        await self._start_bridge(nursery)
 
     async def _start_tinyproxy(self, nursery: trio.Nursery, port: int) -> str | None:
         conf = self.directory / "tinyproxy.conf"
@@ -264,7 +264,7 @@ class FilteringProxy:
                     if self.on_blocked is not None:
                         self.on_blocked(host)
 
-    async def _start_bridge(self) -> None:
+    async def _start_bridge(self, nursery: trio.Nursery) -> None:
         assert self.bridge is not None
         try:
             self.socket_path.unlink()
@@ -285,8 +285,18 @@ class FilteringProxy:
                                      f"{err.decode('utf-8', 'replace').strip() or 'it exited'}")
                 await trio.sleep(0.005)
             os.chmod(self.socket_path, 0o600)   # systemd-socket-activate makes it 0644 (its directory is 0700)
+            nursery.start_soon(self._drain_bridge, self._bridge)
             return
         raise ProxyError(f"{self.bridge.kind} did not listen on {self.socket_path} within {START_TIMEOUT_S:g} seconds")
+
+    async def _drain_bridge(self, proc: trio.Process) -> None:
+        """What the bridge says after it started (a connection it could not make), so a full pipe
+        never stops it."""
+        assert proc.stderr is not None
+        async for chunk in proc.stderr:
+            for line in chunk.decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.debug("proxy bridge %s: %s", self.socket_path.parent.name, line.strip())
 
     async def close(self) -> None:
         """Stop both processes (and every connection a socat bridge forked)."""
