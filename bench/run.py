@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,webhooks,fire,web_dom,cluster,env] [--quick] [--no-busy]`.
+"""Run bgagents' benchmarks: `python3 bench/run.py [--only cli,rpc,latency,rss,loops,tasks,http,webhooks,fire,web_dom,cluster,env,env_proxy] [--quick] [--no-busy]`.
 
 Each benchmark measures its own baseline in the same run (the machines are
 shared and noisy, so only ratios travel), prints its figures and PASS/FAIL
@@ -55,7 +55,8 @@ BENCHMARKS = {
     "web_dom": (bench_web.run_dom, {}, {"sessions": 20, "lines": 10, "pages": 3}),
     "web_idle": (bench_web.run_idle, {}, {"idle_s": 10.0, "sessions": 5}),
     "cluster": (bench_cluster.run, {}, {"sessions": 12, "lines": 20, "victims": 2}),
-    "env": (bench_env.run, {}, {"rounds": 3, "requests": 100, "blocks": 2}),
+    "env": (bench_env.run, {}, {"rounds": 3, "requests": 100}),
+    "env_proxy": (bench_env.run_proxy, {}, {"requests": 100}),
     "webhooks": (bench_routines.run_webhooks, {}, {"deliveries": 1000, "routines": 20, "rounds": 1}),
     "fire": (bench_routines.run_fire, {}, {"fires": 10, "medium_files": 500, "medium_commits": 5}),
 }

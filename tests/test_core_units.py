@@ -19,6 +19,7 @@ def test_config_defaults_without_a_file():
     assert config.default_agent == "claude"
     assert config.agents["claude"].command == ("claude",)
     assert config.stop_grace_s == 5.0 and config.max_frame_bytes == 1 << 20
+    assert config.environment.bridge == "auto" and parse_config('[environment]\nbridge = "socat"').environment.bridge == "socat"
 
 
 def test_config_agents_and_warnings():
@@ -36,6 +37,7 @@ def test_config_agents_and_warnings():
     ('[agents.x]\nbackend = "ssh"\ncommand = ["a"]\n', 'must be one of "claude", "command"'),
     ("idle_timeout_s = -1", "must be positive"),
     ("[scheduler]\nmax_concurrent_runs = 0", "max_concurrent_runs"),
+    ('[environment]\nbridge = "netcat"', "environment.bridge must be one of 'auto', 'systemd-socket-proxyd', 'socat'"),
 ])
 def test_config_errors_name_the_problem(text, message):
     with pytest.raises(ConfigError) as err:

@@ -322,6 +322,12 @@ def test_confinement_is_checked_and_fails_only_for_routines_that_need_it(bgd, ho
     code, report = doctor(bgd, home)
     here, = by_name(report)["confinement"]
     assert here["status"] == ("ok" if probe().ok else "warn"), here
+    if here["status"] == "ok":   # it names the bridge in use
+        assert "bridge: systemd-socket-proxyd (" in here["detail"] or "bridge: socat (" in here["detail"]
+        bgd.write_config('[environment]\nbridge = "socat"\n')
+        code, report = doctor(bgd, home)
+        chosen, = by_name(report)["confinement"]
+        assert chosen["status"] == "ok" and "bridge: socat (" in chosen["detail"], chosen
     bgd.write_config('[environment]\nbwrap = "/nonexistent/bwrap"\n')
     code, report = doctor(bgd, home)
     off, = by_name(report)["confinement"]

@@ -1,5 +1,5 @@
 """Routine environments piece by piece, with real processes: the filtering proxy (tinyproxy and its
-socat), the bubblewrap sandbox, the setup script's runner, the template's copies, and the
+bridge, systemd-socket-proxyd or socat), the bubblewrap sandbox, the setup script's runner, the template's copies, and the
 scoped daemon socket of a confined run."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from bgcore.confinement import probe, probe_argv
+from bgcore.confinement import SOCAT, Bridge, Probe, find_bridge, probe, probe_argv
 from bgd.environments.proxy import FilteringProxy, ProxyError
 from bgd.environments.sandbox import Sandbox, bwrap_argv, proxy_env
 from bgd.environments.setup import check_syntax, copy_workspace, make_template, run_script
-from env_helpers import Servers, hosts_file, named_prefix, need_confinement, need_names, servers  # noqa: F401
+from env_helpers import Servers, bridges, hosts_file, named_prefix, need_confinement, need_names, servers  # noqa: F401
 from routine_helpers import git, make_remote
 
 PY = sys.executable
@@ -132,6 +132,14 @@ def test_the_probe_says_what_is_missing_and_how_to_fix_it(tmp_path):
     if Path("/usr/bin/bwrap").exists():
         assert not probe("bwrap", proxy="/nonexistent/tinyproxy").ok
         assert "--unshare-net" in probe_argv("bwrap")
+        old = tmp_path / "tinyproxy"
+        old.write_text("#!/bin/sh\necho 'tinyproxy 1.10.0'\n")
+        old.chmod(0o755)
+        too_old = probe("bwrap", proxy=str(old))
+        if probe().ok:
+            assert not too_old.ok and too_old.reason == (f"{old} is tinyproxy 1.10.0, older than 1.11: its configuration "
+                                                         "has no FilterType, so it cannot be a confined run's proxy")
+            assert "tinyproxy 1.11 or later" in too_old.fix
 
 
 def run_in(sandbox: Sandbox, command: list[str], **kw) -> subprocess.CompletedProcess:
@@ -202,7 +210,100 @@ def test_proxy_env_points_everything_at_the_bridge():
     assert ["--ro-bind", "/dev/null", "/home/u/.netrc"] == argv[argv.index("/home/u/.netrc") - 2:argv.index("/home/u/.netrc") + 1]
     assert argv[argv.index("--unshare-net") - 3:argv.index("--unshare-net")] == ["--bind", "/run/d.sock",
                                                                                "/tmp/.bgagents-daemon.sock"]
-    assert argv[-2:] == ["agent", "--flag"] and "socat TCP-LISTEN:3128" in argv[-4]
+    assert argv[-2:] == ["agent", "--flag"]
+    assert argv[-4].startswith("socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr,nodelay "
+                               "UNIX-CONNECT:/tmp/.bgagents-proxy.sock & ")
+    systemd = Bridge("systemd-socket-proxyd", "/usr/lib/systemd/systemd-socket-proxyd", "/usr/bin/systemd-socket-activate")
+    argv = bwrap_argv(Sandbox(proxy_socket="/run/p.sock", proxy_port=8080, bridge=systemd), ["agent"])
+    assert argv[-3].startswith("SYSTEMD_LOG_LEVEL=warning /usr/bin/systemd-socket-activate -l 127.0.0.1:8080 "
+                               "/usr/lib/systemd/systemd-socket-proxyd /tmp/.bgagents-proxy.sock & ")
+    assert systemd.unix_to_tcp("/r/proxy.sock", 4000) == ["/usr/bin/systemd-socket-activate", "-l", "/r/proxy.sock",
+                                                           "/usr/lib/systemd/systemd-socket-proxyd", "127.0.0.1:4000"]
+    assert SOCAT.unix_to_tcp("/r/proxy.sock", 4000) == ["socat", "UNIX-LISTEN:/r/proxy.sock,fork,mode=600,unlink-early",
+                                                         "TCP:127.0.0.1:4000,nodelay"]
+    assert SOCAT.env == {}
+
+
+def test_the_bridge_is_systemd_socket_proxyd_where_installed_else_socat():
+    def machine(*programs):
+        paths = {name: f"/usr/bin/{name}" for name in programs}
+        return dict(which=paths.get, executable=lambda path: "proxyd-in-lib" in programs
+                    and path == "/usr/lib/systemd/systemd-socket-proxyd")
+
+    everything = machine("socat", "systemd-socket-activate", "proxyd-in-lib")
+    found = find_bridge("auto", **everything)
+    assert found == Bridge("systemd-socket-proxyd", "/usr/lib/systemd/systemd-socket-proxyd",
+                           "/usr/bin/systemd-socket-activate")
+    assert find_bridge("socat", **everything) == Bridge("socat", "/usr/bin/socat")
+    assert find_bridge("auto", **machine("socat", "proxyd-in-lib")) == Bridge("socat", "/usr/bin/socat")
+    forced = find_bridge("systemd-socket-proxyd", **machine("socat", "proxyd-in-lib"))
+    assert isinstance(forced, Probe) and not forced.ok
+    assert forced.reason.startswith("systemd-socket-activate is not installed") and 'bridge = "auto"' in forced.fix
+    neither = find_bridge("auto", **machine("systemd-socket-activate"))
+    assert isinstance(neither, Probe) and "neither systemd-socket-proxyd nor socat ('socat')" in neither.reason
+    assert "apt-get install socat" in neither.fix
+
+
+_CHAIN_CLIENT = """
+import json, ssl, sys, urllib.error, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[1])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": "http://127.0.0.1:3128",
+                                                                  "https": "http://127.0.0.1:3128"}),
+                                     urllib.request.HTTPSHandler(context=context))
+out = []
+for url in sys.argv[2:]:
+    try:
+        with opener.open(url, timeout=10) as response:
+            out.append([response.status, response.read().decode()])
+    except urllib.error.HTTPError as exc:
+        out.append([exc.code, exc.read().decode()])
+    except urllib.error.URLError as exc:
+        out.append(["error", str(exc.reason)])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("bridge", bridges())
+async def test_a_sandbox_reaches_exactly_the_allowed_hosts_through_its_bridge(tmp_path, bridge):
+    """The whole chain a confined run uses: the bridge in the sandbox, the Unix socket, the bridge
+    outside, tinyproxy; HTTP and HTTPS CONNECT, allowed and refused (a refused host is counted)."""
+    need_confinement()
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost", "127.0.0.2").configure_cert(server_context)
+    plain, tls = Servers(), Servers(tls=server_context)
+    (tmp_path / "client.py").write_text(_CHAIN_CLIENT)
+    (tmp_path / "tmp").mkdir()
+    port, tls_port = (s.servers["allowed.test"].server_address[1] for s in (plain, tls))
+    urls = [f"http://localhost:{port}/", f"https://localhost:{tls_port}/", f"http://127.0.0.2:{port}/",
+            f"https://127.0.0.2:{tls_port}/"]
+    proxy = FilteringProxy(("localhost",), tmp_path / "proxy", policy='["localhost"]', bridge=bridge)
+    try:
+        async with trio.open_nursery() as nursery:
+            await proxy.start(nursery)
+            try:
+                assert oct(proxy.socket_path.stat().st_mode & 0o777) == "0o600"
+                sandbox = Sandbox(binds=[(str(tmp_path), str(tmp_path))], tmp=str(tmp_path / "tmp"),
+                                  proxy_socket=str(proxy.socket_path), bridge=bridge, chdir=str(tmp_path))
+                result = await trio.run_process(bwrap_argv(sandbox, [PY, str(tmp_path / "client.py"), str(cafile),
+                                                                     *urls]), capture_stdout=True, capture_stderr=True,
+                                                check=False)
+            finally:
+                await proxy.close()
+    finally:
+        plain.close()
+        tls.close()
+    assert result.returncode == 0, result.stderr.decode()
+    if bridge.kind == "systemd-socket-proxyd":
+        assert result.stderr == b""     # it says nothing when all is well (socat may log a peer's early close)
+    out = __import__("json").loads(result.stdout)
+    assert out[0] == out[1] == [200, "hello from allowed.test\n"]
+    assert out[2][0] == 403 and f'bgagents: http://127.0.0.2:{port}/ is not allowed by network = ["localhost"]' in out[2][1]
+    assert out[3][0] == "error" and "403" in out[3][1]
+    assert dict(proxy.blocked) == {"127.0.0.2": 2}
 
 
 async def test_the_setup_runner_gives_eof_kills_what_is_left_and_times_out(tmp_path):

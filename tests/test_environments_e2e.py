@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import Bgd, wait_until
-from env_helpers import hosts_file, named_prefix, need_confinement, need_names, servers  # noqa: F401
+from bgcore.confinement import probe_argv
+from env_helpers import (bridges, hosts_file, named_prefix, need_confinement, need_names, servers,  # noqa: F401
+                         user_prefix)
 from routine_helpers import make_remote, transcript_text, wait_run
 
 CONFIG = '[routines]\nstagger = false\n'
@@ -260,3 +265,101 @@ def test_a_confined_run_sees_its_workspace_and_not_the_rest(tmp_path):
         bgd.stop_any()
         shutil.rmtree(sock_dir, ignore_errors=True)
         subprocess.run(["rm", "-rf", str(base)])
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+    base: Path       # theirs: the daemon's dirs and the routine's remote
+
+
+class UserBgd(Bgd):
+    """A daemon run as another user: it answers only that user, so every call goes through bgctl
+    run as them (`prefix`)."""
+
+    prefix: list[str] = []
+
+    def rpc(self, method: str, params: dict | None = None):
+        result = subprocess.run([*self.prefix, sys.executable, "-m", "bgctl", "--no-spawn", "--json", "rpc", method,
+                                 json.dumps(params or {})], env=self.env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"bgctl rpc {method}: {result.stderr}"
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def test_user():
+    """A real user without privileges, made for the test (useradd) and removed after it (userdel)."""
+    if os.geteuid() != 0:
+        pytest.skip("running bgd as another user needs root (to create the user)")
+    missing = [tool for tool in ("useradd", "userdel", "setpriv", "unshare") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed")
+    name = f"bgt{os.getpid()}"
+    base = Path(tempfile.mkdtemp(prefix="bgagents-user-", dir="/var/tmp"))
+    base.chmod(0o755)
+    made = subprocess.run(["useradd", "--home-dir", str(base / "home"), "--create-home", "--shell", "/bin/sh",
+                           "--user-group", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"useradd {name} failed: {made.stderr.strip()}")
+    try:
+        entry = pwd.getpwnam(name)
+        yield User(name, entry.pw_uid, entry.pw_gid, base)
+    finally:
+        removed = subprocess.run(["userdel", "--remove", name], capture_output=True, text=True)
+        shutil.rmtree(base, ignore_errors=True)
+        assert removed.returncode == 0, f"userdel {name}: {removed.stderr}"
+
+
+@pytest.mark.parametrize("bridge", bridges())
+def test_a_confined_routine_runs_as_a_user_without_privileges(test_user, tmp_path, servers, bridge):  # noqa: F811
+    """Every other test here runs bgd as root; a user runs it as themselves, and bubblewrap then
+    makes its namespaces in a user namespace of its own."""
+    need_confinement()
+    user = test_user
+    hosts = hosts_file(tmp_path)
+    hosts.chmod(0o644)
+    tree = Path(__file__).resolve().parent.parent
+    prefix = user_prefix(hosts, user.uid, user.gid, [sys.executable, sys.prefix, sys.base_prefix, str(tree)],
+                         tmp_path / "stage")
+    # Whether this kernel lets a user without privileges make the namespaces of a confined run.
+    tried = subprocess.run([*prefix, *probe_argv("bwrap")], capture_output=True, text=True, timeout=30)
+    if tried.returncode != 0:
+        pytest.skip("bubblewrap cannot make a sandbox as a user without privileges here "
+                    f"({tried.stderr.strip().splitlines()[-1:] or tried.returncode}); see /proc/sys/user/"
+                    "max_user_namespaces and kernel.unprivileged_userns_clone")
+    a, b = servers.url("allowed.test"), servers.url("blocked.test")
+    remote = make_remote(user.base)
+    sock_dir = user.base / "run"
+    sock_dir.mkdir()
+    bgd = UserBgd(user.base, sock_dir)
+    bgd.prefix = prefix
+    bgd.write_config(CONFIG + f'[environment]\nbridge = "{bridge.kind}"\n')
+    prompt = f"sh id -u; sh cat codes.txt; fetch {a}; fetch {b}; sh touch {user.base}/home/x 2>&1 | grep -c Read-only; say done"
+    (bgd.config_dir / "routines.toml").write_text(
+        routine("mine", remote, prompt, f'network = ["allowed.test"]\nsetup = {json.dumps(PROBE.format(a=a, b=b))}'))
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(user.base)], check=True)
+    env = {k: v for k, v in bgd.env.items() if k not in ("XDG_RUNTIME_DIR", "SSH_AUTH_SOCK")}
+    bgd.env = dict(env, HOME=str(user.base / "home"), USER=user.name, LOGNAME=user.name)
+    try:
+        bgd.start(prefix=prefix, wait=False)
+        wait_until(lambda: bgd.socket.exists() or bgd.proc.poll() is not None, what="the socket")
+        assert bgd.proc.poll() is None, bgd.log()
+        assert Path(f"/proc/{bgd.proc.pid}/status").read_text().count(f"\t{user.uid}\t") >= 1
+        check = bgd.rpc("environment.check")
+        assert check["ok"] is True and check["bridge"] == bridge.kind, check
+        rec = run(bgd, "mine")
+        assert rec["status"] == "finished", (rec, bgd.log())
+        assert rec["cache"] == "built" and rec["environment"]["confined"] is True
+        lines = said(bgd, rec["session_id"])
+        assert lines[:5] == [f"sh exit 0: {user.uid}", "sh exit 0: 200 | 403", f"fetch {a}: 200", f"fetch {b}: 403",
+                             "sh exit 0: 1"], lines
+        rec = wait_until(lambda: (r := bgd.rpc("routine.get_run", {"id": rec["id"]})).get("blocked") and r,
+                         what="blocked hosts")
+        assert rec["blocked"] == {"blocked.test": 2}
+        owners = {p.stat().st_uid for p in (bgd.state_dir / "runs").rglob("*")}
+        assert owners == {user.uid}     # everything the run made is the user's
+    finally:
+        bgd.stop_any()

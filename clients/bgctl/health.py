@@ -254,12 +254,12 @@ def check_tasks(config_dir: Path, config) -> list[Check]:
 
 def check_confinement(config_dir: Path, config) -> list[Check]:
     """Whether routines with a closed network can run here (bgcore.confinement.probe: a test sandbox
-    with the configured bubblewrap, tinyproxy and socat). A failure matters only to routines that ask
+    with the configured bubblewrap, tinyproxy and bridge, named in the line). A failure matters only to routines that ask
     for one: a warning otherwise, naming which ones would be refused when some do."""
     from bgcore.confinement import probe
 
     env = getattr(config, "environment", None)
-    result = probe(env.bwrap, env.proxy_command[0], env.socat) if env is not None else probe()
+    result = probe(env.bwrap, env.proxy_command[0], env.socat, bridge=env.bridge) if env is not None else probe()
     if result.ok:
         return [Check("confinement", OK, result.reason)]
     closed = _closed_routines(config_dir, config)

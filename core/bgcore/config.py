@@ -44,7 +44,8 @@ class EnvironmentConfig:
     """[environment]: how routine environments are made (docs/environments.md)."""
     bwrap: str = "bwrap"                          # bubblewrap, for confined runs
     proxy_command: tuple[str, ...] = ("tinyproxy",)  # the filtering proxy (run with -d -c FILE)
-    socat: str = "socat"                          # the bridge between the sandbox and the proxy
+    bridge: str = "auto"                          # between the sandbox and the proxy: auto | systemd-socket-proxyd | socat
+    socat: str = "socat"                          # the bridge where systemd-socket-proxyd is missing (or chosen)
     proxy_port: int = 3128                        # where HTTP_PROXY points inside the sandbox
     setup_timeout_s: float = 600.0                # a routine's setup script, unless it sets its own
     setup_cache_days: float = 7.0                 # a cached setup older than this is built again
@@ -376,8 +377,9 @@ def _parse_routines(raw: dict, github: dict, where, check_type, warnings: list[s
                           stagger=raw.get("stagger", True), webhook_secret_file=secret)
 
 
+BRIDGES = ("auto", "systemd-socket-proxyd", "socat")   # [environment] bridge (bgcore.confinement.find_bridge)
 _ENVIRONMENT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "bwrap": str, "proxy_command": (str, list), "socat": str, "proxy_port": int,
+    "bwrap": str, "proxy_command": (str, list), "bridge": str, "socat": str, "proxy_port": int,
     "setup_timeout_s": (int, float), "setup_cache_days": (int, float)}
 
 
@@ -398,6 +400,10 @@ def _parse_environment(raw: dict, where, check_type, warnings: list[str]) -> Env
     for key in ("bwrap", "socat"):
         if key in raw and not raw[key].strip():
             raise ConfigError(f"{where(key)}: environment.{key} must be a program name or path")
+    bridge = raw.get("bridge", d.bridge)
+    if bridge not in BRIDGES:
+        raise ConfigError(f"{where('bridge')}: environment.bridge must be one of " + ", ".join(map(repr, BRIDGES))
+                          + " (\"auto\": systemd-socket-proxyd where installed, else socat)")
     port = raw.get("proxy_port", d.proxy_port)
     if not 1 <= port <= 65535:
         raise ConfigError(f"{where('proxy_port')}: environment.proxy_port must be a TCP port (1-65535)")
@@ -408,7 +414,7 @@ def _parse_environment(raw: dict, where, check_type, warnings: list[str]) -> Env
     if days < 0:
         raise ConfigError(f"{where('setup_cache_days')}: environment.setup_cache_days must be 0 or more "
                           "(0: run the setup script for every run)")
-    return EnvironmentConfig(bwrap=raw.get("bwrap", d.bwrap), proxy_command=tuple(command),
+    return EnvironmentConfig(bwrap=raw.get("bwrap", d.bwrap), proxy_command=tuple(command), bridge=bridge,
                              socat=raw.get("socat", d.socat), proxy_port=port, setup_timeout_s=float(timeout),
                              setup_cache_days=float(days))
 

@@ -3,9 +3,11 @@
 Each confined phase of a run (its setup script, its agent) gets its own tinyproxy on a free port
 of 127.0.0.1, with a filter file built from the allowed names (`FilterDefaultDeny Yes`: only what
 the filter matches passes, for plain HTTP and for HTTPS CONNECT alike) and a refusal page that
-says which policy refused the host. A socat beside it accepts connections on a Unix socket and
-forwards each to that port; the socket is what the sandbox sees (sandbox.py puts a second socat
-inside the sandbox, on 127.0.0.1:PROXY_PORT, so programs use an ordinary HTTP proxy address).
+says which policy refused the host. A bridge beside it (systemd-socket-proxyd, else socat:
+bgcore.confinement.Bridge) accepts connections on a Unix socket and forwards each to that port;
+the socket is what the sandbox sees (sandbox.py puts a second bridge inside the sandbox, on
+127.0.0.1:PROXY_PORT, so programs use an ordinary HTTP proxy address). tinyproxy cannot listen on
+a Unix socket itself, and the sandbox's network namespace has nothing else that leads out.
 
 tinyproxy logs every refusal ("Proxying refused on filtered domain ..."); the proxy reads its log
 as it comes and counts each refused host for the run record.
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import trio
+
+from bgcore.confinement import Bridge, Probe, find_bridge
 
 log = logging.getLogger("bgd.environments.proxy")
 
@@ -137,6 +141,22 @@ def _members(pgid: int) -> list[int]:
     return members
 
 
+def unix_listens(path: str | Path) -> bool:
+    """Whether a Unix socket at `path` accepts connections (a listening entry in /proc/net/unix)."""
+    wanted = str(path)
+    try:
+        with open("/proc/net/unix") as table:
+            next(table)
+            for row in table:
+                fields = row.split(None, 7)
+                # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening
+                if len(fields) == 8 and fields[7].rstrip("\n") == wanted and int(fields[3], 16) & 0x10000:
+                    return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -144,26 +164,26 @@ def free_port() -> int:
 
 
 class FilteringProxy:
-    """One tinyproxy and the socat that serves it on a Unix socket, for one phase of one run.
+    """One tinyproxy and the bridge that serves it on a Unix socket, for one phase of one run.
 
     `async with proxy:` is not offered on purpose: the proxy of an agent outlives the call that
     starts it (it lives as long as the agent's process), so the owner calls `start` and `close`."""
 
     def __init__(self, names: tuple[str, ...], directory: Path, *, policy: str,
-                 command: tuple[str, ...] = ("tinyproxy",), socat: str = "socat", port: int = 0,
+                 command: tuple[str, ...] = ("tinyproxy",), bridge: Bridge | None = None, port: int = 0,
                  on_blocked: Callable[[str], None] | None = None):
         self.names = names
         self.directory = Path(directory)
         self.policy = policy
         self.command = tuple(command)
-        self.socat = socat
+        self.bridge = bridge                  # None: bgcore.confinement.find_bridge() at start
         self.port = port                      # 0: a free port, chosen at start
         self.on_blocked = on_blocked
         self.blocked: Counter[str] = Counter()
         self.socket_path = self.directory / "proxy.sock"
         self.output: list[str] = []           # tinyproxy's last lines, for an error message
         self._tinyproxy: trio.Process | None = None
-        self._socat: trio.Process | None = None
+        self._bridge: trio.Process | None = None
         self.on_close: Callable[[], None] | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -172,10 +192,12 @@ class FilteringProxy:
         program = self.command[0] if self.command else "tinyproxy"
         if shutil.which(program) is None:
             raise ProxyError(f"the filtering proxy {program!r} is not installed; install tinyproxy "
-                             "(Debian/Ubuntu: apt-get install tinyproxy) or set [routines] proxy_command")
-        if shutil.which(self.socat) is None:
-            raise ProxyError(f"{self.socat!r} is not installed; install socat (Debian/Ubuntu: apt-get install socat) "
-                             "or set [routines] socat")
+                             "(Debian/Ubuntu: apt-get install tinyproxy) or set [environment] proxy_command")
+        if self.bridge is None:
+            found = find_bridge()
+            if isinstance(found, Probe):
+                raise ProxyError(f"{found.reason}; {found.fix}")
+            self.bridge = found
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "filter").write_text(filter_rules(self.names))
         (self.directory / "refused.html").write_text(refusal_page(self.policy))
@@ -195,7 +217,7 @@ class FilteringProxy:
                                      "already taken by another program; stop it or leave the port to bgd")
                 raise ProxyError(f"the filtering proxy could not listen on 127.0.0.1: {attempts} free ports were "
                                  "each taken by another program before it could bind them; try the run again")
-        await self._start_socat(nursery)
+        await self._start_bridge(nursery)
 
     async def _start_tinyproxy(self, nursery: trio.Nursery, port: int) -> str | None:
         conf = self.directory / "tinyproxy.conf"
@@ -242,45 +264,56 @@ class FilteringProxy:
                     if self.on_blocked is not None:
                         self.on_blocked(host)
 
-    async def _start_socat(self, nursery: trio.Nursery) -> None:
+    async def _start_bridge(self, nursery: trio.Nursery) -> None:
+        assert self.bridge is not None
         try:
             self.socket_path.unlink()
         except FileNotFoundError:
             pass
-        argv = [self.socat, f"UNIX-LISTEN:{self.socket_path},fork,mode=600,unlink-early",
-                f"TCP:127.0.0.1:{self.port},nodelay"]
+        argv = self.bridge.unix_to_tcp(str(self.socket_path), self.port)
         try:
-            self._socat = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
-                                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                           start_new_session=True)
+            self._bridge = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                            stderr=subprocess.PIPE, start_new_session=True,
+                                                            env={**os.environ, **self.bridge.env})
         except OSError as exc:
-            raise ProxyError(f"cannot run {self.socat!r}: {exc.strerror or exc}") from None
+            raise ProxyError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         with trio.move_on_after(START_TIMEOUT_S):
-            while not self.socket_path.exists():
-                if self._socat.poll() is not None:
-                    err = await self._socat.stderr.receive_some(4096) if self._socat.stderr else b""
-                    raise ProxyError(f"socat could not listen on {self.socket_path}: "
+            while not unix_listens(self.socket_path):
+                if self._bridge.poll() is not None:
+                    err = await self._bridge.stderr.receive_some(4096) if self._bridge.stderr else b""
+                    raise ProxyError(f"{self.bridge.kind} could not listen on {self.socket_path}: "
                                      f"{err.decode('utf-8', 'replace').strip() or 'it exited'}")
                 await trio.sleep(0.005)
+            os.chmod(self.socket_path, 0o600)   # systemd-socket-activate makes it 0644 (its directory is 0700)
+            nursery.start_soon(self._drain_bridge, self._bridge)
             return
-        raise ProxyError(f"socat did not make {self.socket_path} within {START_TIMEOUT_S:g} seconds")
+        raise ProxyError(f"{self.bridge.kind} did not listen on {self.socket_path} within {START_TIMEOUT_S:g} seconds")
+
+    async def _drain_bridge(self, proc: trio.Process) -> None:
+        """What the bridge says after it started (a connection it could not make), so a full pipe
+        never stops it."""
+        assert proc.stderr is not None
+        async for chunk in proc.stderr:
+            for line in chunk.decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.debug("proxy bridge %s: %s", self.socket_path.parent.name, line.strip())
 
     async def close(self) -> None:
-        """Stop both processes (and every connection socat forked)."""
-        for proc in (self._socat, self._tinyproxy):
+        """Stop both processes (and every connection a socat bridge forked)."""
+        for proc in (self._bridge, self._tinyproxy):
             if proc is not None:
                 _kill(proc)
         with trio.CancelScope(shield=True):
-            for proc in (self._socat, self._tinyproxy):
+            for proc in (self._bridge, self._tinyproxy):
                 if proc is not None:
                     await proc.wait()
-        self._socat = self._tinyproxy = None
+        self._bridge = self._tinyproxy = None
         if self.on_close is not None:
             self.on_close()
 
 
 def _kill(proc: trio.Process) -> None:
-    """SIGKILL the process's whole group (socat's forked children and tinyproxy's threads)."""
+    """SIGKILL the process's whole group (a socat bridge's forked children, tinyproxy's threads)."""
     if proc.returncode is not None:
         return
     try:

@@ -1,9 +1,10 @@
 """The bubblewrap sandbox a routine's setup script and agent run in.
 
 A *confined* sandbox (network policy other than "full"):
-- a network namespace of its own: only loopback, and on it a socat (started inside, before the
-  program) listening on 127.0.0.1:PROXY_PORT and forwarding to the filtering proxy's Unix socket,
-  bound in at PROXY_SOCKET; the program gets HTTP_PROXY and friends pointing there;
+- a network namespace of its own: only loopback, and on it the bridge (systemd-socket-proxyd or
+  socat, bgcore.confinement.Bridge; started inside, before the program) listening on
+  127.0.0.1:PROXY_PORT and forwarding to the filtering proxy's Unix socket, bound in at
+  PROXY_SOCKET; the program gets HTTP_PROXY and friends pointing there;
 - the whole file system read-only, with a private /tmp (a directory of the run), the workspace
   read-write, and hidden behind empty directories (or an empty file): bgd's state dir (every
   run's workspace, the setup caches, the database), its config dir (env files, secrets), the
@@ -22,7 +23,10 @@ and the workspace bound at the template's path.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
+
+from bgcore.confinement import SOCAT, Bridge
 
 __all__ = ["DAEMON_SOCKET", "PROXY_SOCKET", "Sandbox", "bwrap_argv", "proxy_env"]
 
@@ -44,6 +48,7 @@ class Sandbox:
     proxy_socket: str | None = None                              # host path of the proxy's socket
     daemon_socket: str | None = None                             # host path of the run's daemon socket
     proxy_port: int = 3128
+    bridge: Bridge = SOCAT                                       # what listens on proxy_port inside
     chdir: str | None = None
     empty: str = "/dev/null"                                     # an empty file, put over hidden files
 
@@ -84,17 +89,19 @@ def bwrap_argv(sandbox: Sandbox, command: list[str]) -> list[str]:
         argv += ["--chdir", s.chdir]
     argv.append("--")
     if s.confined and s.proxy_socket is not None:
-        return argv + ["bash", "--noprofile", "--norc", "-c", _bridge_script(s.proxy_port), "bgagents-bridge",
-                       *command]
+        return argv + ["bash", "--noprofile", "--norc", "-c", _bridge_script(s.bridge, s.proxy_port),
+                       "bgagents-bridge", *command]
     return argv + list(command)
 
 
-def _bridge_script(port: int) -> str:
-    # socat inside the sandbox: 127.0.0.1:port -> the proxy's socket. The program starts once it
-    # listens (its LISTEN line in /proc/net/tcp), so its first request never finds nothing there.
+def _bridge_script(bridge: Bridge, port: int) -> str:
+    # The bridge inside the sandbox: 127.0.0.1:port -> the proxy's socket. The program starts once
+    # it listens (its LISTEN line in /proc/net/tcp), so its first request never finds nothing there.
     listen = f":{port:04X} 00000000:0000 0A"
     tries = BRIDGE_WAIT_S * 100
-    return (f"socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay UNIX-CONNECT:{PROXY_SOCKET} & "
+    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in bridge.env.items()),
+                        shlex.join(bridge.tcp_to_unix(port, PROXY_SOCKET))])
+    return (f"{command} & "
             f"i=0; until grep -q '{listen}' /proc/net/tcp; do i=$((i+1)); "
             f"if [ $i -gt {tries} ]; then echo 'bgagents: the proxy bridge did not start' >&2; break; fi; "
             f"sleep 0.01; done; exec \"$@\"")

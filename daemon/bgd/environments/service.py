@@ -121,12 +121,13 @@ class Environments:
         """The confinement probe (bgcore.confinement.probe) for the configured programs; kept a
         minute, so a machine that changes is seen soon and a busy one does not probe per run."""
         env = self.config().environment
-        key = (env.bwrap, env.proxy_command[0], env.socat)
+        key = (env.bwrap, env.proxy_command[0], env.socat, env.bridge)
         async with self._probe_lock:
             cached = self._probe
             if not fresh and cached is not None and cached[1] == key and time.monotonic() - cached[0] < PROBE_TTL_S:
                 return cached[2]
-            result = await trio.to_thread.run_sync(lambda: self.probe(env.bwrap, env.proxy_command[0], env.socat))
+            result = await trio.to_thread.run_sync(
+                lambda: self.probe(env.bwrap, env.proxy_command[0], env.socat, bridge=env.bridge))
             self._probe = (time.monotonic(), key, result)
             return result
 
@@ -230,7 +231,8 @@ class Environments:
             try:
                 sandbox = Sandbox(settings.bwrap, confined=True, binds=[(str(template), str(template))], tmp=str(tmp),
                                   hidden=self._hidden(), readable=list(env.grant), empty=self._empty_file(),
-                                  proxy_socket=str(proxy.socket_path), proxy_port=settings.proxy_port, chdir=str(first))
+                                  proxy_socket=str(proxy.socket_path), proxy_port=settings.proxy_port,
+                                  bridge=proxy.bridge, chdir=str(first))
                 argv = bwrap_argv(sandbox, [*bash, "/tmp/.bgagents-setup.sh"])
                 return await run_script(argv, cwd=str(first), env=process_env, timeout_s=timeout, on_line=on_line,
                                         own_group=False)
@@ -248,13 +250,16 @@ class Environments:
 
     async def _start_proxy(self, env: RunEnv, phase: str, names: tuple[str, ...], rec: dict | None) -> FilteringProxy:
         settings = self.config().environment
+        bridge = confinement.find_bridge(settings.bridge, settings.socat)
+        if isinstance(bridge, confinement.Probe):
+            raise SandboxUnavailable(f"{bridge.reason}; the run was not started (never run open); fix: {bridge.fix}")
         run_id = env.run_id
         if run_id not in self.blocked:
             self.blocked[run_id] = Counter((rec or {}).get("blocked") or {})
         self._live[run_id] += 1
         directory = self._runtime_dir(env.run_id, phase)
         proxy = FilteringProxy(names, directory, policy=describe(env.network), command=settings.proxy_command,
-                               socat=settings.socat, on_blocked=lambda host: self._on_blocked(env.run_id, host))
+                               bridge=bridge, on_blocked=lambda host: self._on_blocked(env.run_id, host))
         assert self.nursery is not None, "the environments service is not running"
         self.proxies.add(proxy)
 
@@ -394,7 +399,7 @@ class Environments:
         sandbox = Sandbox(settings.bwrap, confined=True, binds=binds, tmp=str(tmp), hidden=self._hidden(),
                           readable=list(run.grant), writable=writable, empty=self._empty_file(), proxy_socket=str(proxy.socket_path),
                           daemon_socket=str(proxy.directory / "daemon.sock") if scope is not None else None,
-                          proxy_port=settings.proxy_port, chdir=inside)
+                          proxy_port=settings.proxy_port, bridge=proxy.bridge, chdir=inside)
         self._strip_sockets(env)
         env.update(proxy_env(settings.proxy_port), TMPDIR="/tmp")
         if agent is not None and agent.backend == "claude":
