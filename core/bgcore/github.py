@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ACTIONS", "EVENTS", "FIELDS", "OPERATORS", "Filter", "FilterError", "Match", "Matcher",
-           "compile_filter", "event_context", "field_value", "match_delivery", "parse_event", "sign",
-           "verify_signature"]
+           "TriggerIndex", "compile_filter", "event_context", "expand_ruled_out", "field_value", "match_delivery",
+           "parse_event", "sign", "verify_signature"]
 
 ACTIONS: dict[str, tuple[str, ...]] = {
     "pull_request": ("assigned", "auto_merge_disabled", "auto_merge_enabled", "closed", "converted_to_draft",
@@ -258,7 +258,7 @@ def _check(flt: Filter, value: Any) -> str | None:
     for op, arg in flt.checks:
         if op == "equals":
             if seen != (arg.casefold() if caseless else arg):
-                return f"{flt.field} is {_clip(text)}, not {arg!r}"
+                return _not_equal(flt.field, text, arg)
         elif op == "contains":
             if (arg.casefold() if caseless else arg) not in seen:
                 return f"{flt.field} {_clip(text)} does not contain {arg!r}"
@@ -274,6 +274,10 @@ def _check(flt: Filter, value: Any) -> str | None:
         elif op == "matches" and arg.fullmatch(text) is None:
             return f"{flt.field} {_clip(text)} does not match {arg.pattern!r}"
     return None
+
+
+def _not_equal(field: str, text: str, wanted: str) -> str:
+    return f"{field} is {_clip(text)}, not {wanted!r}"
 
 
 @functools.lru_cache(maxsize=256)  # one delivery's value is clipped once for all the triggers it fails
@@ -308,6 +312,20 @@ class Matcher:
         why = self.why_not(events, filters)
         return _MATCHED if why is None else Match(False, why)
 
+    def events_reason(self, events: tuple[tuple[str, str | None], ...]) -> str | None:
+        """None when a trigger on `events` takes this delivery's event, else why not."""
+        why = self._events.get(events, _UNSEEN)
+        if why is _UNSEEN:
+            why = self._events[events] = _events_reason(events, self.event, self.action)
+        return why
+
+    def value(self, name: str) -> Any:
+        """The value filter `name` looks at in this delivery."""
+        value = self._values.get(name, _UNSEEN)
+        if value is _UNSEEN:
+            value = self._values[name] = field_value(name, self.event, self.payload)
+        return value
+
     def why_not(self, events: tuple[tuple[str, str | None], ...], filters: tuple[Filter, ...]) -> str | None:
         """None when the trigger takes the delivery, else the reason `match` gives."""
         why = self._events.get(events, _UNSEEN)
@@ -335,6 +353,97 @@ def _events_reason(events: tuple[tuple[str, str | None], ...], event: str, actio
     wanted = ", ".join(e if a is None else f"{e}.{a}" for e, a in events)
     got = event if action is None else f"{event}.{action}"
     return f"event {got} is not one of {wanted}"
+
+
+class TriggerIndex:
+    """Many routines' GitHub triggers, indexed so that a delivery meets only those that can take it.
+
+    Built once per change of the definitions from `(name, enabled, triggers, item)` entries (triggers:
+    any objects with `events`, `filters` and `enabled`; item: what `split` hands back). A routine with one enabled trigger whose `repository` filter is
+    a plain value (the usual one) is filed under its list of events and that repository: a delivery
+    whose event the list does not take, or of another repository, rules it out without looking at it,
+    and so does a paused routine, or an event no routine takes. Every other routine is examined.
+
+    `split(matcher)` returns the items of the entries to examine, in the given order, and the others in a compact
+    form (names grouped by their shared reason; for the repository, each routine's own value) that
+    `expand_ruled_out` turns back into one result per routine, the reason the full match gives:
+    `{"reason": text, "routines": [names]}` or `{"field": "repository", "value": the delivery's,
+    "routines": {name: the trigger's value}}`.
+    """
+
+    def __init__(self, entries: list[tuple[str, bool, list, Any]], events: tuple[str, ...] = EVENTS):
+        self.entries = entries
+        self.events = events
+        self.paused = [name for name, enabled, _, _ in entries if not enabled]
+        self.always: list[tuple[int, tuple]] = []           # (position, entry): examined for every delivery
+        # events list -> casefolded repository -> [(position, entry)], and -> {name: repository as written}
+        self.filed: dict[tuple, dict[str, list[tuple[int, tuple]]]] = {}
+        self.wanted: dict[tuple, dict[str, str]] = {}
+        for position, entry in enumerate(entries):
+            name, enabled, triggers, _ = entry
+            if not enabled:
+                continue
+            repository = _plain_repository(triggers[0]) if len(triggers) == 1 and triggers[0].enabled else None
+            if repository is None:
+                self.always.append((position, entry))
+                continue
+            events_key = triggers[0].events
+            self.filed.setdefault(events_key, {}).setdefault(repository.casefold(), []).append((position, entry))
+            self.wanted.setdefault(events_key, {})[name] = repository
+
+    def split(self, matcher: "Matcher") -> tuple[list, list[dict]]:
+        """(the items of the entries that may match, in their order; the others, ruled out, compactly)."""
+        ruled_out: list[dict] = []
+        if self.paused:
+            ruled_out.append({"reason": "the routine is paused", "routines": list(self.paused)})
+        if matcher.event not in self.events:
+            names = [name for name, enabled, _, _ in self.entries if enabled]
+            if names:
+                ruled_out.append({"reason": f"routines take {' and '.join(self.events)} events, not {matcher.event}",
+                                  "routines": names})
+            return [], ruled_out
+        found = list(self.always)
+        value = matcher.value("repository") if self.filed else None
+        repository = None if value is None else str(value).casefold()
+        for events_key, by_repository in self.filed.items():
+            why = matcher.events_reason(events_key)
+            wanted = self.wanted[events_key]
+            if why is None and value is None:
+                why = "repository: the delivery has none"
+            if why is not None:
+                ruled_out.append({"reason": why, "routines": list(wanted)})
+                continue
+            taken = by_repository.get(repository, ())
+            found += taken
+            others = dict(wanted)
+            for _, (name, _, _, _) in taken:
+                del others[name]
+            if others:
+                ruled_out.append({"field": "repository", "value": str(value), "routines": others})
+        if len(found) > 1:
+            found.sort(key=lambda item: item[0])
+        return [entry[3] for _, entry in found], ruled_out
+
+
+def _plain_repository(trigger: Any) -> str | None:
+    """The repository a trigger names with a plain value (`repository = "acme/api"`), if it does."""
+    for flt in trigger.filters:
+        if flt.field == "repository" and len(flt.checks) == 1 and flt.checks[0][0] == "equals":
+            return flt.checks[0][1]
+    return None
+
+
+def expand_ruled_out(ruled_out: list[dict]) -> list[dict]:
+    """One `{"routine", "matched": False, "reason"}` per routine of `TriggerIndex.split`'s compact form."""
+    results = []
+    for group in ruled_out:
+        if "reason" in group:
+            results += [{"routine": name, "matched": False, "reason": group["reason"]} for name in group["routines"]]
+        else:
+            field, value = group["field"], group["value"]
+            results += [{"routine": name, "matched": False, "reason": _not_equal(field, value, wanted)}
+                        for name, wanted in group["routines"].items()]
+    return results
 
 
 def match_delivery(events: tuple[tuple[str, str | None], ...], filters: tuple[Filter, ...], event: str,

@@ -70,6 +70,11 @@ class DeliveryDedupe:
             self._seen[delivery_id] = at
             self._order.append((at, delivery_id))
 
+    def seen(self, delivery_id: str, now: float) -> float | None:
+        """When an id was first seen, if that is within the window (a redelivery); else None."""
+        self.prune(now)
+        return self._seen.get(delivery_id)
+
     def first_seen(self, delivery_id: str, now: float) -> bool:
         """True the first time an id is offered within the window (and remembers it); False for a
         redelivery."""

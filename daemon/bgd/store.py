@@ -396,12 +396,11 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO routine_deliveries (id, received_at, data) VALUES (?, ?, ?)",
                         (delivery_id, received_at, dumps_text(data)))
 
-    def update_delivery(self, delivery_id: str, data: dict) -> None:
-        self.db.execute("UPDATE routine_deliveries SET data = ? WHERE id = ?", (dumps_text(data), delivery_id))
-
-    def delivery(self, delivery_id: str) -> dict | None:
-        row = self.db.execute("SELECT data FROM routine_deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        return loads(row[0]) if row else None
+    def count_duplicate_delivery(self, delivery_id: str, at_iso: str) -> None:
+        """One more redelivery on a delivery's record: `duplicates` + 1 and `last_duplicate_at`."""
+        self.db.execute("UPDATE routine_deliveries SET data = json_set(data, '$.duplicates', "
+                        "coalesce(json_extract(data, '$.duplicates'), 0) + 1, '$.last_duplicate_at', ?) WHERE id = ?",
+                        (at_iso, delivery_id))
 
     def deliveries(self, limit: int = 100) -> list[dict]:
         rows = self.db.execute("SELECT data FROM routine_deliveries ORDER BY received_at DESC LIMIT ?", (limit,))

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import orjson
 import trio
@@ -208,7 +208,7 @@ class WebhookSecret:
         return secret or None, problem
 
 
-def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[int, dict]:
     """POST /v1/github/webhook: checked, deduplicated, matched and recorded at once; the runs it
     starts are prepared after the answer. Raises Refusal; returns (status, body)."""
     if service.shutting_down():
@@ -226,6 +226,13 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
     delivery_id = headers.get("x-github-delivery", "").strip()
     if not event or not delivery_id:
         raise Refusal(400, "bad_request", "a GitHub delivery needs the X-GitHub-Event and X-GitHub-Delivery headers")
+    now = service.now().timestamp()
+    first = service.dedupe.seen(delivery_id, now) if event != "ping" else None
+    if first is not None:
+        # A redelivery starts nothing: answered without reading its body again (the first one was JSON).
+        service.delivery_seen_again(delivery_id, now)
+        return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
+                     "first_seen_at": clock.iso_ts(first), "runs": []}
     try:
         # orjson at once: the payload is matched and never stored, so fastjson's guard against an integer
         # past 64 bits (orjson makes it a float) is not needed; whatever orjson refuses, json decides.
@@ -242,37 +249,31 @@ def github_delivery(service, headers: dict[str, str], body: bytes) -> tuple[int,
         raise Refusal(400, "bad_request", "the delivery's JSON must be an object")
     if event == "ping":
         return 200, {"type": "ping", "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}
-    now = service.now().timestamp()
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
     with service.store.transaction():  # the record, its runs and their events: one commit
-        if not service.dedupe.first_seen(delivery_id, now):
-            record = service.delivery_seen_again(delivery_id, now)
-            return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
-                         "first_seen_at": record.get("received_at_iso") if record else None, "runs": []}
-        results = _match(service, event, action, payload, delivery_id, now)
+        service.dedupe.first_seen(delivery_id, now)
+        results, ruled_out = _match(service, event, action, payload, delivery_id, now)
+        repository = payload.get("repository")
         record = {"id": delivery_id, "event": event, "action": action,
-                  "repository": (payload.get("repository") or {}).get("full_name")
-                  if isinstance(payload.get("repository"), dict) else None,
-                  "received_at_iso": clock.iso(service.now()), "results": results, "duplicates": 0}
+                  "repository": repository.get("full_name") if isinstance(repository, dict) else None,
+                  "received_at_iso": clock.iso_ts(now), "results": results, "duplicates": 0}
+        if ruled_out:
+            record["ruled_out"] = ruled_out
         service.record_delivery(record, now)
     return 200, {"type": "github_delivery", "delivery": delivery_id, "event": event if action is None else f"{event}.{action}",
                  "duplicate": False, "matched": [r["routine"] for r in results if r["matched"]],
                  "runs": [r["run_id"] for r in results if r.get("run_id")]}
 
 
-def _match(service, event: str, action: str | None, payload: dict, delivery_id: str, now: float) -> list[dict]:
+def _match(service, event: str, action: str | None, payload: dict, delivery_id: str,
+           now: float) -> tuple[list[dict], list[dict]]:
+    """(the results of the routines that could take the delivery, the others in the index's compact form)."""
     results: list[dict] = []
     add = results.append
     detail = {"delivery": delivery_id, "event": event if action is None else f"{event}.{action}"}
     matcher = Matcher(event, action, payload)
-    other = None if event in ROUTINE_EVENTS else f"routines take pull_request and release events, not {event}"
-    for routine, triggers in service.github_triggers():
-        if not routine.enabled:
-            add({"routine": routine.name, "matched": False, "reason": "the routine is paused"})
-            continue
-        if other is not None:
-            add({"routine": routine.name, "matched": False, "reason": other})
-            continue
+    examined, ruled_out = service.github_index().split(matcher)
+    for routine, triggers in examined:
         if len(triggers) == 1 and triggers[0].enabled:  # the usual routine: one GitHub trigger
             taken = triggers[0]
             why = matcher.why_not(taken.events, taken.filters)
@@ -292,7 +293,7 @@ def _match(service, event: str, action: str | None, payload: dict, delivery_id: 
             continue
         rec = service.offer(routine, "github", context=event_context(event, payload, delivery_id), detail=detail)
         add({"routine": routine.name, "matched": True, "reason": None, "run_id": rec["id"], "status": rec["status"]})
-    return results
+    return results, ruled_out
 
 
 def _taken(matcher: Matcher, routine, triggers: list, add) -> Any:

@@ -8,9 +8,10 @@ fires.py, mounted by install() and wanted while some routine has an API or GitHu
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bgd import fastjson
 from bgd.http.errors import json_error
 from bgd.routines.fires import GITHUB_MAX_BODY, Refusal, api_fire, github_delivery
 
@@ -26,13 +27,13 @@ def routes(service) -> list[Route]:
             return _refused(refusal)
         return JSONResponse(answer, status_code=status, headers=headers)
 
-    async def webhook(request: Request) -> JSONResponse:
+    async def webhook(request: Request) -> Response:
         body = await request.body()
         try:
-            status, answer = github_delivery(service, {k.lower(): v for k, v in request.headers.items()}, body)
+            status, answer = github_delivery(service, request.headers, body)  # (its get ignores case)
         except Refusal as refusal:
             return _refused(refusal)
-        return JSONResponse(answer, status_code=status)
+        return Response(fastjson.dumps(answer), status_code=status, media_type="application/json")
 
     return [Route("/v1/routines/{name}/fire", fire, methods=["POST"], name="routine_fire"),
             Route("/v1/github/webhook", webhook, methods=["POST"], name="github_webhook",

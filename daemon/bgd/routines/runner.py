@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import trio
 
+from bgcore.github import TriggerIndex, expand_ruled_out
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
 from bgcore.routines_file import DEFAULT_TIMEOUT_S, GitHubTrigger, Routine, clone_name
 from bgd import clock
@@ -106,7 +107,7 @@ class RoutineService:
         self.schedules = None  # schedules.ScheduleTriggers, made by install (it needs this service)
         self._recovered = False
         self._mounted = False
-        self._github: tuple[Any, list] = (None, [])
+        self._github: tuple[Any, TriggerIndex] = (None, TriggerIndex([]))
         self._saved: dict[str, trio.Event] = {}     # run id -> set at its record's next save (wait_started)
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(self._on_session_end)
@@ -131,13 +132,15 @@ class RoutineService:
     def routines(self) -> dict[str, Routine]:
         return self.file.routines
 
-    def github_triggers(self) -> list[tuple[Routine, list[GitHubTrigger]]]:
-        """Each routine with GitHub triggers, and those triggers (what every delivery is matched
-        against; worked out again only when the definitions change)."""
+    def github_index(self) -> TriggerIndex:
+        """Every routine with GitHub triggers, indexed by event and repository (what every delivery is
+        matched against; built again only when the definitions change). Its items are
+        `(routine, its GitHub triggers)`."""
         routines = self.file.routines
         if self._github[0] is not routines:
             pairs = [(r, [t for t in r.triggers if isinstance(t, GitHubTrigger)]) for r in routines.values()]
-            self._github = (routines, [(r, triggers) for r, triggers in pairs if triggers])
+            self._github = (routines, TriggerIndex([(r.name, r.enabled, triggers, (r, triggers))
+                                                    for r, triggers in pairs if triggers]))
         return self._github[1]
 
     def _recover(self) -> None:
@@ -630,19 +633,22 @@ class RoutineService:
         # The event has the results of the routines it matched; why each other one did not is in the
         # stored record (`routine.deliveries`): with a hundred routines that is most of it, every delivery.
         matched = [r for r in record["results"] if r["matched"]]
-        self.bus.publish("routine.delivery",
-                         delivery={**record, "results": matched, "routines": len(record["results"])})
+        routines = len(record["results"]) + sum(len(g["routines"]) for g in record.get("ruled_out", ()))
+        self.bus.publish("routine.delivery", delivery={k: v for k, v in record.items() if k != "ruled_out"}
+                         | {"results": matched, "routines": routines})
 
-    def delivery_seen_again(self, delivery_id: str, at: float) -> dict | None:
-        record = self.store.delivery(delivery_id)
-        if record is not None:
-            record["duplicates"] = record.get("duplicates", 0) + 1
-            record["last_duplicate_at"] = clock.iso(self.now())
-            self.store.update_delivery(delivery_id, record)
-        return record
+    def delivery_seen_again(self, delivery_id: str, at: float) -> None:
+        """A redelivery: counted on the first one's record (by SQLite, without reading it back here)."""
+        self.store.count_duplicate_delivery(delivery_id, clock.iso_ts(at))
 
     def deliveries(self, limit: int = 100) -> list[dict]:
-        return self.store.deliveries(limit)
+        """The stored records with one result per routine (the index's compact part spelt out)."""
+        records = self.store.deliveries(limit)
+        for record in records:
+            ruled_out = record.pop("ruled_out", None)
+            if ruled_out:
+                record["results"] = record["results"] + expand_ruled_out(ruled_out)
+        return records
 
     # -- housekeeping -------------------------------------------------------------------
 
