@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bgcore.branch_guard import (ZERO, commit_msg_hook, parse_hook_log, parse_push_reflog, pattern_problem,
-                                 pre_push_hook, push_allowed, pushed_refs)
+from bgcore.branch_guard import (ZERO, PushedRef, commit_msg_hook, fetched_refs, merge_pushes, parse_hook_log,
+                                 parse_push_reflog, parse_refs, pattern_problem, pre_push_hook, push_allowed,
+                                 pushed_refs, pushes_at_remote, remote_changes)
 
 PATTERNS = ("claude/*", "release-?", "refs/tags/v*", "it's")
 
@@ -108,7 +109,8 @@ def test_a_run_pushes_claude_fix_and_not_main(clone):
 
     pushed, refusals = pushed_refs(reflogs(work), (work / ".git" / "bgagents-pushes.log").read_text(), ("claude/*",))
     assert [p.to_json() for p in pushed] == [{"ref": "refs/heads/claude/fix", "old": ZERO, "new": head,
-                                              "remote": "origin", "allowed": True, "deleted": False}]
+                                              "remote": "origin", "allowed": True, "deleted": False,
+                                              "found": "clone"}]
     assert [(r["ref"], r["verdict"]) for r in refusals] == [("refs/heads/main", "refused")]
 
 
@@ -132,3 +134,38 @@ def test_reflog_lines():
             f"{'b' * 40} {'c' * 40} A <a@b> 2 +0000\tupdate by push\n"
             f"{'c' * 40} {'d' * 40} A <a@b> 3 +0000\tfetch: fast-forward\n")
     assert parse_push_reflog(text) == [("b" * 40, "c" * 40)]
+
+
+A, B, C, T = "a" * 40, "b" * 40, "c" * 40, "7" * 40
+
+
+def test_ref_lists_and_what_a_clone_fetched():
+    text = (f"{A}\tHEAD\n{A}\trefs/heads/main\n{T}\trefs/tags/v1\n{B}\trefs/tags/v1^{{}}\n"
+            f"{C}\trefs/pull/1/head\nnot a line\n")
+    assert parse_refs(text) == {"HEAD": A, "refs/heads/main": A, "refs/tags/v1": T, "refs/pull/1/head": C}
+    shown = parse_refs(f"{A} HEAD\n{A} refs/heads/main\n{A} refs/remotes/origin/HEAD\n"
+                       f"{A} refs/remotes/origin/main\n{B} refs/remotes/origin/dev\n{T} refs/tags/v1\n")
+    assert fetched_refs(shown) == {"refs/heads/main": A, "refs/heads/dev": B, "refs/tags/v1": T}
+
+
+def test_remote_changes_keep_new_and_moved_branches_and_tags():
+    before = {"refs/heads/main": A, "refs/heads/gone": A, "refs/tags/v1": T}
+    after = {"refs/heads/main": B, "refs/heads/claude/x": C, "refs/tags/v1": T, "refs/tags/v2": C,
+             "refs/pull/9/head": C, "HEAD": B}
+    # A deletion (gone) cannot be told from someone else's; refs a clone never fetches are not compared.
+    assert remote_changes(before, after) == [("refs/heads/claude/x", ZERO, C), ("refs/heads/main", A, B),
+                                             ("refs/tags/v2", ZERO, C)]
+    assert remote_changes(before, dict(before)) == []
+
+
+def test_only_changes_to_a_commit_the_clone_has_are_the_runs():
+    changes = [("refs/heads/claude/x", ZERO, C), ("refs/heads/main", A, B), ("refs/heads/other", A, "d" * 40)]
+    found = pushes_at_remote(changes, {B, C}, ("claude/*",), "/srv/app.git")
+    assert [(p.ref, p.old, p.new, p.allowed, p.found) for p in found] == [
+        ("refs/heads/claude/x", ZERO, C, True, "remote"), ("refs/heads/main", A, B, False, "remote")]
+    assert found[1].to_json() == {"ref": "refs/heads/main", "old": A, "new": B, "remote": "/srv/app.git",
+                                  "allowed": False, "deleted": False, "found": "remote"}
+    seen = [PushedRef("refs/heads/claude/x", ZERO, C, "origin", True)]
+    merged = merge_pushes(seen, found)
+    assert [(p.ref, p.remote, p.found) for p in merged] == [("refs/heads/claude/x", "origin", "clone"),
+                                                            ("refs/heads/main", "/srv/app.git", "remote")]

@@ -74,7 +74,7 @@ def test_a_run_pushes_claude_fix_and_main_is_refused(bgd, tmp_path):
     message = git("log", "-1", "--format=%B", "claude/fix", cwd=remote)
     assert message.splitlines()[0] == "Fix the thing" and f"Bgagents-Run: {body['run_id']}" in message
     assert rec["pushed"] == [{"ref": "refs/heads/claude/fix", "old": "0" * 40, "new": fix, "remote": "origin",
-                              "allowed": True, "deleted": False, "repo": "app"}]
+                              "allowed": True, "deleted": False, "found": "clone", "repo": "app"}]
     assert [(r["ref"], r["verdict"]) for r in rec["refused_pushes"]] == [("refs/heads/main", "refused")]
     assert rec["policy_violations"] == []
     said = transcript_text(bgd, body["session_id"])
@@ -93,6 +93,35 @@ def test_a_push_around_the_hook_is_flagged(bgd, tmp_path):
     rec = wait_run(bgd, fire(url, "sneaky", token).json()["run_id"])
     assert [p["ref"] for p in rec["policy_violations"]] == ["refs/heads/main"]
     assert "main" in bgd.ctl("routine", "runs").stdout and "OUTSIDE push" in bgd.ctl("routine", "runs").stdout
+
+
+def test_a_push_to_the_remotes_url_around_the_hook_is_flagged(bgd, tmp_path):
+    # No remote-tracking ref moves and the hook never runs: only the remote, asked again after the
+    # run, shows the push. Someone else's push during the run (a commit the clone never had) is not
+    # the run's.
+    remote = make_remote(tmp_path)
+    other = tmp_path / "other"
+    git("clone", "-q", str(remote), str(other), cwd=tmp_path)
+    git("-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-q", "--allow-empty", "-m", "theirs",
+        cwd=other)
+    sneaky = (f"sh echo x > x && git add x && git commit -q -m sneaky && git push -q --no-verify {remote} HEAD:main "
+              f"&& git push -q --no-verify {remote} HEAD:claude/ok && git -C {other} push -q origin HEAD:elsewhere; "
+              "say done")
+    url = start_routine_daemon(bgd, routine("sneaky", remote, sneaky))
+    token = bgd.ctl_json("routine", "token", "sneaky")["token"]
+    main_before = git("rev-parse", "main", cwd=remote)
+    rec = wait_run(bgd, fire(url, "sneaky", token).json()["run_id"])
+    main_after = git("rev-parse", "main", cwd=remote)
+    assert main_after != main_before
+    assert rec["refused_pushes"] == []
+    assert [(p["ref"], p["old"], p["new"], p["remote"], p["allowed"], p["found"]) for p in rec["pushed"]] == [
+        ("refs/heads/claude/ok", "0" * 40, main_after, str(remote), True, "remote"),
+        ("refs/heads/main", main_before, main_after, str(remote), False, "remote")]
+    assert [p["ref"] for p in rec["policy_violations"]] == ["refs/heads/main"]
+    assert rec["repos"][0]["remote_refs"] == {"refs/heads/main": main_before}
+    table = bgd.ctl("routine", "runs", "sneaky").stdout
+    assert f"main {main_before[:7]}→{main_after[:7]}" in table and "OUTSIDE push" in table
+    assert "pushed outside its push patterns: refs/heads/main" in bgd.log_path.read_text()
 
 
 def test_an_env_file_secret_reaches_the_agent_and_nothing_else(bgd, tmp_path):

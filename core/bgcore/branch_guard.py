@@ -14,7 +14,11 @@ Two hooks go into the clone (through `core.hooksPath`, outside the working tree)
   with `git commit --no-verify`).
 A push made with `--no-verify` skips `pre-push`; the record still catches it, because git notes every
 successful push in the reflog of the remote-tracking ref ("update by push"), and anything there
-outside the patterns is flagged.
+outside the patterns is flagged. A push to the remote's URL (no remote-tracking ref) with
+`--no-verify` leaves nothing in the clone, so the remote itself is asked too: its branches and tags
+as the clone fetched them are kept when the run starts, `git ls-remote` lists them again after the
+run, and a ref that moved to a commit the run's clone has is a push by the run (`remote_changes`,
+`pushes_at_remote`, `merge_pushes`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PUSH", "PushedRef", "TRAILER", "branch_of", "commit_msg_hook", "parse_hook_log",
-           "parse_push_reflog", "pattern_problem", "pre_push_hook", "push_allowed"]
+__all__ = ["COMPARED", "DEFAULT_PUSH", "PushedRef", "TRAILER", "branch_of", "commit_msg_hook", "fetched_refs",
+           "merge_pushes", "parse_hook_log", "parse_push_reflog", "parse_refs", "pattern_problem", "pre_push_hook",
+           "push_allowed", "pushes_at_remote", "remote_changes"]
 
 DEFAULT_PUSH = ("claude/*",)
 TRAILER = "Bgagents-Run"
 ZERO = "0" * 40
 HOOK_LOG = "bgagents-pushes.log"
+COMPARED = ("refs/heads/", "refs/tags/")   # what a clone fetches, so what is compared with the remote
 _PATTERN_RE = re.compile(r"[A-Za-z0-9._/*?+@{}=,~^-]+")
 
 
@@ -119,10 +125,11 @@ class PushedRef:
     new: str
     remote: str
     allowed: bool
+    found: str = "clone"   # "clone": its reflogs or the hook's log; "remote": only the remote shows it
 
     def to_json(self) -> dict:
         return {"ref": self.ref, "old": self.old, "new": self.new, "remote": self.remote,
-                "allowed": self.allowed, "deleted": self.new == ZERO}
+                "allowed": self.allowed, "deleted": self.new == ZERO, "found": self.found}
 
 
 def parse_hook_log(text: str) -> list[dict]:
@@ -172,3 +179,52 @@ def pushed_refs(reflogs: dict[tuple[str, str], str], hook_log: str,
             pushed[key] = PushedRef(attempt["ref"], attempt["old"], ZERO, attempt["remote"], True)
     refused = [a for a in attempts if a["verdict"] == "refused"]
     return list(pushed.values()), refused
+
+
+# ---------------------------------------------------------------- the remote's side
+
+def parse_refs(text: str) -> dict[str, str]:
+    """`git ls-remote` or `git show-ref --head` output (`<object> <ref>` a line) as {ref: object};
+    the peeled lines of annotated tags (`^{}`) are left out, as both list the tag object itself."""
+    refs = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) in (40, 64) and not parts[1].endswith("^{}"):
+            refs[parts[1]] = parts[0]
+    return refs
+
+
+def fetched_refs(clone_refs: dict[str, str], remote: str = "origin") -> dict[str, str]:
+    """What a fresh clone fetched, as the remote's own refs: `refs/remotes/<remote>/X` is the remote's
+    `refs/heads/X` (its HEAD left out), tags are the remote's tags."""
+    prefix = f"refs/remotes/{remote}/"
+    refs = {}
+    for ref, sha in clone_refs.items():
+        if ref.startswith(prefix) and ref != prefix + "HEAD":
+            refs["refs/heads/" + ref[len(prefix):]] = sha
+        elif ref.startswith("refs/tags/"):
+            refs[ref] = sha
+    return refs
+
+
+def remote_changes(before: dict[str, str], after: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(ref, old, new) of each branch or tag that is new or points elsewhere on the remote after the
+    run (old is ZERO for a new one). A deletion is left out: the remote cannot say who made it (the
+    run's own deletions are in its hook's log)."""
+    return [(ref, before.get(ref, ZERO), sha) for ref, sha in sorted(after.items())
+            if ref.startswith(COMPARED) and before.get(ref) != sha]
+
+
+def pushes_at_remote(changes: list[tuple[str, str, str]], present: set[str] | frozenset[str],
+                     patterns: tuple[str, ...] | list[str], remote: str) -> list[PushedRef]:
+    """The changes the run made: those whose new commit is in its clone (`present`), which the run
+    made or had; a change to a commit it never had is someone else's push during the run."""
+    return [PushedRef(ref, old, new, remote, push_allowed(ref, patterns), "remote")
+            for ref, old, new in changes if new in present]
+
+
+def merge_pushes(seen: list[PushedRef], at_remote: list[PushedRef]) -> list[PushedRef]:
+    """The clone's account of its pushes, and what only the remote shows (a ref the clone already
+    accounts for keeps the clone's entry)."""
+    known = {p.ref for p in seen}
+    return [*seen, *(p for p in at_remote if p.ref not in known)]

@@ -94,6 +94,7 @@ class RoutineService:
         self.mcp_servers: dict[str, dict] = {}      # run id -> the routine's MCP servers (memory only)
         self.timeouts: dict[str, trio.CancelScope] = {}
         self.timing_out: set[str] = set()
+        self._closing: set[str] = set()             # ended runs whose remotes are being asked what they pushed
         self.workspaces: dict[str, float] = {}      # ended run id -> when it ended, while its workspace exists
         self.dedupe = DeliveryDedupe()
         self.caps = HourlyCap()
@@ -316,6 +317,9 @@ class RoutineService:
                 status, error = workspace.prepare_failure(exc, run_dir)
                 self._end(rec, status, error=error)
                 return
+            for clone in clones:  # a setup cache's copy: the remote's refs as its fresh fetch left them
+                if getattr(clone, "remote_refs", None) is None:
+                    clone.remote_refs = await workspace.fetched(Path(clone.path))
             if self.records.get(run_id) is not rec:  # stopped or replaced meanwhile
                 return
             rec["repos"] = [c.to_json() for c in clones]
@@ -454,7 +458,7 @@ class RoutineService:
     def _run_of(self, session) -> dict | None:
         run_id = self.session_runs.get(session.id)
         rec = self.records.get(run_id) if run_id else None
-        if rec is None:
+        if rec is None or run_id in self._closing:
             return None
         # A run on the cluster has its session while its worker is still making the workspace.
         return rec if rec["status"] == "running" or (rec["status"] == "preparing" and rec.get("session_id")) else None
@@ -548,8 +552,38 @@ class RoutineService:
     # -- the end of a run -------------------------------------------------------------
 
     def _end(self, rec: dict, status: str, *, error: str | None = None, reason: str | None = None) -> None:
+        """The run is over: its record gets its end once each remote was asked what the run pushed
+        (the I/O of `_close`), or at once when there is none to ask."""
         run_id = rec["id"]
-        rec.update(status=status, ended_at=clock.iso(self.now()))
+        if run_id in self._closing:
+            return
+        ended_at = clock.iso(self.now())
+        scope = self.timeouts.pop(run_id, None)
+        if scope is not None:
+            scope.cancel()
+        self.timing_out.discard(run_id)
+        # The remote is asked about a run whose clones are here (a cluster run's are on its worker).
+        repos = [r for r in rec.get("repos") or () if r.get("remote_refs") is not None] \
+            if rec.get("where") != "cluster" else []
+        if repos and self.nursery is not None:
+            self._closing.add(run_id)
+            self.nursery.start_soon(self._close, rec, status, error, reason, ended_at, repos)
+        else:
+            self._closed(rec, status, error, reason, ended_at, {})
+
+    async def _close(self, rec: dict, status: str, error: str | None, reason: str | None, ended_at: str,
+                     repos: list[dict]) -> None:
+        at_remote: dict = {}
+        try:
+            at_remote = await workspace.remote_pushes(repos)
+        finally:  # also when the daemon stops meanwhile: then with what the clones say
+            self._closing.discard(rec["id"])
+            self._closed(rec, status, error, reason, ended_at, at_remote)
+
+    def _closed(self, rec: dict, status: str, error: str | None, reason: str | None, ended_at: str,
+                at_remote: dict) -> None:
+        run_id = rec["id"]
+        rec.update(status=status, ended_at=ended_at)
         if error is not None:
             rec["error"] = error
         if reason is not None:
@@ -559,16 +593,12 @@ class RoutineService:
         blocked = self.environments.blocked_of(run_id) if self.environments is not None else None
         if blocked:
             rec.update(blocked=blocked, blocked_total=sum(blocked.values()))
-        scope = self.timeouts.pop(run_id, None)
-        if scope is not None:
-            scope.cancel()
-        self.timing_out.discard(run_id)
         routine = self.file.routines.get(rec["routine"])
         clones = [Path(r["path"]) for r in rec.get("repos") or []]
         on_cluster = rec.get("where") == "cluster"
         if clones and not on_cluster:  # on the cluster, the worker read them (on_cluster_workspace)
             push = routine.push if routine is not None else ()
-            pushed, refused = workspace.read_pushes(clones, push)
+            pushed, refused = workspace.read_pushes(clones, push, at_remote)
             rec.update(pushed=pushed, refused_pushes=refused)
         rec["policy_violations"] = [p for p in rec.get("pushed") or [] if not p["allowed"]]
         if rec["policy_violations"]:
