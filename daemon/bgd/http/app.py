@@ -2,7 +2,7 @@
 
 `Entry` is the app hypercorn serves. It holds the current starlette app (rebuilt
 when a feature mounts), gives each request body `body_timeout_s` to arrive in
-full (408 after that), answers starlette's plain-text 413 as JSON, and keeps an
+full (408 after that, the app unwound where it waited), answers starlette's plain-text 413 as JSON, and keeps an
 endpoint's exception away from hypercorn (logged here, answered 500 by
 starlette). Body caps are starlette's own `max_body_size`: the app's default
 from `[http] max_body_bytes`, and any route may set its own
@@ -12,6 +12,7 @@ from `[http] max_body_bytes`, and any route may set its own
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 import trio
@@ -23,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from bgd.http.errors import http_exception, server_error, too_large
+from bgd.http.errors import http_exception, json_error, server_error, too_large
 
 log = logging.getLogger("bgd.http")
 _BODY_LEFT_UNREAD = (408, 413)
@@ -109,37 +110,45 @@ class Entry:
             return
         deadline = trio.current_time() + self.body_timeout_s
         body_done = False
+        started = False
         replacing: JSONResponse | None = None
+        # One cancel scope for the request, armed only while a receive waits for the body (a scope
+        # per receive costs more than the rest of this wrapper): past the deadline the app is
+        # unwound there and the 408 is answered below.
+        timer = trio.CancelScope()
 
         async def receive_in_time() -> Message:
             nonlocal body_done
             if body_done:  # after the body, receive() only waits for the client to leave
                 return await receive()
-            with trio.move_on_at(deadline):
+            timer.deadline = deadline
+            try:
                 message = await receive()
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    body_done = True
-                return message
-            raise HTTPException(408, f"the request body did not arrive within {self.body_timeout_s:g} s; "
-                                     "send it in full (and with a correct Content-Length)")
+            finally:
+                timer.deadline = math.inf
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
 
         async def send_as_json(message: Message) -> None:
             # starlette's body limit answers an endpoint that never read the body with a
             # plain-text 413: the one error that does not pass through our handlers.
-            nonlocal replacing
+            nonlocal replacing, started
             if replacing is not None:
                 if message["type"] == "http.response.body" and not message.get("more_body", False):
                     await send({"type": "http.response.body", "body": replacing.body})
                     replacing = None
                 return
-            if message["type"] == "http.response.start" and message["status"] in _BODY_LEFT_UNREAD:
-                # The rest of the body is never read, so hypercorn closes the connection after
-                # this answer: say so, or a client would send its next request on it.
-                if (message["status"] == 413
-                        and (b"content-type", b"text/plain; charset=utf-8") in message.get("headers", ())):
-                    replacing = too_large(scope)
-                    message = dict(message, headers=replacing.raw_headers)
-                message = dict(message, headers=[*message.get("headers", ()), (b"connection", b"close")])
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] in _BODY_LEFT_UNREAD:
+                    # The rest of the body is never read, so hypercorn closes the connection after
+                    # this answer: say so, or a client would send its next request on it.
+                    if (message["status"] == 413
+                            and (b"content-type", b"text/plain; charset=utf-8") in message.get("headers", ())):
+                        replacing = too_large(scope)
+                        message = dict(message, headers=replacing.raw_headers)
+                    message = dict(message, headers=[*message.get("headers", ()), (b"connection", b"close")])
             try:
                 await send(message)
             except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -147,9 +156,18 @@ class Entry:
                 # socket from another task): an answer nobody will read, not an error.
                 raise ClientDisconnect() from None
 
-        try:
-            await self.app(scope, receive_in_time, send_as_json)
-        except ClientDisconnect:
-            pass  # the client left mid-request: nobody to answer
-        except Exception:
-            log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))
+        with timer:
+            try:
+                await self.app(scope, receive_in_time, send_as_json)
+            except ClientDisconnect:
+                pass  # the client left mid-request: nobody to answer
+            except Exception:
+                log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))
+        if timer.cancelled_caught and not started:
+            answer = json_error(408, f"the request body did not arrive within {self.body_timeout_s:g} s; "
+                                     "send it in full (and with a correct Content-Length)")
+            try:
+                await send_as_json({"type": "http.response.start", "status": 408, "headers": answer.raw_headers})
+                await send_as_json({"type": "http.response.body", "body": answer.body})
+            except ClientDisconnect:
+                pass
