@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bgcore.branch_guard import (ZERO, PushedRef, commit_msg_hook, fetched_refs, merge_pushes, parse_hook_log,
-                                 parse_push_reflog, parse_refs, pattern_problem, pre_push_hook, push_allowed,
+                                 parse_packed_refs, parse_push_reflog, parse_refs, pattern_problem, pre_push_hook, push_allowed,
                                  pushed_refs, pushes_at_remote, remote_changes)
 
 PATTERNS = ("claude/*", "release-?", "refs/tags/v*", "it's")
@@ -169,3 +169,36 @@ def test_only_changes_to_a_commit_the_clone_has_are_the_runs():
     merged = merge_pushes(seen, found)
     assert [(p.ref, p.remote, p.found) for p in merged] == [("refs/heads/claude/x", "origin", "clone"),
                                                             ("refs/heads/main", "/srv/app.git", "remote")]
+
+
+def test_packed_refs():
+    text = f"# pack-refs with: peeled fully-peeled sorted\n{A} refs/remotes/origin/main\n{T} refs/tags/v1\n^{B}\n"
+    assert parse_packed_refs(text) == {"refs/remotes/origin/main": A, "refs/tags/v1": T}
+    assert parse_packed_refs("garbage here\n") is None
+
+
+@pytest.mark.parametrize("checkout", [None, "v1", "dev"])
+def test_a_clones_ref_files_say_what_git_says(tmp_path, checkout):
+    import trio
+    from bgd.routines import workspace
+    seed = tmp_path / "seed"
+    git("init", "-q", "-b", "main", str(seed), cwd=tmp_path)
+    ident = ["-c", "user.name=T", "-c", "user.email=t@example.com"]
+    git(*ident, "commit", "-q", "--allow-empty", "-m", "one", cwd=seed)
+    git(*ident, "tag", "-a", "v1", "-m", "v1", cwd=seed)
+    git("branch", "dev", cwd=seed)
+    git(*ident, "commit", "-q", "--allow-empty", "-m", "two", cwd=seed)
+    work = tmp_path / "work"
+    git("clone", "-q", str(seed), str(work), cwd=tmp_path)
+    if checkout:
+        git("checkout", "-q", checkout, cwd=work)
+    shown = parse_refs(git("show-ref", "--head", cwd=work).stdout)
+    assert workspace._ref_files(work / ".git") == (shown["HEAD"], fetched_refs(shown))
+    assert set(fetched_refs(shown)) == {"refs/heads/main", "refs/heads/dev", "refs/tags/v1"}
+    empty = tmp_path / "empty"
+    git("init", "-q", str(empty), cwd=tmp_path)
+    assert workspace._ref_files(empty / ".git") == (None, {})
+    (empty / ".git" / "reftable").mkdir()  # not plain ref files: git itself is asked (show-ref exits 1 here)
+    assert workspace._ref_files(empty / ".git") is None
+    assert trio.run(workspace._refs, empty, dict(os.environ)) == (None, {})
+    assert trio.run(workspace._refs, work, dict(os.environ)) == (shown["HEAD"], fetched_refs(shown))

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["COMPARED", "DEFAULT_PUSH", "PushedRef", "TRAILER", "branch_of", "commit_msg_hook", "fetched_refs",
-           "merge_pushes", "parse_hook_log", "parse_push_reflog", "parse_refs", "pattern_problem", "pre_push_hook",
+           "merge_pushes", "parse_hook_log", "parse_packed_refs", "parse_push_reflog", "parse_refs", "pattern_problem", "pre_push_hook",
            "push_allowed", "pushes_at_remote", "remote_changes"]
 
 DEFAULT_PUSH = ("claude/*",)
@@ -191,6 +191,20 @@ def parse_refs(text: str) -> dict[str, str]:
         parts = line.split()
         if len(parts) == 2 and len(parts[0]) in (40, 64) and not parts[1].endswith("^{}"):
             refs[parts[1]] = parts[0]
+    return refs
+
+
+def parse_packed_refs(text: str) -> dict[str, str] | None:
+    """A repository's `packed-refs` file as {ref: object} (its `#` header and the `^` lines of peeled
+    tags skipped); None for a line it cannot read (the caller asks git instead)."""
+    refs = {}
+    for line in text.splitlines():
+        if not line or line[0] in "#^":
+            continue
+        sha, _, ref = line.partition(" ")
+        if len(sha) not in (40, 64) or not ref.startswith("refs/"):
+            return None
+        refs[ref] = sha
     return refs
 
 

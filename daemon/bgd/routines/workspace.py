@@ -18,8 +18,9 @@ from pathlib import Path
 
 import trio
 
-from bgcore.branch_guard import (HOOK_LOG, PushedRef, commit_msg_hook, fetched_refs, merge_pushes, parse_refs,
-                                 pre_push_hook, pushed_refs, pushes_at_remote, remote_changes)
+from bgcore.branch_guard import (HOOK_LOG, PushedRef, commit_msg_hook, fetched_refs, merge_pushes,
+                                 parse_packed_refs, parse_refs, pre_push_hook, pushed_refs, pushes_at_remote,
+                                 remote_changes)
 from bgcore.routines_file import Repo, clone_name
 
 log = logging.getLogger("bgd.routines")
@@ -132,13 +133,51 @@ def guard_hooks(base: Path, push: tuple[str, ...]) -> Path:
 
 async def _refs(path: Path, env: dict[str, str]) -> tuple[str | None, dict[str, str]]:
     """A fresh clone's HEAD commit (None: an empty repository) and its remote's branches and tags as
-    fetched, from one `git show-ref --head`."""
+    fetched: read from its ref files, or where they are not plain files (reftable), from one
+    `git show-ref --head`."""
+    found = _ref_files(path / ".git")
+    if found is not None:
+        return found
     result = await trio.run_process(["git", "show-ref", "--head"], cwd=str(path), capture_stdout=True,
                                     capture_stderr=True, check=False, env=env, stdin=b"")
     if result.returncode not in (0, 1):  # 1: no ref at all (an empty repository)
         raise CloneFailed(_git_message(result.stderr) or f"git show-ref exited with code {result.returncode}")
     refs = parse_refs(result.stdout.decode("utf-8", "replace"))
     return refs.get("HEAD"), fetched_refs(refs)
+
+
+def _ref_files(git_dir: Path) -> tuple[str | None, dict[str, str]] | None:
+    """`_refs` from git's "files" ref storage (HEAD, loose refs, packed-refs; gitrepository-layout),
+    or None for anything else, which git itself is then asked about (blocking: small reads)."""
+    if (git_dir / "reftable").exists():
+        return None
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        packed = (git_dir / "packed-refs").read_text() if (git_dir / "packed-refs").exists() else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    refs = parse_packed_refs(packed)
+    if refs is None:
+        return None
+    for top in ("refs/remotes", "refs/tags", "refs/heads"):
+        for folder, _, files in os.walk(git_dir / top):
+            for name in files:
+                try:
+                    text = Path(folder, name).read_text().strip()
+                except (OSError, UnicodeDecodeError):
+                    return None
+                ref = Path(folder, name).relative_to(git_dir).as_posix()
+                if not text.startswith("ref: "):  # (a symbolic ref such as refs/remotes/origin/HEAD is skipped)
+                    if len(text) not in (40, 64):
+                        return None
+                    refs[ref] = text
+    if head.startswith("ref: "):
+        commit = refs.get(head[5:].strip())  # None: an unborn branch (an empty repository)
+    elif len(head) in (40, 64):
+        commit = head
+    else:
+        return None
+    return commit, fetched_refs(refs)
 
 
 async def fetched(path: Path) -> dict[str, str] | None:
