@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +13,11 @@ import trio
 from bgcore import paths
 
 from bgd import __version__
+
+# A young collection once this many more containers were made than freed (CPython's default is
+# 700): a request's short-lived ones (a GitHub delivery's parsed payload alone is hundreds of dicts)
+# set off the default every request or two, each tracing what that request still holds.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon = Daemon(socket_path, config_dir, state_dir)
         features.install(daemon)
+        # What is loaded by now (modules, features, the stored sessions) lives as long as the daemon:
+        # out of the collector's sight.
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         trio.run(daemon.run)
     except AlreadyRunning as exc:
         print(f"bgd: {exc}", file=sys.stderr)

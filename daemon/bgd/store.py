@@ -140,11 +140,30 @@ class StoreError(RuntimeError):
     pass
 
 
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection with one hook, `hold`: set while a group commit's transaction is open
+    (bgd.group_commit), it is called before any statement, or look at `in_transaction`, from outside
+    the group, and commits the group first; so no other writer ever joins it."""
+
+    hold: Any = None
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        if self.hold is not None:
+            self.hold()
+        return super().execute(*args)
+
+    @property
+    def in_transaction(self) -> bool:  # type: ignore[override]
+        if self.hold is not None:
+            self.hold()
+        return super().in_transaction
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=_Connection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")

@@ -208,9 +208,10 @@ class WebhookSecret:
         return secret or None, problem
 
 
-def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[int, dict]:
+def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[int, dict, Any]:
     """POST /v1/github/webhook: checked, deduplicated, matched and recorded at once; the runs it
-    starts are prepared after the answer. Raises Refusal; returns (status, body)."""
+    starts are prepared after the answer. Raises Refusal; returns (status, body, what to await before
+    answering: the group commit of what it wrote, or None)."""
     if service.shutting_down():
         raise Refusal(503, "unavailable", "bgd is shutting down; GitHub retries failed deliveries by hand "
                                           "(Redeliver), which is safe: the delivery id is deduplicated")
@@ -230,9 +231,10 @@ def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[i
     first = service.dedupe.seen(delivery_id, now) if event != "ping" else None
     if first is not None:
         # A redelivery starts nothing: answered without reading its body again (the first one was JSON).
-        service.delivery_seen_again(delivery_id, now)
+        with service.group.writing() as stored:
+            service.delivery_seen_again(delivery_id, now)
         return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
-                     "first_seen_at": clock.iso_ts(first), "runs": []}
+                     "first_seen_at": clock.iso_ts(first), "runs": []}, stored
     try:
         # orjson at once: the payload is matched and never stored, so fastjson's guard against an integer
         # past 64 bits (orjson makes it a float) is not needed; whatever orjson refuses, json decides.
@@ -248,9 +250,10 @@ def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[i
     if not isinstance(payload, dict):
         raise Refusal(400, "bad_request", "the delivery's JSON must be an object")
     if event == "ping":
-        return 200, {"type": "ping", "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}
+        return 200, {"type": "ping", "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}, None
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
-    with service.store.transaction():  # the record, its runs and their events: one commit
+    # The record, its runs and their events, committed with the other deliveries of this turn of the loop.
+    with service.group.writing() as stored:
         service.dedupe.first_seen(delivery_id, now)
         results, ruled_out = _match(service, event, action, payload, delivery_id, now)
         repository = payload.get("repository")
@@ -262,7 +265,7 @@ def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[i
         service.record_delivery(record, now)
     return 200, {"type": "github_delivery", "delivery": delivery_id, "event": event if action is None else f"{event}.{action}",
                  "duplicate": False, "matched": [r["routine"] for r in results if r["matched"]],
-                 "runs": [r["run_id"] for r in results if r.get("run_id")]}
+                 "runs": [r["run_id"] for r in results if r.get("run_id")]}, stored
 
 
 def _match(service, event: str, action: str | None, payload: dict, delivery_id: str,

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bgd import fastjson
+from bgd.group_commit import CommitFailed
 from bgd.http.errors import json_error
 from bgd.routines.fires import GITHUB_MAX_BODY, Refusal, api_fire, github_delivery
 
@@ -30,9 +31,13 @@ def routes(service) -> list[Route]:
     async def webhook(request: Request) -> Response:
         body = await request.body()
         try:
-            status, answer = github_delivery(service, request.headers, body)  # (its get ignores case)
+            status, answer, stored = github_delivery(service, request.headers, body)  # (its get ignores case)
+            if stored is not None:
+                await stored.wait()  # answered once what it wrote is committed
         except Refusal as refusal:
             return _refused(refusal)
+        except CommitFailed as exc:
+            return json_error(500, f"{exc}; GitHub can redeliver it (the delivery id dedupes)")
         return Response(fastjson.dumps(answer), status_code=status, media_type="application/json")
 
     return [Route("/v1/routines/{name}/fire", fire, methods=["POST"], name="routine_fire"),

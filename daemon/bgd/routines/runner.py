@@ -96,6 +96,8 @@ class RoutineService:
         self.timing_out: set[str] = set()
         self._closing: set[str] = set()             # ended runs whose remotes are being asked what they pushed
         self.workspaces: dict[str, float] = {}      # ended run id -> when it ended, while its workspace exists
+        from bgd.group_commit import GroupCommit
+        self.group = GroupCommit(store)             # GitHub deliveries' writes, a commit per turn of the loop
         self.dedupe = DeliveryDedupe()
         self.caps = HourlyCap()
         self.idempotency = IdempotencyKeys()
