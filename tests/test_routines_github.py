@@ -143,3 +143,28 @@ def test_the_hourly_cap_and_a_paused_routine(bgd, tmp_path):
     results = {r["routine"]: r for r in record["results"]}
     assert results["capped"]["reason"] == "rate_limited" and results["capped"]["status"] == "skipped"
     assert results["resting"] == {"routine": "resting", "matched": False, "reason": "the routine is paused"}
+
+
+def test_the_payload_read_for_routines_says_what_the_whole_payload_says():
+    # fires.read_payload decodes only the fields routines use: every filter's value and the prompt's
+    # context must be what they are from the whole payload, for each of GitHub's own examples.
+    from bgcore.github import FIELDS, event_context, field_value
+    from bgd.routines.fires import Refusal, read_payload
+    events = examples()
+    checked = 0
+    for event in ("pull_request", "release", "issues", "ping"):
+        for payload in events[event]:
+            body = json.dumps(payload).encode()
+            small = read_payload(body)
+            assert small.get("action") == payload.get("action")
+            assert (small.get("repository") or {}).get("full_name") == (payload.get("repository") or {}).get("full_name")
+            for name in FIELDS:
+                assert field_value(name, event, small) == field_value(name, event, payload), (event, name)
+            assert event_context(event, small, "d") == event_context(event, payload, "d")
+            checked += 1
+    assert checked > 20
+    assert read_payload(b'{"pull_request": {"user": "not an object"}}') == {"pull_request": {"user": "not an object"}}
+    for bad in (b"{not json", b"[1, 2]", b'"text"'):
+        with pytest.raises(Refusal) as refused:
+            read_payload(bad)
+        assert refused.value.status == 400

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import msgspec
 import orjson
 import trio
 
@@ -172,6 +173,91 @@ async def _fire(service, routine, trigger, text: str | None, key: str | None) ->
 
 # ---------------------------------------------------------------- GitHub
 
+# What routines read of a delivery (bgcore.github's filters and event_context, the record), decoded
+# straight from the body: the rest of GitHub's payload (most of its ~20 KB: URLs, the repositories
+# of head and base, the sender) is skipped instead of made into objects. A payload these types do
+# not fit (a field of another shape) is read whole instead.
+
+class _Login(msgspec.Struct):
+    login: Any = None
+
+
+class _Ref(msgspec.Struct):
+    ref: Any = None
+    sha: Any = None
+
+
+class _Label(msgspec.Struct):
+    name: Any = None
+
+
+class _Repository(msgspec.Struct):
+    full_name: Any = None
+
+
+class _PullRequest(msgspec.Struct):
+    number: Any = None
+    title: Any = None
+    body: Any = None
+    draft: Any = None
+    merged: Any = None
+    html_url: Any = None
+    user: _Login | None = None
+    base: _Ref | None = None
+    head: _Ref | None = None
+    labels: list[_Label] | None = None
+
+
+class _Release(msgspec.Struct):
+    name: Any = None
+    tag_name: Any = None
+    body: Any = None
+    draft: Any = None
+    prerelease: Any = None
+    html_url: Any = None
+    target_commitish: Any = None
+    author: _Login | None = None
+
+
+class _Delivery(msgspec.Struct, omit_defaults=True):
+    action: Any = None
+    number: Any = None
+    zen: Any = None
+    hook_id: Any = None
+    repository: _Repository | None = None
+    pull_request: _PullRequest | None = None
+    release: _Release | None = None
+
+
+_DECODE_DELIVERY = msgspec.json.Decoder(_Delivery).decode
+
+
+def read_payload(body: bytes) -> dict:
+    """The parts of a delivery's JSON object that routines use, as plain values; raises Refusal
+    for a body that is not a JSON object."""
+    try:
+        return msgspec.to_builtins(_DECODE_DELIVERY(body))
+    except msgspec.ValidationError:
+        pass  # JSON of another shape: read whole below, and judged there
+    except msgspec.DecodeError:
+        pass  # not JSON for msgspec: json decides below
+    try:
+        # orjson: the payload is matched and never stored, so fastjson's guard against an integer
+        # past 64 bits (orjson makes it a float) is not needed; whatever orjson refuses, json decides.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    try:
+        if payload is None:
+            payload = fastjson.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refusal(400, "bad_request", "the delivery is not JSON; set the webhook's content type to "
+                                          "application/json") from None
+    if not isinstance(payload, dict):
+        raise Refusal(400, "bad_request", "the delivery's JSON must be an object")
+    return payload
+
+
 class WebhookSecret:
     """The secret of `[github] webhook_secret_file`, read again whenever the file changes."""
 
@@ -235,20 +321,7 @@ def github_delivery(service, headers: Mapping[str, str], body: bytes) -> tuple[i
             service.delivery_seen_again(delivery_id, now)
         return 200, {"type": "github_delivery", "delivery": delivery_id, "duplicate": True,
                      "first_seen_at": clock.iso_ts(first), "runs": []}, stored
-    try:
-        # orjson at once: the payload is matched and never stored, so fastjson's guard against an integer
-        # past 64 bits (orjson makes it a float) is not needed; whatever orjson refuses, json decides.
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        payload = None
-    try:
-        if payload is None:
-            payload = fastjson.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Refusal(400, "bad_request", "the delivery is not JSON; set the webhook's content type to "
-                                          "application/json") from None
-    if not isinstance(payload, dict):
-        raise Refusal(400, "bad_request", "the delivery's JSON must be an object")
+    payload = read_payload(body)
     if event == "ping":
         return 200, {"type": "ping", "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}, None
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
