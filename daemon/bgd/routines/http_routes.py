@@ -37,7 +37,7 @@ def routes(service) -> list[Route]:
         except Refusal as refusal:
             return _refused(refusal)
         except CommitFailed as exc:
-            return json_error(500, f"{exc}; GitHub can redeliver it (the delivery id dedupes)")
+            return json_error(500, f"{exc}; the daemon's log says why")
         return Response(fastjson.dumps(answer), status_code=status, media_type="application/json")
 
     return [Route("/v1/routines/{name}/fire", fire, methods=["POST"], name="routine_fire"),
