@@ -15,6 +15,7 @@ is imported when the server starts, never in the daemon.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -51,6 +52,14 @@ DAEMON_METHODS = {"loop.wakeup": "session", "loop.create": "session", "loop.list
 
 # -- the daemon side ----------------------------------------------------------------
 
+@functools.cache
+def _package_roots() -> tuple[str, ...]:
+    """The folders holding the bgd and bgcore packages (never a package's own folder: bgd/http
+    would shadow the standard library's http); worked out once, as they do not move."""
+    import bgd
+    return tuple(sorted({str(Path(bgd.__file__).resolve().parents[1]), str(Path(paths.__file__).resolve().parents[1])}))
+
+
 def mcp_config_for(daemon, session) -> str:
     """The --mcp-config value for a Claude session: inline JSON naming this server."""
     config = {"mcpServers": {SERVER_NAME: {
@@ -63,10 +72,7 @@ def mcp_config_for(daemon, session) -> str:
 
 def server_env(socket_path: str) -> dict[str, str]:
     """The environment this server runs in on this machine: the socket it calls, where bgd is."""
-    import bgd
-    # The folders holding the bgd and bgcore packages (never a package's own folder: bgd/http
-    # would shadow the standard library's http).
-    roots = sorted({str(Path(bgd.__file__).resolve().parents[1]), str(Path(paths.__file__).resolve().parents[1])})
+    roots = list(_package_roots())
     pythonpath = os.pathsep.join(roots + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     return {"BGD_SOCKET": socket_path, "PYTHONPATH": pythonpath}
 

@@ -77,6 +77,21 @@ class FeatureRoutes(BaseRoute):
         await scope.pop(self._ROUTE).handle(scope, receive, send)
 
 
+def _has_body(scope: Scope) -> bool:
+    """Whether a request comes with a body to wait for: a Content-Length above 0 or a
+    Transfer-Encoding, or over HTTP/2 (where DATA needs neither) any method but GET and HEAD
+    without a Content-Length."""
+    length = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            return True
+    if length is not None:
+        return length.strip() not in (b"0", b"")
+    return scope.get("http_version") == "2" and scope.get("method") not in ("GET", "HEAD")
+
+
 def health_routes(version: str) -> list[BaseRoute]:
     payload = {"ok": True, "version": version}
 
@@ -108,26 +123,20 @@ class Entry:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        deadline = trio.current_time() + self.body_timeout_s
-        body_done = False
+        body_done = not _has_body(scope)
         started = False
         replacing: JSONResponse | None = None
-        # One cancel scope for the request, armed only while a receive waits for the body (a scope
-        # per receive costs more than the rest of this wrapper): past the deadline the app is
-        # unwound there and the 408 is answered below.
-        timer = trio.CancelScope()
+        # One cancel scope for the request, armed from the end of the head until the body is in
+        # (setting a deadline at each receive costs more than the rest of this wrapper): past it the
+        # app is unwound where it waits and the 408 is answered below.
+        timer = trio.CancelScope(deadline=math.inf if body_done else trio.current_time() + self.body_timeout_s)
 
         async def receive_in_time() -> Message:
             nonlocal body_done
-            if body_done:  # after the body, receive() only waits for the client to leave
-                return await receive()
-            timer.deadline = deadline
-            try:
-                message = await receive()
-            finally:
-                timer.deadline = math.inf
-            if message["type"] != "http.request" or not message.get("more_body", False):
+            message = await receive()
+            if not body_done and (message["type"] != "http.request" or not message.get("more_body", False)):
                 body_done = True
+                timer.deadline = math.inf  # after the body, receive() only waits for the client to leave
             return message
 
         async def send_as_json(message: Message) -> None:
