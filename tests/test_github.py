@@ -7,7 +7,7 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from bgcore.github import (FIELDS, Match, Matcher, check_filter, compile_filter, event_context, field_value,
+from bgcore.github import (FIELDS, Match, Matcher, TriggerIndex, expand_ruled_out, check_filter, compile_filter, event_context, field_value,
                            match_delivery, parse_event, sign, verify_signature)
 from bgcore.github import FilterError
 
@@ -159,6 +159,53 @@ def test_one_matcher_for_every_trigger_answers_as_each_filter_would():
             assert matcher.why_not(events, filters) == expected
             assert matcher.match(events, filters) == Match(expected is None, expected)
             assert match_delivery(events, filters, event, action, payload) == Match(expected is None, expected)
+
+
+def test_the_index_rules_out_only_what_could_not_match_and_says_why():
+    # A delivery meets only the routines its event and repository can match; the others get the reason
+    # the full match would give them (their repository filter comes first here, so it is the same one).
+    from types import SimpleNamespace as T
+    opened = (("pull_request", "opened"), ("pull_request", "synchronize"))
+    both = (("pull_request", None), ("release", None))
+
+    def trigger(events, *filters, enabled=True):
+        return T(events=events, filters=tuple(compile_filter(n, v) for n, v in filters), enabled=enabled)
+
+    entries = [
+        ("api", True, [trigger(opened, ("repository", "Acme/API"), ("base", "main"))]),
+        ("web", True, [trigger(opened, ("repository", "acme/web"))]),
+        ("releases", True, [trigger((("release", "published"),), ("repository", "acme/api"))]),
+        ("any-repo", True, [trigger(both, ("labels", "bug"))]),                       # no repository: examined
+        ("regex-repo", True, [trigger(opened, ("repository", {"matches": "acme/.*"}))]),  # not a plain value
+        ("two", True, [trigger(opened, ("repository", "acme/web")), trigger(both, ("repository", "acme/api"))]),
+        ("off", True, [trigger(opened, ("repository", "acme/api"), enabled=False)]),
+        ("paused", False, [trigger(opened, ("repository", "acme/api"))]),
+    ]
+    index = TriggerIndex([(name, enabled, triggers, name) for name, enabled, triggers in entries])
+    deliveries = [("pull_request", "opened", pr()), ("pull_request", "closed", pr()),
+                  ("pull_request", "opened", {**pr(), "repository": {"full_name": "ACME/web"}}),
+                  ("pull_request", "opened", {"pull_request": pr()["pull_request"]}),  # no repository at all
+                  ("release", "published", release()), ("issues", "opened", {"action": "opened"})]
+    for event, action, payload in deliveries:
+        matcher = Matcher(event, action, payload)
+        examined, ruled_out = index.split(matcher)
+        expanded = {r["routine"]: r["reason"] for r in expand_ruled_out(ruled_out)}
+        assert [n for n, _, _ in entries if n in examined] == examined  # in their order
+        assert sorted([*examined, *expanded]) == sorted(n for n, _, _ in entries)  # each routine once
+        for name, enabled, triggers in entries:
+            if name not in expanded:
+                continue
+            if not enabled:
+                assert expanded[name] == "the routine is paused"
+            elif event not in ("pull_request", "release"):
+                assert expanded[name] == "routines take pull_request and release events, not issues"
+            else:  # the full match says no, and says the same
+                assert [matcher.why_not(t.events, t.filters) for t in triggers] == [expanded[name]], (event, name)
+    api = Matcher("pull_request", "opened", {**pr(), "repository": {"full_name": "acme/web"}})
+    examined, ruled_out = index.split(api)
+    assert examined == ["web", "any-repo", "regex-repo", "two", "off"]
+    assert {r["routine"]: r["reason"] for r in expand_ruled_out(ruled_out)}["api"] == (
+        "repository is 'acme/web', not 'Acme/API'")
 
 
 @pytest.mark.parametrize("name, value, message", [
