@@ -597,7 +597,8 @@ def test_a_routine_run_on_the_cluster_is_cloned_and_its_pushes_read_on_the_worke
     assert not (bgd.state_dir / "runs" / rec["id"]).exists()
     session = bgd.rpc("session.get", {"id": rec["session_id"]})
     assert session["cwd"] == str(workspace / "app") and session["worker"] == rec["worker"]
-    assert rec["repos"] == [{"url": str(remote), "ref": None, "path": str(workspace / "app"), "commit": main_before}]
+    assert rec["repos"] == [{"url": str(remote), "ref": None, "path": str(workspace / "app"), "commit": main_before,
+                             "remote_refs": {"refs/heads/main": main_before}}]
     said = texts(transcript(bgd, rec["session_id"]))
     assert said[0] == f"sh exit 0: {workspace / 'app'}"
     assert "this run may push only to claude/*; refused refs/heads/main" in said[1]
@@ -606,11 +607,13 @@ def test_a_routine_run_on_the_cluster_is_cloned_and_its_pushes_read_on_the_worke
     assert git("rev-parse", "main", cwd=remote) == main_before
     assert f"Bgagents-Run: {rec['id']}" in git("log", "-1", "--format=%B", "claude/x", cwd=remote)
     assert rec["pushed"] == [{"ref": "refs/heads/claude/x", "old": "0" * 40, "new": pushed, "remote": "origin",
-                              "allowed": True, "deleted": False, "repo": "app"}]
+                              "allowed": True, "deleted": False, "found": "clone", "repo": "app"}]
     assert [(r["ref"], r["verdict"]) for r in rec["refused_pushes"]] == [("refs/heads/main", "refused")]
     assert rec["policy_violations"] == []
     # The worker keeps it ([routines] keep_workspaces_days, 7 by default), the guard's hooks in place.
-    assert (workspace / ".bgagents-hooks" / "pre-push").exists() and (workspace / "app" / "fix.txt").exists()
+    hooks = Path(git("config", "core.hooksPath", cwd=workspace / "app"))
+    assert hooks.parent == workspace.parent / ".bgagents-hooks" and (hooks / "pre-push").exists()
+    assert (workspace / "app" / "fix.txt").exists()
     table = bgd.ctl("routine", "runs", "fixer").stdout
     assert f"claude/x 0000000→{pushed[:7]}" in table and "main refused" in table
 
