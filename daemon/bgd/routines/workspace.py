@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,15 @@ def _git_env() -> dict[str, str]:
                 GIT_SSH_COMMAND=os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"))
 
 
-async def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    result = await trio.run_process(["git", *args], cwd=str(cwd) if cwd else None, capture_stdout=True,
-                                    capture_stderr=True, check=False, env=env or _git_env(), stdin=b"")
+async def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, output: bool = True) -> str:
+    """Run git; its output (`output=False`: none is read, for a command that prints nothing of use).
+    Its stdin is /dev/null, and its stderr becomes CloneFailed's message when it fails."""
+    out: dict = {"capture_stdout": True} if output else {"stdout": subprocess.DEVNULL}
+    result = await trio.run_process(["git", *args], cwd=str(cwd) if cwd else None, capture_stderr=True, check=False,
+                                    env=env or _git_env(), stdin=subprocess.DEVNULL, **out)
     if result.returncode != 0:
         raise CloneFailed(_git_message(result.stderr) or f"git {args[0]} exited with code {result.returncode}")
-    return result.stdout.decode("utf-8", "replace").strip()
+    return result.stdout.decode("utf-8", "replace").strip() if output else ""
 
 
 def _git_message(stderr: bytes) -> str:
@@ -87,9 +91,9 @@ async def prepare(run_dir: Path, repos: tuple[Repo, ...], push: tuple[str, ...],
             try:
                 # The guard's hooks are set by the clone itself (-c writes the new repository's config).
                 await _git("clone", "--quiet", "-c", f"core.hooksPath={hooks}", "--", source(repo.url), str(dest),
-                           cwd=run_dir, env=env)
+                           cwd=run_dir, env=env, output=False)
                 if repo.ref:
-                    await _git("checkout", "--quiet", repo.ref, "--", cwd=dest, env=env)
+                    await _git("checkout", "--quiet", repo.ref, "--", cwd=dest, env=env, output=False)
                 commit, remote_refs = await _refs(dest, env)
             except CloneFailed as exc:
                 raise CloneFailed(f"cannot clone {repo.url}" + (f" at {repo.ref}" if repo.ref else "")
@@ -139,7 +143,7 @@ async def _refs(path: Path, env: dict[str, str]) -> tuple[str | None, dict[str, 
     if found is not None:
         return found
     result = await trio.run_process(["git", "show-ref", "--head"], cwd=str(path), capture_stdout=True,
-                                    capture_stderr=True, check=False, env=env, stdin=b"")
+                                    capture_stderr=True, check=False, env=env, stdin=subprocess.DEVNULL)
     if result.returncode not in (0, 1):  # 1: no ref at all (an empty repository)
         raise CloneFailed(_git_message(result.stderr) or f"git show-ref exited with code {result.returncode}")
     refs = parse_refs(result.stdout.decode("utf-8", "replace"))
