@@ -33,7 +33,6 @@ import trio
 from bgcore.config import ClusterConfig
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, RpcError
 from bgd import fastjson
-from bgd.cluster import codec
 from bgd.cluster import protocol as p
 from bgd.cluster.link import LinkError, TemporalLink
 
@@ -193,6 +192,7 @@ class ClusterService:
         config = self.config
         if config is None:
             raise RpcError(INVALID_PARAMS, NOT_CONFIGURED)
+        from bgd.cluster import codec  # temporalio: loaded only when [cluster] is used
         key_path = codec.key_path(self.daemon.config_dir, config.key_file)
         if self.link is not None and (self.link.address, self.link.namespace, self.link.codec.path) != \
                 (config.temporal, config.namespace, str(key_path)):
@@ -253,6 +253,7 @@ class ClusterService:
         return state.process
 
     async def _start_workflow(self, state: ClusterRun) -> None:
+        from bgd.cluster import codec  # temporalio: loaded only when [cluster] is used
         link = self._link()
         spec = state.spec.to_json()
         config = self.config
@@ -291,6 +292,7 @@ class ClusterService:
 
     async def _watch_run(self, link: TemporalLink, workflow_id: str) -> None:
         """(asyncio) The run workflow's history: its claim, then its outcome."""
+        from bgd.cluster import codec  # temporalio: loaded only when [cluster] is used
         from temporalio.service import RPCError, RPCStatusCode
         import asyncio
         while not link.closed:
@@ -365,6 +367,7 @@ class ClusterService:
     async def _read_log(self, link: TemporalLink, base: str, segment: int, after: int, follower: dict) -> None:
         """(asyncio) One log's segments, in order, from event `after` of `segment`; records go to trio
         in batches.  `follower["seen"]` (written here, read in trio) is the last event read of any kind."""
+        from bgd.cluster import codec  # temporalio: loaded only when [cluster] is used
         from temporalio.service import RPCError, RPCStatusCode
         import asyncio
         last_event = after
