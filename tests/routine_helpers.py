@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from bgcore.github import sign
+from conftest import wait_until
 
 TESTS = Path(__file__).parent
 SECRET = b"It's a Secret to Everybody"
@@ -55,29 +55,21 @@ def start_routine_daemon(bgd, routines_toml: str, routines_config: str = "", env
 
 def listener_url(bgd, timeout: float = 10.0) -> str | None:
     """The listener's URL once it listens; None when nothing wants it (no API or GitHub trigger)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def settled():
         http = bgd.rpc("daemon.status")["http"]
         if http["listening"]:
-            return http["url"]
-        if not http["wanted_by"] and not http["error"]:
-            return None
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the HTTP listener did not start: {http}")
-        time.sleep(0.05)
+            return {"url": http["url"]}
+        return {"url": None} if not http["wanted_by"] and not http["error"] else None
+    return wait_until(settled, timeout, "the HTTP listener to start")["url"]
 
 
 def wait_run(bgd, run_id: str, done=lambda r: r["status"] not in ("queued", "preparing", "running"),
              timeout: float = 30.0) -> dict:
     """Poll a run record until `done` (run records change in the store; a query shows them)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def reached():
         rec = bgd.rpc("routine.get_run", {"id": run_id})
-        if done(rec):
-            return rec
-        if time.monotonic() > deadline:
-            raise AssertionError(f"run {run_id} never got there: {rec}")
-        time.sleep(0.05)
+        return rec if done(rec) else None
+    return wait_until(reached, timeout, f"run {run_id} to get there")
 
 
 def transcript_text(bgd, session_id: str) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
+
+from conftest import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
@@ -41,14 +42,10 @@ class Tmux:
         return self.run("display-message", "-p", "-t", "view", f"#{{{name}}}").strip()
 
     def wait_for(self, predicate, what: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
+        def shown():
             text = self.screen()
-            if predicate(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the screen never showed {what}:\n{text}")
-            time.sleep(0.05)
+            return [text] if predicate(text) else None
+        return wait_until(shown, timeout, f"the screen to show {what}")[0]
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.server, "kill-server"], env=self.env, capture_output=True, timeout=10)

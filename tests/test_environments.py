@@ -21,6 +21,7 @@ from bgcore.confinement import SOCAT, Bridge, Probe, find_bridge, probe, probe_a
 from bgd.environments.proxy import FilteringProxy, ProxyError
 from bgd.environments.sandbox import Sandbox, bwrap_argv, proxy_env
 from bgd.environments.setup import check_syntax, copy_workspace, make_template, run_script
+from conftest import wait_until
 from env_helpers import Servers, bridges, hosts_file, named_prefix, need_confinement, need_names, servers  # noqa: F401
 from routine_helpers import git, make_remote
 
@@ -195,8 +196,8 @@ def test_the_sandbox_shows_the_workspace_at_the_templates_path_and_ends_what_it_
     sandbox = Sandbox(confined=False, binds=[(str(run), str(template))], chdir=str(template / "app"))
     result = run_in(sandbox, ["bash", "-c", f"cat mine.txt; (setsid sleep {marker} &); echo started"])
     assert result.stdout.splitlines() == ["the run's", "started"], result.stderr
-    time.sleep(0.2)
-    assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 1
+    wait_until(lambda: subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 1,
+               5, "the process the script left behind to be killed")
 
 
 def test_proxy_env_points_everything_at_the_bridge():

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from bgctl.client import Client
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 UNITS = ROOT / "contrib" / "systemd"
 
@@ -206,11 +206,10 @@ def test_systemd_socket_activate_starts_bgd_on_first_connection(bgd):
                                  sys.executable, "-m", "bgd"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
-    deadline = time.monotonic() + 10
-    while not bgd.socket.exists():
-        assert time.monotonic() < deadline, bgd.log()
+    def listening() -> bool:
         assert bgd.proc.poll() is None, bgd.log()
-        time.sleep(0.02)
+        return bgd.socket.exists()
+    wait_until(listening, 10, "systemd-socket-activate's socket")
     # Nothing runs bgd until this connection arrives; it is answered all the same.
     status = _status(bgd.socket)
     assert status["pid"] == bgd.proc.pid  # systemd-socket-activate execs bgd in place
