@@ -330,6 +330,7 @@ def test_stop_reaches_the_agent_and_leaves_no_process(owner):
 
 
 def test_killed_worker_fails_its_session_only(owner, cluster):
+    import asyncio
     sessions = [dispatch(owner, f"say started {i}; sleep 120") for i in range(3)]
     running = [owner.wait_session(s["id"], lambda s: s["last_message"].startswith("started") and s["worker"],
                                   timeout=60) for s in sessions]
@@ -345,6 +346,12 @@ def test_killed_worker_fails_its_session_only(owner, cluster):
         took = time.monotonic() - killed_at
         assert victim["worker"] in failed["error"] and "heartbeat" in failed["error"]
         print(f"failed {took:.1f} s after the kill (heartbeat timeout {TIMEOUT_S} s)")
+        # A workflow task the dead worker had taken holds the run until it times out: that timeout
+        # is shorter than the heartbeat timeout, so it never delays the failure past it.
+        workflow_id = _cluster_runs(owner, victim["id"])[0]["workflow_id"]
+        described = asyncio.run(_describe(cluster, workflow_id))
+        assert described.execution_config.default_workflow_task_timeout.ToTimedelta().total_seconds() \
+            == 2 * HEARTBEAT_S < TIMEOUT_S
         wait_until(lambda: not any(pid_alive(pid) for pid in agents), 5, "the killed worker's agent to die")
         for other in others:
             assert owner.rpc("session.get", {"id": other["id"]})["state"] == "working"
@@ -670,6 +677,11 @@ def test_setup_or_a_closed_network_with_where_cluster_is_refused_when_read(bgd, 
 
 
 # -- encryption ---------------------------------------------------------------------------------------
+
+async def _describe(cluster, workflow_id: str):
+    client = await cluster_client(cluster)
+    return (await client.get_workflow_handle(workflow_id).describe()).raw_description
+
 
 async def _histories(cluster, queue: str | None = None) -> list[bytes]:
     """Every workflow history on the server (of the task queue), as raw bytes, read without the key."""

@@ -31,7 +31,8 @@ def test_cluster_config_defaults_and_checks():
     for text, message in (('[cluster]\nnamespace = "x"\n', "needs temporal"),
                           ('[cluster]\ntemporal = "nohost"\n', "host:port"),
                           ('[cluster]\ntemporal = "h:99999"\n', "host:port"),
-                          ('[cluster]\ntemporal = "h:1"\nheartbeat_s = 0\n', "positive"),
+                          ('[cluster]\ntemporal = "h:1"\nheartbeat_s = 0\n', "at least 0.5"),
+                          ('[cluster]\ntemporal = "h:1"\nheartbeat_s = 0.2\n', "at least 0.5"),
                           ('[cluster]\ntemporal = "h:1"\ntask_queue = " "\n', "must not be empty"),
                           ('[cluster]\ntemporal = "h:1"\nkey_file = ""\n', "must not be empty"),
                           ('[cluster]\ntemporal = 7233\n', "must be a string")):
@@ -47,6 +48,13 @@ def test_ids_and_queues():
     log = p.log_id("me", "w1", "ab12", 7)
     assert p.log_base(log) == ("bgagents-log/me/w1/ab12", 7)
     assert p.valid_name("gpu-box.2_a") and not p.valid_name("a/b") and not p.valid_name("")
+
+
+def test_a_run_workflows_task_timeout_ends_before_its_heartbeat_timeout():
+    # A workflow task taken by a worker that dies must time out before the run is found lost.
+    for heartbeat in (0.5, 1.0, 3.0, 10.0, 60.0):
+        timeout = p.task_timeout_s(heartbeat)
+        assert 1.0 <= timeout <= 10.0 and timeout < 3 * heartbeat
 
 
 def test_run_spec_round_trips_and_ignores_unknown_fields():

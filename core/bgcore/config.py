@@ -312,8 +312,9 @@ def _parse_cluster(spec: dict | None, where, check_type, warnings: list[str]) ->
         if key in spec and not spec[key].strip():
             raise ConfigError(f"{where(key)}: cluster.{key} must not be empty")
     heartbeat = spec.get("heartbeat_s", 10)
-    if heartbeat <= 0:
-        raise ConfigError(f"{where('heartbeat_s')}: cluster.heartbeat_s must be positive")
+    if heartbeat < 0.5:
+        # Below it Temporal's one-second floor on workflow tasks could outlast the heartbeat timeout.
+        raise ConfigError(f"{where('heartbeat_s')}: cluster.heartbeat_s must be at least 0.5 (seconds)")
     return ClusterConfig(temporal=temporal, namespace=spec.get("namespace", "default"),
                          task_queue=spec.get("task_queue", "bgagents"), heartbeat_s=float(heartbeat),
                          key_file=spec.get("key_file", ClusterConfig.key_file))

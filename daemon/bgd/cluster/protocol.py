@@ -60,6 +60,14 @@ SEGMENT_BYTES = 16 << 20     # bytes per log segment (Temporal refuses histories
 FLUSH_S = 0.04               # the shortest time between two signals of one log
 
 
+def task_timeout_s(heartbeat_s: float) -> float:
+    """A run workflow's workflow-task timeout.  A task taken by a worker that then dies holds the
+    workflow until it times out (Temporal's default is 10 s), and the lost run's outcome cannot be
+    written before: at twice the heartbeat it ends before the heartbeat timeout (three heartbeats)
+    does, so a killed worker's runs fail within that timeout.  Between 1 s and the default 10 s."""
+    return min(10.0, max(1.0, 2 * heartbeat_s))
+
+
 def worker_queue(task_queue: str, worker: str) -> str:
     return f"{task_queue}@{worker}"
 

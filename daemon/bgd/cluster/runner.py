@@ -267,6 +267,7 @@ class ClusterService:
                 link.key_checked.add(config.task_queue)
             await client.start_workflow(
                 p.RUN_WORKFLOW, spec, id=state.workflow_id, task_queue=config.task_queue,
+                task_timeout=timedelta(seconds=p.task_timeout_s(config.heartbeat_s)),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
 
@@ -712,7 +713,8 @@ class ClusterService:
                 answers = await client.execute_workflow(
                     p.STATUS_WORKFLOW, [p.worker_queue(config.task_queue, n) for n in names],
                     id=f"bgagents-status/{self.owner}/{uuid.uuid4().hex[:12]}", task_queue=config.task_queue,
-                    execution_timeout=timedelta(seconds=15), result_type=list)
+                    execution_timeout=timedelta(seconds=15), result_type=list,
+                    task_timeout=timedelta(seconds=p.task_timeout_s(config.heartbeat_s)))
                 workers = answers
             seen = {poller.identity: poller.last_access_time.ToDatetime().isoformat() + "Z"
                     for poller in described.pollers if poller.identity}
