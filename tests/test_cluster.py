@@ -820,6 +820,30 @@ def test_a_routine_run_on_the_cluster_reports_its_outcome(bgd, cluster, tmp_path
     assert any(t.startswith("mcp: outcome of run") for t in texts(transcript(bgd, session["id"])))
 
 
+def test_a_routine_run_on_the_cluster_carries_on_through_a_restart_of_its_owner(bgd, cluster, tmp_path):
+    from routine_helpers import make_remote, wait_run
+    remote = make_remote(tmp_path)
+    secret = "s3cr3t-Restart-91b0"
+    env_file = tmp_path / "restart.env"
+    env_file.write_text(f"API_KEY={secret}\n")
+    prompt = ("say started; sleep 3; sh echo the key is $API_KEY; "
+              'mcp mcp__bgagents__report_outcome {"status": "done", "summary": "went on"}; say end')
+    _routine_owner(bgd, cluster, _routine("longer", remote, prompt,
+                                          f'timeout = "10m"\n[routines.longer.environment]\nenv_file = "{env_file}"\n'))
+    run = bgd.rpc("routine.run", {"name": "longer"})
+    bgd.wait_session(run["session_id"], lambda s: s["last_message"] == "started", timeout=60)
+    bgd.stop(signal.SIGKILL)
+    bgd.start()
+    # Its worker kept working: the run is still open, not daemon_restarted, and ends as it would have.
+    assert bgd.rpc("routine.get_run", {"id": run["id"]})["status"] == "running"
+    rec = wait_run(bgd, run["id"], timeout=60)
+    assert (rec["status"], rec["outcome"], rec["summary"]) == ("finished", "done", "went on"), rec
+    said = texts(transcript(bgd, rec["session_id"]))
+    assert said[0] == "started" and said[1] == "sh exit 0: the key is ***" and said[-1].startswith("end\n"), said
+    assert secret not in json.dumps(bgd.rpc("session.transcript", {"id": rec["session_id"], "full": True}))
+    assert rec["error"] is None
+
+
 def test_a_dynamic_loop_on_a_cluster_session_is_woken_by_the_owner(owner, cluster):
     session = dispatch(owner, "say ready")
     ready = owner.wait_state(session["id"], "completed", timeout=60)

@@ -184,6 +184,19 @@ def test_replace_stops_the_running_one_and_allow_overlaps():
     assert sorted(g.active) == [2, 3, 4]
 
 
+def test_a_resumed_run_holds_its_slot_and_its_task_until_it_finishes():
+    g = RunGate(max_concurrent=1)
+    g.resume(1, "a")
+    g.resume(1, "a")  # once only
+    assert g.offer(2, "a", "skip") == [Skipped(2, "a", "previous_run_active")]
+    assert g.offer(3, "b", "skip") == [Queued(3, "b", "concurrency_limit")]
+    g.resume(4, "c")  # over the cap: it is running already
+    assert sorted(g.active) == [1, 4]
+    assert g.finished(1) == []
+    assert g.finished(4) == [Start(3, "b")]
+    assert g.offer(5, "a", "skip") == [Queued(5, "a", "concurrency_limit")]
+
+
 def test_the_cap_queues_in_order_and_starts_when_a_slot_frees():
     g = RunGate(max_concurrent=2)
     assert g.offer(1, "a", "skip") == [Start(1, "a")]

@@ -237,6 +237,13 @@ class RunGate:
             actions += self._proceed(buffered_id, task, payload)
         return actions + self._fill()
 
+    def resume(self, run_id: int, task: str) -> None:
+        """A run that went on while the gate was away (a daemon restart): it holds its slot again,
+        over the cap if need be, and its task is busy until it is `finished`."""
+        if run_id not in self.active:
+            self.active[run_id] = task
+            self._count(task, +1)
+
     def set_max(self, max_concurrent: int) -> list:
         self.max_concurrent = max_concurrent
         return self._fill()

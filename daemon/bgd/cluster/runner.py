@@ -377,26 +377,37 @@ class ClusterService:
             following = None
             try:
                 client = await link.connected()
-                handle = client.get_workflow_handle(segment_id)
-                async for event in handle.fetch_history_events(wait_new_event=True):
-                    if event.event_id <= last_event:
-                        continue
-                    last_event = event.event_id
+                history = client.get_workflow_handle(segment_id).fetch_history_events(wait_new_event=True)
+                while following is None:
+                    # A page at a time (a long poll's answer): its records go to trio in one batch.
+                    await history.fetch_next_page()
+                    items: list = []
+                    for event in history.current_page or ():
+                        if event.event_id <= last_event:
+                            continue
+                        if not event.HasField("workflow_execution_signaled_event_attributes"):
+                            last_event = event.event_id
+                            continue
+                        attrs = event.workflow_execution_signaled_event_attributes
+                        if attrs.signal_name != p.LOG_SIGNAL or not attrs.input.payloads:
+                            last_event = event.event_id
+                            continue
+                        try:
+                            payload = fastjson.loads(link.codec.open_data(attrs.input.payloads[0]))
+                        except codec.KeyMismatch as exc:
+                            log.error("reading log %s: %s", segment_id, exc)
+                            last_event = event.event_id
+                            continue
+                        if "next" in payload:
+                            following = payload["next"]
+                            break
+                        last_event = event.event_id
+                        items.extend(payload.get("items") or ())
+                    if items:
+                        link.post(self._on_items, base, segment, last_event, items)
                     follower["seen"] = (segment, last_event)
-                    if not event.HasField("workflow_execution_signaled_event_attributes"):
-                        continue
-                    attrs = event.workflow_execution_signaled_event_attributes
-                    if attrs.signal_name != p.LOG_SIGNAL or not attrs.input.payloads:
-                        continue
-                    try:
-                        payload = fastjson.loads(link.codec.open_data(attrs.input.payloads[0]))
-                    except codec.KeyMismatch as exc:
-                        log.error("reading log %s: %s", segment_id, exc)
-                        continue
-                    if "next" in payload:
-                        following = payload["next"]
+                    if history.next_page_token is None:
                         break
-                    link.post(self._on_items, base, segment, last_event, payload.get("items") or [])
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     log.warning("reading log %s: %s; again in 1 s", segment_id, _short(exc))

@@ -9,7 +9,8 @@ request is allowed and recorded as auto-allowed, every question answered with QU
 an end: `finished` (the session's turn completed), `agent_failed`, `timed_out` (the routine's
 `timeout` passed and the session was stopped), `stopped` (someone stopped it), or, before the agent
 ever ran, `clone_failed` / `setup_failed`; `skipped` (with a reason) when it never started at all;
-`daemon_restarted` when bgd stopped while it was open (its session is failed and resumable).
+`daemon_restarted` when bgd stopped while it was open (its session is failed and resumable), except
+a run on the cluster whose worker kept working: it carries on, and ends with its session.
 
 Where fires come from lives beside this module: schedules.py (schedule triggers), fires.py (the API
 and GitHub), methods.py (`bgctl routine run`).
@@ -112,6 +113,7 @@ class RoutineService:
         self._mounted = False
         self._github: tuple[Any, TriggerIndex] = (None, TriggerIndex([]))
         self._saved: dict[str, trio.Event] = {}     # run id -> set at its record's next save (wait_started)
+        self._resumed: list[dict] = []              # runs carried on through a restart, their timeouts to start
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(self._on_session_end)
         sessions.on_permission.append(self._on_permission)
@@ -123,12 +125,20 @@ class RoutineService:
     async def run(self, daemon=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         if not self._recovered:
             self._recover()
+        self._reopen()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.file.watch)
             if self.schedules is not None:
                 nursery.start_soon(self.schedules.loop)
             nursery.start_soon(self._housekeeping)
+            for rec in self._resumed:  # runs carried on through a restart: what is left of their timeouts
+                routine = self.file.routines.get(rec["routine"])
+                total = routine.timeout_s if routine else DEFAULT_TIMEOUT_S
+                started = clock.parse_iso(rec.get("started_at") or clock.iso(self.now())).timestamp()
+                left = max(0.0, total - (self.now().timestamp() - started))
+                nursery.start_soon(self._timeout, rec["id"], left, total)
+            self._resumed.clear()
             task_status.started()
 
     @property
@@ -147,16 +157,11 @@ class RoutineService:
         return self._github[1]
 
     def _recover(self) -> None:
-        """After a restart: open runs are over (`daemon_restarted`); the session map, the masks of
+        """After a restart (open runs: `_reopen`, once the sessions are loaded): the session map, the masks of
         their sessions, the dedupe window, the Idempotency-Keys and the hourly counts come back."""
         self._recovered = True
         now = self.now()
         ts = now.timestamp()
-        with self.store.transaction():
-            for rec in self.store.routine_runs_with_status(OPEN):
-                rec.update(status="daemon_restarted", ended_at=clock.iso(now),
-                           error=RESTARTED.format(status=rec["status"], session=rec.get("session_id") or "ID"))
-                self.store.save_routine_run(rec)
         self.session_runs.update(self.store.routine_run_sessions())
         for rec in self.store.routine_runs_with_workspace():
             if rec.get("ended_at") and rec.get("where") != "cluster":
@@ -168,6 +173,37 @@ class RoutineService:
             self.dedupe.load(delivery_id, at)
         for routine, key, at, digest, answer in self.store.idempotency_since(ts - self.idempotency.window_s):
             self.idempotency.load(routine, key, digest, answer, at)
+
+    def _reopen(self) -> None:
+        """At the service's start, once the sessions are loaded: the runs that were open are over
+        (`daemon_restarted`), but for those whose session carries on (`_carries_on`)."""
+        now = self.now()
+        with self.store.transaction():
+            for rec in self.store.routine_runs_with_status(OPEN):
+                if self._carries_on(rec):
+                    self._resume(rec)
+                    continue
+                rec.update(status="daemon_restarted", ended_at=clock.iso(now),
+                           error=RESTARTED.format(status=rec["status"], session=rec.get("session_id") or "ID"))
+                self.store.save_routine_run(rec)
+
+    def _carries_on(self, rec: dict) -> bool:
+        """A run whose session went on without this daemon: one on the cluster, whose worker kept
+        working while bgd was away (the cluster service took the session up again when it loaded)."""
+        session = self.sessions.sessions.get(rec.get("session_id") or "")
+        return (rec.get("where") == "cluster" and session is not None and session.state in BUSY
+                and session.id in self.sessions.runs)
+
+    def _resume(self, rec: dict) -> None:
+        """Keep such a run open: its slot, the masks of its secrets (its lines are still to come),
+        and what is left of its timeout; it ends with its session, as it would have."""
+        run_id = rec["id"]
+        self.records[run_id] = rec
+        self.gate.resume(run_id, rec["routine"])
+        self._reload_secrets(self.sessions.sessions[rec["session_id"]], run_id)
+        if rec["status"] == "running":
+            self._resumed.append(rec)
+        log.info("run %s of %s carries on on the cluster", run_id, rec["routine"])
 
     def _on_change(self, old: dict[str, Routine], new: dict[str, Routine], changes: dict) -> None:
         actions: list = []
@@ -443,10 +479,13 @@ class RoutineService:
                               "{name: {command, args, env}}")
         return servers
 
-    async def _timeout(self, run_id: str, seconds: float) -> None:
+    async def _timeout(self, run_id: str, seconds: float, total: float | None = None) -> None:
+        """Stop the run's session after `seconds` (the routine's timeout, `total`, less what a run
+        carried on through a restart had already used)."""
         with trio.CancelScope() as scope:
             self.timeouts[run_id] = scope
             await trio.sleep(seconds)
+            seconds = total if total is not None else seconds
             rec = self.records.get(run_id)
             session = self.sessions.sessions.get((rec or {}).get("session_id") or "")
             if rec is not None and rec["status"] == "running" and session is not None:
