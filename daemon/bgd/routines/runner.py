@@ -110,6 +110,7 @@ class RoutineService:
         self._next_look: float | None = None   # when the housekeeper looks again by itself; None: it is looking
         self.schedules = None  # schedules.ScheduleTriggers, made by install (it needs this service)
         self._recovered = False
+        self._reopened = False
         self._mounted = False
         self._github: tuple[Any, TriggerIndex] = (None, TriggerIndex([]))
         self._saved: dict[str, trio.Event] = {}     # run id -> set at its record's next save (wait_started)
@@ -125,7 +126,8 @@ class RoutineService:
     async def run(self, daemon=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         if not self._recovered:
             self._recover()
-        self._reopen()
+        if not self._reopened:  # (installed in a daemon, it ran once the sessions were loaded)
+            self._reopen()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.file.watch)
@@ -175,8 +177,9 @@ class RoutineService:
             self.idempotency.load(routine, key, digest, answer, at)
 
     def _reopen(self) -> None:
-        """At the service's start, once the sessions are loaded: the runs that were open are over
+        """Once the sessions are loaded (before any service starts): the runs that were open are over
         (`daemon_restarted`), but for those whose session carries on (`_carries_on`)."""
+        self._reopened = True
         now = self.now()
         with self.store.transaction():
             for rec in self.store.routine_runs_with_status(OPEN):
@@ -800,5 +803,6 @@ def install(daemon) -> RoutineService:
     previous = daemon.sessions.mcp_config_for
     daemon.sessions.mcp_config_for = lambda session: service.mcp_config(session, previous(session))
     service._recover()
+    daemon.sessions.after_load.append(service._reopen)  # before the HTTP listener takes a fire
     service.file.reload_from_disk()  # before the listener's first look, so it listens when bgd is ready
     return service

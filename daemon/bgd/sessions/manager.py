@@ -76,6 +76,9 @@ class SessionManager:
         self.placements: dict[str, Any] = {}
         # (session) -> True when a placement takes the loaded session's live process over.
         self.on_load: list[Callable[[Session], bool]] = []
+        # () once every session is loaded (and taken over where a placement could), before any
+        # service starts: routines settles the runs that were open then.
+        self.after_load: list[Callable[[], None]] = []
         # More environment and agent arguments at each start of a session's agent (routines: their
         # run's variables and env_file, kept in memory only; args_for also gets the backend's name,
         # since arguments are a backend's own), and what hides secrets in everything a session
@@ -110,6 +113,8 @@ class SessionManager:
                     session.pending = None
                     self._record(session, "daemon", {"event": "failed", "error": RESTART_ERROR})
                 self._changed(session)
+        for hook in self.after_load:
+            hook()
 
     # -- queries ----------------------------------------------------------------
 
