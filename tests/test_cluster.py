@@ -423,6 +423,28 @@ def test_a_desktop_task_with_where_cluster_runs_on_a_worker(owner, cluster):
     assert texts(transcript(owner, session["id"])) == ["from the cluster"]
 
 
+def test_a_task_run_on_the_cluster_holds_its_slot_through_a_restart_of_its_owner(bgd, cluster):
+    bgd.write_config(cluster_config(cluster))
+    config = bgd.config_dir / "config.toml"
+    config.write_text(config.read_text().replace("[scheduler]\n", "[scheduler]\nmax_concurrent_runs = 1\n", 1))
+    (bgd.config_dir / "tasks.toml").write_text(
+        f'[tasks.long]\nprompt = "say started; sleep 4; say done"\ncwd = "{bgd.work}"\nschedule = "manual"\n'
+        f'where = "cluster"\n[tasks.next]\nprompt = "say next"\ncwd = "{bgd.work}"\nschedule = "manual"\n')
+    bgd.start()
+    wait_until(lambda: bgd.ctl("task", "show", "next").returncode == 0, 10, "the tasks to load")
+    first = bgd.ctl_json("task", "run", "long")
+    bgd.wait_session(first["session_id"], lambda s: s["last_message"] == "started", timeout=60)
+    bgd.stop(signal.SIGKILL)
+    bgd.start()
+    # Its worker kept working, so it still holds the one slot: the next run waits for it.
+    queued = bgd.ctl_json("task", "run", "next")
+    assert (queued["status"], queued["reason"], queued["session_id"]) == ("queued", "concurrency_limit", None), queued
+    assert bgd.wait_state(first["session_id"], "completed", timeout=60)["last_message"] == "done"
+    ran = wait_until(lambda: next((r for r in bgd.ctl_json("task", "history", "next") if r["session_id"]), None),
+                     30, "the queued run to start")
+    assert bgd.wait_state(ran["session_id"], "completed", timeout=30)["last_message"] == "next"
+
+
 def test_the_same_github_delivery_fired_at_two_daemons_makes_one_run(bgd, cluster, tmp_path):
     import tempfile
 

@@ -192,6 +192,21 @@ class TaskService:
         self.rows[run_id] = row
         return self.gate.offer(run_id, task.name, "allow" if fire.manual else task.overlap, fire)
 
+    def reattach(self) -> None:
+        """Once the sessions are loaded: a run whose session carried on through a restart (on the
+        cluster, its worker kept working) holds its slot and its task until that session's turn ends,
+        so an overlap policy sees it as a run that never stopped."""
+        for session in self.sessions.sessions.values():
+            name = (getattr(session, "origin", "") or "").partition("task:")[2]
+            if not name or session.state not in BUSY or session.id not in self.sessions.runs:
+                continue
+            row = next((r for r in self.store.task_runs(name, limit=50) if r.get("session_id") == session.id), None)
+            if row is None:
+                continue
+            self.run_sessions[row["id"]] = session.id
+            self.session_runs[session.id] = row["id"]
+            self.gate.resume(row["id"], name)
+
     def _record_skip(self, name: str, due_at: datetime, reason: str, count: int = 1) -> dict:
         row = {"task": name, "due_at": clock.iso(due_at), "status": "skipped", "reason": reason,
                "catch_up": False, "manual": False, "session_id": None, "created_at": clock.iso(self.now()),
@@ -708,6 +723,7 @@ def install(daemon) -> TaskService:
     service = TaskService(store=daemon.store, bus=daemon.bus, sessions=daemon.sessions, config=lambda: daemon.config,
                           config_dir=daemon.config_dir, state_dir=daemon.state_dir)
     daemon.tasks = service
+    daemon.sessions.after_load.append(service.reattach)
     daemon.services.append(service.run)
     daemon.on_reload.append(service.set_config)
     return service
