@@ -1,8 +1,7 @@
 """routines.toml in the daemon: the live set of routines, read from the file (the source of truth),
 watched like tasks.toml, and edited by the `routine.*` methods.
 
-The file is watched with watchdog (its thread pokes trio through the run's token); changes are
-debounced for DEBOUNCE_S and applied. A routine with an error keeps its last valid definition until
+The file is watched and written by bgd.watched_file (changes debounced, then applied). A routine with an error keeps its last valid definition until
 it is fixed; a file that is not TOML (or was deleted) keeps every routine as it was. An edit made
 through a method writes the file (the routine's own sections, see bgcore.routines_file) and applies
 the one routine it changed at once; the watcher then sees a file it already knows and does nothing.
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +19,9 @@ import trio
 from bgcore.jsonrpc import INVALID_PARAMS, NOT_FOUND, ROUTINES_FILE_ERROR, RpcError
 from bgcore.routines_edit import find_block
 from bgcore.routines_file import Routine, RoutineFileError, load_routines
+from bgd import watched_file
 
 log = logging.getLogger("bgd.routines")
-
-DEBOUNCE_S = 0.1
-_CHANGES = ("created", "modified", "deleted", "moved", "closed")
 
 Changes = dict  # {"added": [...], "changed": [...], "removed": [...]}
 
@@ -43,57 +39,11 @@ class RoutinesFile:
         self.errors: list[RoutineFileError] = []
         self._digest: str | None = None
         self._seen = False
-        self._dirty: trio.Event | None = None
 
     # -- watching -------------------------------------------------------------------
 
     async def watch(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self._dirty = trio.Event()
-        observer = self._start_watcher()
-        self.reload_from_disk()  # after the watcher: an edit made meanwhile is read or reported
-        task_status.started()
-        try:
-            while True:
-                await self._dirty.wait()
-                while True:  # debounce: editors write in several steps
-                    self._dirty = trio.Event()
-                    with trio.move_on_after(DEBOUNCE_S) as scope:
-                        await self._dirty.wait()
-                    if scope.cancelled_caught:
-                        break
-                self.reload_from_disk()
-        finally:
-            if observer is not None:
-                observer.stop()
-
-    def _start_watcher(self):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-        token = trio.lowlevel.current_trio_token()
-        target = self.path.name
-        keeper = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                if event.event_type not in _CHANGES:
-                    return
-                paths = (getattr(event, "src_path", ""), getattr(event, "dest_path", "") or "")
-                if any(os.path.basename(os.fsdecode(p)) == target for p in paths if p):
-                    try:
-                        token.run_sync_soon(keeper._changed)
-                    except trio.RunFinishedError:
-                        pass
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        observer.start()
-        return observer
-
-    def _changed(self) -> None:
-        if self._dirty is not None:
-            self._dirty.set()
+        await watched_file.watch(self.path, self.reload_from_disk, task_status=task_status)
 
     # -- reading --------------------------------------------------------------------
 
@@ -185,22 +135,10 @@ class RoutinesFile:
         return routines[name]
 
     def write(self, text: str) -> None:
-        target = os.path.realpath(self.path)  # a symlinked routines.toml (dotfiles) stays a symlink
-        tmp = f"{target}.bgd-{os.getpid()}.tmp"
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            try:
-                os.chmod(tmp, os.stat(target).st_mode & 0o7777)
-            except FileNotFoundError:
-                os.chmod(tmp, 0o600)  # it may name secret files and hold tokens' routines: private
-            os.replace(tmp, target)
+            # A new file is private: it may name secret files and hold tokens' routines.
+            watched_file.write_atomically(self.path, text, new_mode=0o600)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise RpcError(ROUTINES_FILE_ERROR, f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._digest = hashlib.sha1(text.encode()).hexdigest()
         self._seen = True

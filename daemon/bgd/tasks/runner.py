@@ -8,8 +8,8 @@ during a suspend would otherwise fire only after the suspended time had passed a
 one comparison against the heap's top; nothing scans the tasks. With no task scheduled at all the
 loop sleeps until something changes.
 
-tasks.toml is watched with watchdog (its thread pokes trio through the run's token); changes are
-debounced for `DEBOUNCE_S` and applied, well within the second §7 asks for. Edits made through the
+tasks.toml is watched and written by bgd.watched_file (changes debounced, well within the second §7
+asks for). Edits made through the
 methods (`task.add`, …) write the file (a spliced section, see tasks_file) and apply the one task
 they changed at once; the watcher then sees a file it already knows (same digest) and does nothing.
 """
@@ -29,7 +29,7 @@ import trio
 from bgcore.jsonrpc import (BAD_SCHEDULE, CONFLICT, INVALID_PARAMS, NOT_FOUND, TASKS_FILE_ERROR, RpcError)
 from bgcore.schedule import ScheduleError, jitter_seconds, parse_schedule
 
-from bgd import clock
+from bgd import clock, watched_file
 from bgcore.scheduler import Fire, Queued, RunGate, Scheduler, Skip, Skipped, Start, Stop
 from bgcore.tasks_file import (FIELDS, Task, TaskFileError, add_task_text, edit_task_text, find_section, has_task,
                          load_tasks, remove_task_text, validate_name)
@@ -37,11 +37,9 @@ from bgcore.tasks_file import (FIELDS, Task, TaskFileError, add_task_text, edit_
 log = logging.getLogger("bgd.tasks")
 
 CHECK_S = 1.0       # the longest the loop trusts the monotonic clock before re-reading the wall clock
-DEBOUNCE_S = 0.1    # quiet time after a change to tasks.toml before it is read
 PRUNE_CHECK_S = 3600.0  # worktrees are looked at at least this often
 JUMP_S = 5.0        # wall clock ahead of the monotonic clock by more than this: the machine slept
 BUSY = ("working", "needs_input")
-_CHANGES = ("created", "modified", "deleted", "moved", "closed")  # watchdog event types that change a file
 
 
 class TaskService:
@@ -70,7 +68,6 @@ class TaskService:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._prune_wake = trio.Event()
-        self._file_dirty = trio.Event()
         sessions.on_turn_end.append(self._on_turn_end)
         sessions.on_session_end.append(lambda session, why: self._on_turn_end(session))
         sessions.on_always.append(self._on_always)
@@ -81,19 +78,10 @@ class TaskService:
         """Load tasks.toml, watch it, and fire tasks until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            # Watch first, then read: an edit made while we start is either in
-            # what we read or reported by the watcher, never lost between the two.
-            observer = self._start_watcher()
-            self.reload_from_disk()
-            try:
-                nursery.start_soon(self._watch_loop)
-                nursery.start_soon(self._loop)
-                nursery.start_soon(self._prune_loop)
-                task_status.started()
-                await trio.sleep_forever()
-            finally:
-                if observer is not None:
-                    observer.stop()
+            await nursery.start(watched_file.watch, self.path, self.reload_from_disk)
+            nursery.start_soon(self._loop)
+            nursery.start_soon(self._prune_loop)
+            task_status.started()
 
     async def _loop(self) -> None:
         first = True
@@ -366,49 +354,6 @@ class TaskService:
 
     # -- tasks.toml -------------------------------------------------------------------
 
-    def _start_watcher(self):
-        try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers import Observer
-        except ImportError:  # pragma: no cover - watchdog is a dependency
-            log.warning("watchdog is not installed: edits to %s apply on `bgctl daemon reload` only", self.path)
-            return None
-        token = trio.lowlevel.current_trio_token()
-        target = self.path.name
-        service = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                if event.event_type not in _CHANGES:  # our own reads open and close the file too
-                    return
-                paths = (getattr(event, "src_path", ""), getattr(event, "dest_path", "") or "")
-                if any(os.path.basename(os.fsdecode(p)) == target for p in paths if p):
-                    try:
-                        token.run_sync_soon(service._file_changed)
-                    except trio.RunFinishedError:
-                        pass
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        observer.start()
-        return observer
-
-    def _file_changed(self) -> None:
-        self._file_dirty.set()
-
-    async def _watch_loop(self) -> None:
-        while True:
-            await self._file_dirty.wait()
-            while True:  # debounce: editors write in several steps
-                self._file_dirty = trio.Event()
-                with trio.move_on_after(DEBOUNCE_S) as scope:
-                    await self._file_dirty.wait()
-                if scope.cancelled_caught:
-                    break
-            self.reload_from_disk()
-
     def reload_from_disk(self) -> dict:
         """Read tasks.toml and apply it; a broken or missing file keeps the last valid tasks."""
         try:
@@ -499,21 +444,9 @@ class TaskService:
         return text
 
     def _write(self, text: str) -> None:
-        target = os.path.realpath(self.path)  # a symlinked tasks.toml (dotfiles) stays a symlink
-        tmp = f"{target}.bgd-{os.getpid()}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            try:
-                os.chmod(tmp, os.stat(target).st_mode & 0o7777)
-            except FileNotFoundError:
-                pass
-            os.replace(tmp, target)
+            watched_file.write_atomically(self.path, text)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise RpcError(TASKS_FILE_ERROR, f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._digest = hashlib.sha1(text.encode()).hexdigest()
         self._file_seen = True
