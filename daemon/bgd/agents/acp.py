@@ -24,7 +24,7 @@ from bgcore.jsonrpc import METHOD_NOT_FOUND, PARSE_ERROR, Notification, Peer, Re
 from bgd import __version__, fastjson
 from bgd.agents import acp_lines as acp
 from bgd.agents.base import Driver as BaseDriver, Launch, one_line
-from bgd.agents.process import OversizedLine
+from bgd.agents.stdout_lines import OversizedLine
 
 
 class _Gone(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from bgd import fastjson
 from bgd.agents import claude_lines as claude
 from bgd.agents.base import Driver as BaseDriver, Launch, one_line
-from bgd.agents.process import OversizedLine
+from bgd.agents.stdout_lines import OversizedLine
 
 
 class Driver(BaseDriver):

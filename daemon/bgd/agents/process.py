@@ -1,8 +1,8 @@
 """One agent child process: argv (never a shell), stdout lines in, stdin lines out.
 
 Backends build the argv and interpret the lines; this shell only moves bytes
-and reports the exit.  A line longer than `max_line` is cut to a marker so a
-runaway agent cannot grow the daemon's memory without bound.
+and reports the exit.  Lines are cut by bgd.agents.stdout_lines (a line longer
+than `max_line` becomes a marker, so a runaway agent cannot grow the daemon's memory).
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from typing import Awaitable, Callable
 
 import trio
 
-MAX_LINE_BYTES = 32 << 20
+from bgd.agents.stdout_lines import MAX_LINE_BYTES, LineSplitter
+
 STDERR_TAIL_BYTES = 4096
-
-
-class OversizedLine(bytes):
-    """Stands in for a stdout line that exceeded the limit: its first bytes."""
-
-    total: int = 0
 
 
 class AgentProcess:
@@ -80,8 +75,7 @@ class AgentProcess:
 
     async def _read_stdout(self) -> None:
         stream = self.process.stdout
-        buf = bytearray()
-        dropping = 0  # bytes of an oversized line skipped so far
+        lines = LineSplitter(self.on_line, self.max_line)
         while True:
             try:
                 chunk = await stream.receive_some(1 << 16)
@@ -89,37 +83,8 @@ class AgentProcess:
                 chunk = b""
             if not chunk:
                 break
-            start = 0
-            while True:
-                nl = chunk.find(b"\n", start)
-                if nl < 0:
-                    piece = chunk[start:]
-                    if dropping:
-                        dropping += len(piece)
-                    else:
-                        buf += piece
-                        if len(buf) > self.max_line:
-                            dropping = len(buf)
-                            head = OversizedLine(bytes(buf[:4096]))
-                            buf.clear()
-                            self._deliver_oversized(head, dropping)
-                    break
-                piece = chunk[start:nl]
-                start = nl + 1
-                if dropping:
-                    dropping = 0
-                    continue
-                buf += piece
-                line = bytes(buf)
-                buf.clear()
-                if line.strip():
-                    self.on_line(line)
-        if buf.strip() and not dropping:
-            self.on_line(bytes(buf))
-
-    def _deliver_oversized(self, head: OversizedLine, size: int) -> None:
-        head.total = size
-        self.on_line(head)
+            lines.feed(chunk)
+        lines.end()
 
     async def _read_stderr(self) -> None:
         stream = self.process.stderr

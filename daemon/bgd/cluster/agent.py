@@ -19,7 +19,8 @@ import signal
 import sys
 from typing import Any, Callable
 
-from bgd.agents.process import MAX_LINE_BYTES, STDERR_TAIL_BYTES, OversizedLine
+from bgd.agents.process import STDERR_TAIL_BYTES
+from bgd.agents.stdout_lines import MAX_LINE_BYTES, LineSplitter
 
 log = logging.getLogger("bgd.worker")
 
@@ -79,40 +80,13 @@ class LocalAgent:
 
     async def _read_stdout(self) -> None:
         stream = self.process.stdout
-        buf = bytearray()
-        dropping = 0
+        lines = LineSplitter(self.on_line, self.max_line)
         while True:
             chunk = await stream.read(1 << 16)
             if not chunk:
                 break
-            start = 0
-            while True:
-                nl = chunk.find(b"\n", start)
-                if nl < 0:
-                    piece = chunk[start:]
-                    if dropping:
-                        dropping += len(piece)
-                    else:
-                        buf += piece
-                        if len(buf) > self.max_line:
-                            dropping = len(buf)
-                            head = OversizedLine(bytes(buf[:4096]))
-                            head.total = dropping
-                            buf.clear()
-                            self.on_line(head)
-                    break
-                piece = chunk[start:nl]
-                start = nl + 1
-                if dropping:
-                    dropping = 0
-                    continue
-                buf += piece
-                line = bytes(buf)
-                buf.clear()
-                if line.strip():
-                    self.on_line(line)
-        if buf.strip() and not dropping:
-            self.on_line(bytes(buf))
+            lines.feed(chunk)
+        lines.end()
 
     async def _read_stderr(self) -> None:
         stream = self.process.stderr
