@@ -69,10 +69,16 @@ def test_kill_9_recovery_lists_everything_and_replies_resume(bgd, tmp_path):
         bgd.wait_session(s["id"], lambda x: x["pid"] is not None)
     asking = bgd.dispatch('tool Bash {"command": "ls"}')
     bgd.wait_state(asking["id"], "needs_input")
+    agents = [bgd.rpc("session.get", {"id": s["id"]})["pid"] for s in working]
     os.kill(bgd.proc.pid, signal.SIGKILL)
     bgd.proc.wait()
+    # Working agents outlive a daemon killed with SIGKILL (one that writes meanwhile may die of SIGPIPE).
+    assert any(pid_alive(pid) for pid in agents)
 
     bgd.start(extra_env={"FAKE_CLAUDE_ARGV_LOG": str(log)})
+    # The new daemon ends them: none goes on working unseen, or beside the process a reply starts.
+    wait_until(lambda: not any(pid_alive(pid) for pid in agents), 5, "the left-behind agents to end")
+    assert "left running by the previous daemon" in bgd.log()
     listed = {s["id"]: s for s in bgd.ctl_json("ls", "--all")}
     assert set(listed) == {done["id"], asking["id"]} | {s["id"] for s in working}
     assert listed[done["id"]]["state"] == "completed"

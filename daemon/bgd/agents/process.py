@@ -20,6 +20,29 @@ from bgd.agents.stdout_lines import MAX_LINE_BYTES, LineSplitter
 STDERR_TAIL_BYTES = 4096
 
 
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat), or None where that
+    cannot be read: with the pid it names one process, whatever reuses the pid later."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def end_left_behind(pid: int, started: int | None) -> bool:
+    """Kill the process group of an agent a previous daemon started (its own group, since it was
+    started in a new session), if `pid` is still that process; True when it was."""
+    if started is None or start_time(pid) != started:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 class AgentProcess:
     def __init__(self, argv: list[str], cwd: str, env: dict[str, str],
                  on_line: Callable[[bytes], None],

@@ -21,6 +21,7 @@ lines read in one turn share a commit (`_record_soon`, EventBus.record_soon).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -32,11 +33,13 @@ from bgcore.config import PERMISSION_MODES, Config
 from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, RpcError
 from bgd import clock, fastjson
 from bgd.agents.base import driver_class, one_line
-from bgd.agents.process import AgentProcess
+from bgd.agents.process import AgentProcess, end_left_behind, start_time
 from bgd.events import EventBus, clip
 from bgd.sessions.model import BUSY, STATES, Session, new_id
 from bgd.sessions.run import Run
 from bgd.store import Store
+
+log = logging.getLogger("bgd.sessions")
 
 RESTART_ERROR = "bgd restarted while this session was working; reply to resume it"
 SHUTDOWN_ERROR = "bgd shut down while this session was working; reply to resume it"
@@ -105,7 +108,12 @@ class SessionManager:
                 continue  # its process runs elsewhere and carries on
             if session.state in BUSY or session.pid is not None:
                 was_busy = session.state in BUSY
-                session.pid = None
+                if session.pid is not None and end_left_behind(session.pid, session.pid_started):
+                    # The previous daemon died without stopping it (kill -9, a crash): it must not go
+                    # on working unseen, nor beside the new process a reply or resume starts.
+                    log.warning("session %s: ended its agent (pid %d), left running by the previous daemon",
+                                session.id, session.pid)
+                session.pid = session.pid_started = None
                 if was_busy:
                     session.state = "failed"
                     session.error = RESTART_ERROR
@@ -269,6 +277,7 @@ class SessionManager:
             return
         self.runs[session.id] = run
         session.pid = run.process.pid
+        session.pid_started = start_time(session.pid) if session.pid is not None else None
         session.has_history = run.driver.provides_history or session.has_history
         self._changed(session)
         await run.driver.started(text)

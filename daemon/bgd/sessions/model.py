@@ -40,6 +40,7 @@ class Session:
     created_at: str = field(default_factory=clock.now_iso)
     updated_at: str = field(default_factory=clock.now_iso)
     pid: int | None = None
+    pid_started: int | None = None  # its process's start time (agents.process.start_time): that pid, not a reuse
     cost_usd: float | None = None   # None until the agent reports a cost: unknown, never a made-up $0.00
     turns: int = 0
     last_message: str = ""
