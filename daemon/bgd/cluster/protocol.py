@@ -57,7 +57,7 @@ BATCH_BYTES = 900_000        # one signal's records, well under Temporal's 2 MB 
 CHUNK_BYTES = 512_000        # a record longer than this travels in parts
 SEGMENT_SIGNALS = 1000       # signals per log segment (each is one history event)
 SEGMENT_BYTES = 16 << 20     # bytes per log segment (Temporal refuses histories over 50 MB)
-FLUSH_S = 0.04               # the shortest time between two signals of one log
+FLUSH_S = 0.05               # the shortest time from one signal of a log to the next
 
 
 def task_timeout_s(heartbeat_s: float) -> float:

@@ -221,6 +221,7 @@ class LogWriter:
             self._wake.clear()
             while self.pending:
                 payload, count = p.take_batch(self.pending)
+                began = time.monotonic()
                 try:
                     await self._signal(payload)
                 except Exception as exc:  # the server is away: keep the batch, try again
@@ -239,7 +240,8 @@ class LogWriter:
                     self._written.notify_all()
                 if self.signals >= self.node.segment_signals or self.bytes >= p.SEGMENT_BYTES:
                     await self._roll_over()
-                await asyncio.sleep(p.FLUSH_S)
+                # FLUSH_S from one signal's start to the next: a slow answer is not waited for twice.
+                await asyncio.sleep(max(0.0, p.FLUSH_S - (time.monotonic() - began)))
 
     async def _signal(self, payload: bytes) -> None:
         client = self.node.client
