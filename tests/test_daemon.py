@@ -161,3 +161,20 @@ def test_peer_from_another_uid_is_refused(running_bgd):
     out = subprocess.run([python, "-c", code, str(bgd.socket)], capture_output=True, text=True,
                          user=65534, timeout=30)
     assert "another user" in out.stdout and "-32007" in out.stdout
+
+
+def test_a_left_behind_agent_is_killed_only_if_its_pid_is_still_that_process():
+    from bgd.agents.process import end_left_behind, start_time
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = start_time(proc.pid)
+        assert started is not None
+        # Another process now has that pid (its start time differs): it is left alone.
+        assert not end_left_behind(proc.pid, started - 1) and proc.poll() is None
+        assert not end_left_behind(proc.pid, None) and proc.poll() is None
+        assert end_left_behind(proc.pid, started)
+        assert proc.wait(5) == -signal.SIGKILL
+        assert start_time(proc.pid) is None and not end_left_behind(proc.pid, started)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -9,9 +9,9 @@ one comparison against the heap's top; nothing scans the tasks. With no task sch
 loop sleeps until something changes.
 
 tasks.toml is watched and written by bgd.watched_file (changes debounced, well within the second §7
-asks for). Edits made through the
-methods (`task.add`, …) write the file (a spliced section, see tasks_file) and apply the one task
-they changed at once; the watcher then sees a file it already knows (same digest) and does nothing.
+asks for). Edits made through the methods (`task.add`, …) write the file (a spliced section, see
+tasks_file) and apply the one task they changed at once; the watcher then sees a file it already knows
+(same digest) and does nothing.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ class TaskService:
         cluster, its worker kept working) holds its slot and its task until that session's turn ends,
         so an overlap policy sees it as a run that never stopped."""
         for session in self.sessions.sessions.values():
-            name = (getattr(session, "origin", "") or "").partition("task:")[2]
+            origin = getattr(session, "origin", "") or ""
+            name = origin[len("task:"):] if origin.startswith("task:") else ""
             if not name or session.state not in BUSY or session.id not in self.sessions.runs:
                 continue
             row = next((r for r in self.store.task_runs(name, limit=50) if r.get("session_id") == session.id), None)
