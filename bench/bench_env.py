@@ -25,16 +25,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
-from harness import Daemon, median, percentile, verdict
+from harness import Daemon, https_ok_server, median, percentile, verdict
 
 PREP_TARGET = 1.5
 LATENCY_TARGET_MS = 5.0
@@ -154,7 +152,6 @@ WARM = 20   # requests per client before measuring (systemd-socket-activate exec
 
 def latency(requests: int) -> dict:
     import trio
-    import trustme
     from bgcore.confinement import Bridge, find_bridge, probe
     from bgd.environments.proxy import FilteringProxy
     from bgd.environments.sandbox import Sandbox, bwrap_argv, proxy_env
@@ -163,30 +160,7 @@ def latency(requests: int) -> dict:
     if not check.ok:
         raise RuntimeError(f"confinement does not work here: {check.reason}")
     base = Path(tempfile.mkdtemp(prefix="bgbench-proxy-", dir="/tmp"))
-    ca = trustme.CA()
-    cafile = base / "ca.pem"
-    ca.cert_pem.write_to_path(str(cafile))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(context)
-    import http.server
-    import socketserver
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, cafile = https_ok_server(base)
     port = server.server_address[1]
     client = base / "client.py"
     client.write_text(_CLIENT)

@@ -19,15 +19,13 @@ import os
 import shutil
 import signal
 import socket
-import socketserver
 import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from harness import percentile
+from harness import https_ok_server, percentile
 
 BLOCKS = 4
 TINYPROXY_CONF = """Port {port}
@@ -45,35 +43,13 @@ DisableViaHeader Yes
 
 
 def main(requests: int) -> None:
-    import trustme
     from bgcore.confinement import Bridge, find_bridge
 
     systemd, socat = find_bridge("systemd-socket-proxyd"), find_bridge("socat")
     if not (isinstance(systemd, Bridge) and isinstance(socat, Bridge)):
         raise SystemExit("needs both systemd-socket-proxyd (with systemd-socket-activate) and socat")
     base = tempfile.mkdtemp(prefix="bgbench-hops-", dir="/tmp")
-    ca = trustme.CA()
-    cafile = f"{base}/ca.pem"
-    ca.cert_pem.write_to_path(cafile)
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(server_context)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.socket = server_context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, cafile = https_ok_server(base)
     target = server.server_address[1]
     context = ssl.create_default_context(cafile=cafile)
 

@@ -234,3 +234,38 @@ def median(values: list[float]) -> float:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def https_ok_server(base: Path | str):
+    """An HTTPS server on loopback answering every GET with "ok", its certificate (for "localhost")
+    from a test CA written to `base`/ca.pem; returns (the server, the CA file). It serves from a
+    daemon thread until `server.shutdown()`."""
+    import http.server
+    import socketserver
+    import ssl
+    import threading
+
+    import trustme
+    ca = trustme.CA()
+    cafile = str(Path(base) / "ca.pem")
+    ca.cert_pem.write_to_path(cafile)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, cafile

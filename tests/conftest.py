@@ -196,6 +196,18 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
         time.sleep(0.05)
 
 
+def modules_a_daemon_loads(tmp_path: Path, packages: set[str]) -> list[str]:
+    """Which of `packages` a daemon made and installed (as `bgd` does, in a fresh interpreter, with
+    tmp_path as its config and state dirs) has imported."""
+    code = ("import json, sys\nfrom pathlib import Path\nfrom bgd import features\nfrom bgd.daemon import Daemon\n"
+            "features.register_methods()\n"
+            f"d = Daemon(Path({str(tmp_path / 's.sock')!r}), Path({str(tmp_path)!r}), Path({str(tmp_path)!r}))\n"
+            "features.install(d)\n"
+            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(packages)!r}))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -205,6 +205,17 @@ def _cluster_runs(bgd, session_id: str) -> list[dict]:
         db.close()
 
 
+def stop_leaves_nothing(owner, session_id: str) -> None:
+    """`bgctl stop` of a session whose agent runs on a worker: the run ends, no agent process is
+    left, and the session is stopped."""
+    assert agent_pids(session_id)
+    result = owner.ctl("stop", session_id)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: run_closed(owner, session_id), 20, "the run to end")
+    wait_until(lambda: not agent_pids(session_id), 5, "no agent process left")
+    assert owner.rpc("session.get", {"id": session_id})["state"] == "stopped"
+
+
 def run_closed(bgd, session_id: str) -> bool:
     """The owner has closed the session's cluster run (the remote process is gone)."""
     data = _cluster_runs(bgd, session_id)
@@ -321,12 +332,7 @@ def test_a_later_process_of_the_conversation_goes_to_the_same_worker(owner):
 def test_stop_reaches_the_agent_and_leaves_no_process(owner):
     session = dispatch(owner, "say started; sleep 120")
     owner.wait_session(session["id"], lambda s: s["last_message"] == "started", timeout=60)
-    assert agent_pids(session["id"])
-    result = owner.ctl("stop", session["id"])
-    assert result.returncode == 0, result.stderr
-    wait_until(lambda: run_closed(owner, session["id"]), 20, "the run to end")
-    wait_until(lambda: not agent_pids(session["id"]), 5, "no agent process left")
-    assert owner.rpc("session.get", {"id": session["id"]})["state"] == "stopped"
+    stop_leaves_nothing(owner, session["id"])
 
 
 def test_killed_worker_fails_its_session_only(owner, cluster):
@@ -816,12 +822,7 @@ def test_an_acp_agent_streams_asks_and_stops_on_a_worker(owner, cluster):
     assert list(dict.fromkeys(titles)) == [f"line {i}" for i in range(1, 21)]
     assert owner.ctl("approve", session["id"]).returncode == 0
     owner.wait_session(session["id"], lambda s: s["last_message"] == "after" and s["state"] == "working", timeout=30)
-    assert agent_pids(session["id"])
-    result = owner.ctl("stop", session["id"])
-    assert result.returncode == 0, result.stderr
-    wait_until(lambda: run_closed(owner, session["id"]), 20, "the run to end")
-    wait_until(lambda: not agent_pids(session["id"]), 5, "no agent process left")
-    assert owner.rpc("session.get", {"id": session["id"]})["state"] == "stopped"
+    stop_leaves_nothing(owner, session["id"])
 
 
 def test_a_routine_run_on_the_cluster_reports_its_outcome(bgd, cluster, tmp_path):

@@ -302,11 +302,5 @@ def test_a_workspace_is_cloned_kept_and_removed(tmp_path):
 def test_a_daemon_without_cluster_never_loads_the_temporal_sdk(tmp_path):
     # temporalio (and the codec's cryptography) cost the daemon ~25 MB of memory and ~150 ms at
     # start: only a daemon with [cluster] loads them.
-    import sys
-    code = ("import sys\nfrom pathlib import Path\nfrom bgd import features\nfrom bgd.daemon import Daemon\n"
-            "features.register_methods()\n"
-            f"d = Daemon(Path({str(tmp_path / 's.sock')!r}), Path({str(tmp_path)!r}), Path({str(tmp_path)!r}))\n"
-            "features.install(d)\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'temporalio', 'cryptography'}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    from conftest import modules_a_daemon_loads
+    assert modules_a_daemon_loads(tmp_path, {"temporalio", "cryptography"}) == []

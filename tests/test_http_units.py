@@ -177,16 +177,9 @@ async def test_413_when_declared_too_large_even_unread(autojump_clock):
 
 
 def test_a_daemon_that_does_not_listen_does_not_import_the_http_stack(tmp_path):
-    import subprocess
-    import sys
+    from conftest import modules_a_daemon_loads
     (tmp_path / "config.toml").write_text("[web]\nenabled = false\n")   # the web page is on by default
-    code = ("import sys\nfrom pathlib import Path\nfrom bgd import features\nfrom bgd.daemon import Daemon\n"
-            "features.register_methods()\n"
-            f"d = Daemon(Path({str(tmp_path / 's.sock')!r}), Path({str(tmp_path)!r}), Path({str(tmp_path)!r}))\n"
-            "features.install(d)\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'starlette', 'hypercorn', 'h11', 'h2'}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert modules_a_daemon_loads(tmp_path, {"starlette", "hypercorn", "h11", "h2"}) == []
 
 
 def test_url_path_for_reaches_routes_behind_a_feature_middleware():

@@ -385,23 +385,20 @@ class ClusterService:
                     for event in history.current_page or ():
                         if event.event_id <= last_event:
                             continue
+                        last_event = event.event_id
                         if not event.HasField("workflow_execution_signaled_event_attributes"):
-                            last_event = event.event_id
                             continue
                         attrs = event.workflow_execution_signaled_event_attributes
                         if attrs.signal_name != p.LOG_SIGNAL or not attrs.input.payloads:
-                            last_event = event.event_id
                             continue
                         try:
                             payload = fastjson.loads(link.codec.open_data(attrs.input.payloads[0]))
                         except codec.KeyMismatch as exc:
                             log.error("reading log %s: %s", segment_id, exc)
-                            last_event = event.event_id
                             continue
-                        if "next" in payload:
+                        if "next" in payload:   # the segment is full: the rest is in the next one
                             following = payload["next"]
                             break
-                        last_event = event.event_id
                         items.extend(payload.get("items") or ())
                     if items:
                         link.post(self._on_items, base, segment, last_event, items)
