@@ -461,6 +461,10 @@ class ClusterService:
                 touched[state.workflow_id] = state
                 if record.op == "exit":
                     exits.append((state, record.arg.get("code")))
+            # The transcript entries the records made wait for the session manager's group commit
+            # (EventBus.record_soon); they go in this one, with the offsets that say they were
+            # applied: a daemon killed before a later commit would otherwise skip them on restart.
+            self.daemon.bus.flush()
             for state in touched.values():
                 self.store.save_cluster_run(state.workflow_id, state.session_id, state.to_record())
             if not follower["parts"].midway:  # else a restart must read this record's first parts again
