@@ -21,12 +21,11 @@ client's own thread (link.py), handed to trio in batches.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -35,6 +34,9 @@ from bgcore.jsonrpc import INVALID_PARAMS, INVALID_STATE, RpcError
 from bgd import fastjson
 from bgd.cluster import protocol as p
 from bgd.cluster.link import LinkError, TemporalLink
+
+if TYPE_CHECKING:
+    from bgd.cluster import codec
 
 log = logging.getLogger("bgd.cluster")
 LOST_DRAIN_S = 5.0     # how long a lost run's last records may take to be read before it is failed
