@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from bgcore.jsonrpc import NEED_DATA, FrameReader, encode_result
 from conftest import Bgd
 
 
@@ -83,6 +86,46 @@ def test_daemon_start_stop_restart(bgd):
     assert restarted["pid"] != started["pid"]
     assert "stopped" in bgd.ctl("daemon", "stop").stdout
     assert "not running" in bgd.ctl("daemon", "stop").stdout
+
+
+def test_stop_returns_once_the_old_daemon_is_gone(bgd, tmp_path):
+    """A stopping daemon closes its socket before it has closed its store and let go of its lock.
+    `daemon stop` (and so `restart`) returns only once that process is gone: a bgd started before
+    then finds the old one still holding the lock and gives up (CI saw restart fail so).  Here a
+    stand-in daemon answers daemon.shutdown on the real socket with a real process's pid, closes
+    the socket, and ends that process a second later."""
+    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(bgd.socket))
+    listener.listen(4)
+    ended: list[str] = []
+
+    def stand_in() -> None:
+        conn, _ = listener.accept()
+        reader = FrameReader(1 << 20)
+        while (frame := reader.next_frame()) is NEED_DATA:
+            reader.receive_data(conn.recv(1 << 16))
+        assert frame.method == "daemon.shutdown"
+        conn.sendall(encode_result(frame.id, {"shutting_down": True, "pid": old.pid}))
+        conn.close()
+        listener.close()     # the socket file stays: connecting is refused from now on
+        time.sleep(1.0)
+        ended.append("old daemon")
+        old.kill()
+        old.wait()
+
+    thread = threading.Thread(target=stand_in, daemon=True)
+    thread.start()
+    try:
+        out = bgd.ctl("--json", "daemon", "stop")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"stopped": True, "pid": old.pid}
+        assert ended == ["old daemon"]   # bgctl waited for the process, not only for the socket
+    finally:
+        thread.join(10)
+        if old.poll() is None:
+            old.kill()
+            old.wait()
 
 
 def test_json_may_stand_anywhere_before_the_prompt(running_bgd):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..client import Client, DaemonUnreachable, spawn_daemon
@@ -46,12 +47,31 @@ def _stop(ctx, timeout: float = 30.0) -> dict | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # Under systemd socket activation the socket never goes quiet: the next
-        # connection starts a new bgd.  The old pid being gone is what counts.
+        # connection starts a new bgd.  The old pid being gone is what counts: a daemon
+        # stops answering before it has closed its store and let go of its lock, and a
+        # bgd started meanwhile would find it still running (`daemon restart`).
         status = _status_quiet(ctx)
-        if status is None or status.get("pid") != answer["pid"]:
+        if status is not None and status.get("pid") != answer["pid"]:
+            return answer
+        if status is None and not _running(answer["pid"]):
             return answer
         time.sleep(0.05)
     raise DaemonUnreachable(f"bgd (pid {answer['pid']}) did not stop within {timeout:.0f}s")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` is still there (a zombie, exited and not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's process: the pid was reused, the daemon (ours) is gone
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True   # no /proc (macOS): alive as far as kill(0) can tell
 
 
 def _status_quiet(ctx):
