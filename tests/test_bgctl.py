@@ -88,17 +88,20 @@ def test_daemon_start_stop_restart(bgd):
     assert "not running" in bgd.ctl("daemon", "stop").stdout
 
 
-def test_stop_returns_once_the_old_daemon_is_gone(bgd, tmp_path):
-    """A stopping daemon closes its socket before it has closed its store and let go of its lock.
+def test_stop_returns_once_the_old_daemon_is_gone(bgd):
+    """A stopping daemon stops answering before it has closed its store and let go of its lock.
     `daemon stop` (and so `restart`) returns only once that process is gone: a bgd started before
     then finds the old one still holding the lock and gives up (CI saw restart fail so).  Here a
-    stand-in daemon answers daemon.shutdown on the real socket with a real process's pid, closes
-    the socket, and ends that process a second later."""
-    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    stand-in daemon answers daemon.shutdown on the real socket with a real process's pid, then
+    drops every connection (as a daemon past its listener does), and ends that process only once
+    bgctl has looked three more times."""
+    old = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(bgd.socket))
     listener.listen(4)
+    listener.settimeout(30)
     ended: list[str] = []
+    over = threading.Event()
 
     def stand_in() -> None:
         conn, _ = listener.accept()
@@ -108,11 +111,14 @@ def test_stop_returns_once_the_old_daemon_is_gone(bgd, tmp_path):
         assert frame.method == "daemon.shutdown"
         conn.sendall(encode_result(frame.id, {"shutting_down": True, "pid": old.pid}))
         conn.close()
-        listener.close()     # the socket file stays: connecting is refused from now on
-        time.sleep(1.0)
-        ended.append("old daemon")
-        old.kill()
-        old.wait()
+        looks = 0
+        while not over.is_set():
+            listener.accept()[0].close()   # bgctl looks again: no answer
+            looks += 1
+            if looks == 3:
+                ended.append("old daemon")
+                old.kill()
+                old.wait()
 
     thread = threading.Thread(target=stand_in, daemon=True)
     thread.start()
@@ -122,7 +128,11 @@ def test_stop_returns_once_the_old_daemon_is_gone(bgd, tmp_path):
         assert json.loads(out.stdout) == {"stopped": True, "pid": old.pid}
         assert ended == ["old daemon"]   # bgctl waited for the process, not only for the socket
     finally:
+        over.set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:   # out of its accept()
+            wake.connect(str(bgd.socket))
         thread.join(10)
+        listener.close()
         if old.poll() is None:
             old.kill()
             old.wait()

@@ -372,11 +372,31 @@ def test_killed_worker_fails_its_session_only(owner, cluster):
             owner.ctl("stop", s["id"])
 
 
-def test_owner_killed_and_restarted_keeps_the_whole_transcript(owner):
+async def _log_signals(cluster, log: str) -> int:
+    """How many signals a transcript log has had so far, over its segments from `log` on."""
+    from temporalio.service import RPCError
+    client = await cluster_client(cluster, key_file=False)
+    base, _, segment = log.rpartition("/")
+    count, n = 0, int(segment)
+    while True:
+        try:
+            history = await client.get_workflow_handle(f"{base}/{n}").fetch_history()
+        except RPCError:   # no such segment (yet)
+            return count
+        count += sum(1 for event in history.events if event.HasField("workflow_execution_signaled_event_attributes"))
+        n += 1
+
+
+def test_owner_killed_and_restarted_keeps_the_whole_transcript(owner, cluster):
+    import asyncio
     session = dispatch(owner, "stream 60 50; say done")
     owner.wait_session(session["id"], lambda s: s["last_message"].startswith("line"), timeout=60)
     owner.stop(signal.SIGKILL)
-    time.sleep(1.0)   # lines go on arriving at the Temporal server meanwhile
+    (run,) = _cluster_runs(owner, session["id"])
+    sent = asyncio.run(_log_signals(cluster, run["log"]))
+    # Lines go on reaching the Temporal server while the owner is away.
+    wait_until(lambda: asyncio.run(_log_signals(cluster, run["log"])) >= sent + 3, 30,
+               "more of the transcript log while the owner is down")
     owner.start()
     final = owner.wait_state(session["id"], "completed", timeout=60)
     entries = transcript(owner, session["id"])
